@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-import time
 
 import idna
 import pytest
@@ -345,16 +344,6 @@ def test_literal_and_empty_entries() -> None:
     assert is_excluded("a@[192.0.2.1]", _entries("@[192.0.2.1]"))
     assert not is_excluded("a@[192.0.2.2]", _entries("@[192.0.2.1]"))
     assert not is_excluded("a@x.com", frozenset())
-
-
-def test_speed() -> None:
-    """Cached normalisation and exclusion checks stay far above 10,000 messages per second."""
-    addresses = [f"User{i % 500}@Mail{i % 50}.Example{i % 7}.com" for i in range(10_000)]
-    entries = _entries("@example3.com", "boss@mail1.example1.com", "other.org")
-    start = time.perf_counter()
-    for value in addresses:
-        is_excluded(normalize_address(value), entries)
-    assert time.perf_counter() - start < 1.0
 
 
 def test_random_input_only_raises_the_documented_errors_and_is_idempotent() -> None:
