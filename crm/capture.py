@@ -1,0 +1,299 @@
+"""The capture path shared by ``mailcrm capture``, the SMTP relay and the IMAP poller.
+
+``Capturer.capture`` parses the headers, gathers the context the rules need with a few indexed
+queries, asks the pure pipeline (:mod:`crm.pipeline`) for a decision and applies it in one
+transaction. A message that cannot be captured is skipped with a logged reason; nothing here
+raises for bad mail, and a database error rolls the whole message back.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from .db import Database
+from .errors import MessageParseError, NotFound
+from .message import ParsedMessage, parse_full, parse_message
+from .models import (
+    Activity,
+    Contact,
+    Direction,
+    EntityType,
+    Exclusion,
+    Lead,
+    Mailbox,
+    MessageLocation,
+    User,
+    utcnow,
+)
+from .pipeline import Context, EntityRef, MailboxView, decide
+from .records import CreatedRecords, apply_decision
+from .vcards import VCardContact, may_contain_vcard, parse_vcards, vcard_parts
+
+log = logging.getLogger(__name__)
+CACHE_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class Location:
+    """Where the poller found the message: for read-state and deletion sync (C10, C11)."""
+
+    folder: str
+    uidvalidity: int
+    uid: int
+
+
+@dataclass
+class CaptureResult:
+    """What capturing one message did; the ``capture --json`` fields."""
+
+    source: str
+    action: str
+    reason: str | None = None
+    activities: list[int] = field(default_factory=list)
+    created: CreatedRecords = field(default_factory=CreatedRecords)
+    message_key: str | None = None
+
+    def as_json(self) -> dict[str, object]:
+        """The stable JSON shape of CLI.md."""
+        return {
+            "source": self.source,
+            "action": self.action,
+            "reason": self.reason,
+            "activities": self.activities,
+            "created": self.created.as_json(),
+            "message_key": self.message_key,
+        }
+
+
+class _Staff:
+    """Employees' addresses and global exclusions, re-read at most every few seconds."""
+
+    def __init__(self) -> None:
+        self.loaded_at = -1e9
+        self.employees: frozenset[str] = frozenset()
+        self.excluded: frozenset[str] = frozenset()
+
+    def refresh(self, session: Session) -> None:
+        if time.monotonic() - self.loaded_at < CACHE_SECONDS:
+            return
+        users = session.scalars(select(User.email))
+        boxes = session.scalars(select(Mailbox.address))
+        self.employees = frozenset(users) | frozenset(boxes)
+        rows = session.scalars(select(Exclusion.entry).where(Exclusion.mailbox_id.is_(None)))
+        self.excluded = frozenset(rows)
+        self.loaded_at = time.monotonic()
+
+    def invalidate(self) -> None:
+        self.loaded_at = -1e9
+
+
+class Capturer:
+    """Applies the capture rules to raw messages for one database."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self.staff = _Staff()
+
+    def capture(
+        self,
+        raw: bytes,
+        mailbox: str,
+        direction: Direction,
+        *,
+        source: str = "",
+        seen: bool = False,
+        envelope_from: str | None = None,
+        envelope_to: Iterable[str] = (),
+        location: Location | None = None,
+    ) -> CaptureResult:
+        """Capture one message seen in ``mailbox``; never raises for bad mail."""
+        try:
+            msg = parse_message(raw, envelope_from)
+        except MessageParseError as exc:
+            log.info("capture skipped %s: %s", source or "message", exc)
+            return CaptureResult(source, "skipped", str(exc))
+        try:
+            return self._capture_parsed(
+                msg, mailbox, direction, source, seen, tuple(envelope_to), location
+            )
+        except IntegrityError:
+            log.info("capture of %s raced with another writer; counted as duplicate", msg.key)
+            return CaptureResult(source, "duplicate", "already captured", message_key=msg.key)
+
+    def _capture_parsed(
+        self,
+        msg: ParsedMessage,
+        mailbox: str,
+        direction: Direction,
+        source: str,
+        seen: bool,
+        envelope_to: tuple[str, ...],
+        location: Location | None,
+    ) -> CaptureResult:
+        with self.db.session() as session:
+            box = _load_mailbox(session, mailbox)
+            self.staff.refresh(session)
+            cards = self._vcards(msg, box)
+            ctx = self._context(session, msg, box, direction, seen, envelope_to, cards)
+            decision = decide(msg, ctx)
+            result = CaptureResult(source, decision.action, decision.reason, message_key=msg.key)
+            if decision.action == "captured":
+                activity, result.created = apply_decision(session, msg, box, decision, location)
+                result.activities = [activity.id]
+            elif decision.action == "duplicate":
+                result.activities = _existing_activity(session, msg.key)
+            if location is not None:
+                _record_location(session, box, msg.key, location, seen, result.activities)
+        if decision.action == "skipped":
+            log.info("capture skipped %s: %s", source or msg.key, decision.reason)
+        return result
+
+    def _vcards(self, msg: ParsedMessage, box: Mailbox) -> tuple[VCardContact, ...]:
+        if not box.vcard_contacts or not may_contain_vcard(msg.headers):
+            return ()
+        cards: list[VCardContact] = []
+        for part in vcard_parts(parse_full(msg.raw)):
+            parsed = parse_vcards(part)
+            cards.extend(parsed.contacts)
+            for error in parsed.errors:
+                log.info("vCard in %s skipped: %s", msg.key, error)
+        return tuple(cards)
+
+    def _context(
+        self,
+        session: Session,
+        msg: ParsedMessage,
+        box: Mailbox,
+        direction: Direction,
+        seen: bool,
+        envelope_to: tuple[str, ...],
+        cards: tuple[VCardContact, ...],
+    ) -> Context:
+        wanted = {p.address for p in msg.recipients} | set(envelope_to)
+        if msg.sender:
+            wanted.add(msg.sender.address)
+        wanted.update(e.strip().lower() for c in cards for e in c.emails)
+        return Context(
+            mailbox=_view(session, box),
+            direction=direction,
+            now=utcnow(),
+            seen=seen,
+            employees=self.staff.employees,
+            excluded=self.staff.excluded,
+            known=known_entities(session, wanted),
+            known_contact_names=_contact_names(session, [c.name for c in cards if not c.emails]),
+            duplicate=bool(_existing_activity(session, msg.key)),
+            threads=_threads(session, msg.in_reply_to + msg.references),
+            envelope_to=envelope_to,
+            vcards=cards,
+        )
+
+
+def _load_mailbox(session: Session, address: str) -> Mailbox:
+    query = select(Mailbox).where(Mailbox.address == address.strip().lower())
+    if session.bind is not None and session.bind.dialect.name == "postgresql":
+        query = query.with_for_update(of=Mailbox)
+    box = session.scalars(query).unique().one_or_none()
+    if box is None:
+        raise NotFound(f"no mailbox {address}: add it with `mailcrm mailbox add`")
+    return box
+
+
+def _view(session: Session, box: Mailbox) -> MailboxView:
+    own = session.scalars(select(Exclusion.entry).where(Exclusion.mailbox_id == box.id))
+    return MailboxView(
+        address=box.address,
+        kind=box.kind,
+        linked=box.linked,
+        owner=box.owner.email if box.owner else None,
+        create_leads=box.create_leads,
+        vcard_contacts=box.vcard_contacts,
+        since=box.since,
+        linked_at=box.linked_at,
+        excluded=frozenset(own),
+        queue=tuple(m.user.email for m in box.queue),
+        queue_cursor=box.queue_cursor,
+    )
+
+
+def known_entities(session: Session, addresses: Iterable[str]) -> dict[str, tuple[EntityRef, ...]]:
+    """Every CRM entity each address belongs to, in one indexed query."""
+    from .models import EntityEmail
+
+    wanted = sorted(set(addresses))
+    if not wanted:
+        return {}
+    rows = session.execute(
+        select(
+            EntityEmail.address,
+            EntityEmail.entity_type,
+            EntityEmail.entity_id,
+            Contact.company_id,
+            Lead.company_id,
+        )
+        .outerjoin(
+            Contact, (EntityEmail.entity_type == "contact") & (Contact.id == EntityEmail.entity_id)
+        )
+        .outerjoin(Lead, (EntityEmail.entity_type == "lead") & (Lead.id == EntityEmail.entity_id))
+        .where(EntityEmail.address.in_(wanted))
+    )
+    found: dict[str, list[EntityRef]] = {}
+    for address, etype, eid, contact_company, lead_company in rows:
+        company = contact_company if etype == "contact" else lead_company
+        found.setdefault(address, []).append(EntityRef(EntityType(etype), eid, company))
+    return {a: tuple(refs) for a, refs in found.items()}
+
+
+def _contact_names(session: Session, names: list[str]) -> frozenset[str]:
+    if not names:
+        return frozenset()
+    folded = [n.casefold() for n in names]
+    rows = session.scalars(
+        select(func.lower(Contact.name)).where(func.lower(Contact.name).in_(folded))
+    )
+    return frozenset(rows)
+
+
+def _existing_activity(session: Session, key: str) -> list[int]:
+    return list(session.scalars(select(Activity.id).where(Activity.message_key == key)))
+
+
+def _threads(session: Session, ids: tuple[str, ...]) -> dict[str, str]:
+    if not ids:
+        return {}
+    rows = session.execute(
+        select(Activity.message_id, Activity.thread).where(Activity.message_id.in_(set(ids)))
+    )
+    return {mid: thread for mid, thread in rows if mid}
+
+
+def _record_location(
+    session: Session, box: Mailbox, key: str, loc: Location, seen: bool, activities: list[int]
+) -> None:
+    exists = session.scalar(
+        select(MessageLocation.id).where(
+            MessageLocation.mailbox_id == box.id,
+            MessageLocation.folder == loc.folder,
+            MessageLocation.uidvalidity == loc.uidvalidity,
+            MessageLocation.uid == loc.uid,
+        )
+    )
+    if exists is None:
+        session.add(
+            MessageLocation(
+                mailbox_id=box.id,
+                folder=loc.folder,
+                uidvalidity=loc.uidvalidity,
+                uid=loc.uid,
+                message_key=key,
+                activity_id=activities[0] if activities else None,
+                seen=seen,
+            )
+        )

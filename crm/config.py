@@ -1,0 +1,134 @@
+"""Configuration: the optional TOML file, environment variables and defaults, in one typed object.
+
+Precedence: command-line option, then environment (``MAILCRM_DATABASE_URL``, ``MAILCRM_CONFIG``,
+``MAILCRM_SECRET_KEY``), then the config file, then defaults. The default database is a SQLite
+file in the user's data directory (``$XDG_DATA_HOME/mailcrm/mailcrm.db``).
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from platformdirs import user_data_dir
+
+from .errors import ConfigError
+
+
+def data_dir() -> Path:
+    """Where mailcrm keeps its files when nothing else is configured."""
+    xdg = os.environ.get("XDG_DATA_HOME")
+    base = Path(xdg) / "mailcrm" if xdg else Path(user_data_dir("mailcrm", appauthor=False))
+    return base
+
+
+def default_database_url() -> str:
+    """The embedded default: a SQLite file in the data directory."""
+    return f"sqlite:///{data_dir() / 'mailcrm.db'}"
+
+
+@dataclass
+class RelayConfig:
+    """SMTP relay listeners and limits (issue: SMTP relay)."""
+
+    host: str = "127.0.0.1"
+    port: int = 2587
+    tls_port: int | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    allow_plaintext_auth_on_loopback: bool = False
+    max_message_size: int = 50 * 1024 * 1024
+    max_recipients: int = 500
+    max_connections: int = 200
+    upstream_timeout: float = 60.0
+    upstream_host: str | None = None
+    upstream_port: int = 587
+    upstream_tls: str = "starttls"
+    upstream_insecure: bool = False
+    enabled: bool = True
+    hostname: str | None = None
+    upstream_ca_file: str | None = None
+    max_messages_per_minute: int = 60
+    spool_dir: str | None = None
+    spool_timeout: float = 5.0
+    spool_poll_interval: float = 2.0
+
+
+@dataclass
+class PollerConfig:
+    """IMAP poller policy (SPEC T1-T3)."""
+
+    enabled: bool = True
+    active_window_hours: float = 8.0
+    active_interval_s: int = 600
+    idle_interval_s: int = 86400
+    idle_renew_s: int = 540
+    insecure: bool = False
+    upstream_host: str | None = None
+    upstream_port: int = 993
+    upstream_tls: str = "ssl"
+    ca_file: str | None = None
+    idle: bool = True
+    use_qresync: bool = True
+    timeout_s: float = 30.0
+    chunk_size: int = 200
+    fetch_bytes: int = 8 * 1024 * 1024
+    search_span: int = 20000
+    push_check_s: float = 2.0
+    refresh_s: float = 15.0
+    backoff_min_s: float = 2.0
+    backoff_max_s: float = 900.0
+    auth_backoff_min_s: float = 300.0
+
+
+@dataclass
+class Config:
+    """Everything mailcrm reads from its environment."""
+
+    database_url: str = field(default_factory=default_database_url)
+    secret_key: str | None = None
+    secret_key_file: str | None = None
+    relay: RelayConfig = field(default_factory=RelayConfig)
+    poller: PollerConfig = field(default_factory=PollerConfig)
+    allowed_since: tuple[str, ...] = ("3d", "all")
+    allowed_intervals: tuple[str, ...] = ("2m", "5m", "10m", "1h", "3h", "12h")
+    source: Path | None = None
+
+
+def _section(raw: dict[str, Any], name: str, target: Any) -> None:
+    values = raw.get(name, {})
+    if not isinstance(values, dict):
+        raise ConfigError(f"config: [{name}] must be a table")
+    for key, value in values.items():
+        if not hasattr(target, key):
+            raise ConfigError(f"config: unknown setting {name}.{key}")
+        setattr(target, key, value)
+
+
+def load_config(path: str | None = None, database_url: str | None = None) -> Config:
+    """Build the configuration from an optional TOML file, the environment and options."""
+    config = Config()
+    path = path or os.environ.get("MAILCRM_CONFIG")
+    if path:
+        config.source = Path(path)
+        try:
+            raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+        config.database_url = raw.get("database_url", config.database_url)
+        config.secret_key_file = raw.get("secret_key_file")
+        _section(raw, "relay", config.relay)
+        _section(raw, "poller", config.poller)
+        limits = raw.get("limits", {})
+        config.allowed_since = tuple(limits.get("since", config.allowed_since))
+        config.allowed_intervals = tuple(limits.get("intervals", config.allowed_intervals))
+    config.database_url = (
+        database_url or os.environ.get("MAILCRM_DATABASE_URL") or config.database_url
+    )
+    config.secret_key = os.environ.get("MAILCRM_SECRET_KEY") or config.secret_key
+    return config

@@ -1,0 +1,189 @@
+"""The JSON shapes of CLI.md (and the status page): one function per entity, plus the listings."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from .models import (
+    Activity,
+    Company,
+    Contact,
+    EntityEmail,
+    Exclusion,
+    Lead,
+    Mailbox,
+    MailboxKind,
+    User,
+)
+
+JSON = dict[str, Any]
+INTERVAL_NAMES = {120: "2m", 300: "5m", 600: "10m", 3600: "1h", 10800: "3h", 43200: "12h"}
+
+
+def iso(when: dt.datetime | None) -> str | None:
+    """ISO 8601 in UTC, or None."""
+    return when.astimezone(dt.UTC).isoformat(timespec="seconds") if when else None
+
+
+def user_json(user: User) -> JSON:
+    """user: email, name, admin, crm_access."""
+    return {
+        "email": user.email,
+        "name": user.name,
+        "admin": user.admin,
+        "crm_access": user.crm_access,
+    }
+
+
+def mailbox_status(box: Mailbox) -> tuple[str, str]:
+    """M5: green when linked and its last check worked, else red with the reason."""
+    if not box.linked:
+        return "red", "link to CRM is off"
+    if box.last_error:
+        return "red", box.last_error
+    if box.last_ok_at is None:
+        return "red", "not checked yet"
+    return "green", "last check worked"
+
+
+def mailbox_json(box: Mailbox) -> JSON:
+    """mailbox: address, kind, owner, linked, status, status_reason, last_check, settings."""
+    status, reason = mailbox_status(box)
+    company = box.kind == MailboxKind.COMPANY
+    return {
+        "address": box.address,
+        "kind": box.kind,
+        "owner": box.owner.email if box.owner else None,
+        "linked": box.linked,
+        "status": status,
+        "status_reason": reason,
+        "last_check": iso(box.last_check_at),
+        "last_ok": iso(box.last_ok_at),
+        "last_error": box.last_error,
+        "connection": {
+            "preset": box.preset,
+            "imap_host": box.imap_host,
+            "imap_port": box.imap_port,
+            "imap_tls": box.imap_tls,
+            "smtp_host": box.smtp_host,
+            "smtp_port": box.smtp_port,
+            "smtp_tls": box.smtp_tls,
+            "login": box.login,
+            "has_password": box.secret is not None,
+        },
+        "settings": {
+            "since": box.since,
+            "create_leads": box.create_leads,
+            "vcard_contacts": box.vcard_contacts,
+            "folders": list(box.folders) or ["INBOX", "\\Sent"],
+            "interval": INTERVAL_NAMES.get(box.interval_s or 0, "10m") if company else None,
+            "queue": [m.user.email for m in box.queue] if company else None,
+        },
+    }
+
+
+def _emails(session: Session, etype: str) -> dict[int, list[str]]:
+    rows = session.execute(
+        select(EntityEmail.entity_id, EntityEmail.address)
+        .where(EntityEmail.entity_type == etype)
+        .order_by(EntityEmail.entity_id, EntityEmail.position)
+    )
+    found: dict[int, list[str]] = {}
+    for eid, address in rows:
+        found.setdefault(eid, []).append(address)
+    return found
+
+
+def _names(session: Session, model: Any) -> dict[int, str]:
+    return dict(session.execute(select(model.id, model.name)).tuples().all())
+
+
+def leads_json(session: Session) -> list[JSON]:
+    """lead: id, name, emails, company, responsible, mailbox (plus status, changed)."""
+    emails = _emails(session, "lead")
+    companies = _names(session, Company)
+    users = dict(session.execute(select(User.id, User.email)).tuples().all())
+    boxes = dict(session.execute(select(Mailbox.id, Mailbox.address)).tuples().all())
+    return [
+        {
+            "id": lead.id,
+            "name": lead.name,
+            "emails": emails.get(lead.id, []),
+            "company": companies.get(lead.company_id) if lead.company_id else None,
+            "responsible": users.get(lead.responsible_id) if lead.responsible_id else None,
+            "mailbox": boxes.get(lead.mailbox_id) if lead.mailbox_id else None,
+            "status": lead.status,
+            "changed": lead.changed_by_person,
+            "created_at": iso(lead.created_at),
+        }
+        for lead in session.scalars(select(Lead).order_by(Lead.id))
+    ]
+
+
+def contacts_json(session: Session) -> list[JSON]:
+    """contact: id, name, emails, phones, company."""
+    emails = _emails(session, "contact")
+    companies = _names(session, Company)
+    return [
+        {
+            "id": c.id,
+            "name": c.name,
+            "emails": emails.get(c.id, []),
+            "phones": list(c.phones),
+            "company": companies.get(c.company_id) if c.company_id else None,
+            "title": c.title,
+        }
+        for c in session.scalars(select(Contact).order_by(Contact.id))
+    ]
+
+
+def companies_json(session: Session) -> list[JSON]:
+    """company: id, name, domain."""
+    return [
+        {"id": c.id, "name": c.name, "domain": c.domain}
+        for c in session.scalars(select(Company).order_by(Company.id))
+    ]
+
+
+def activity_json(activity: Activity, mailbox: str | None) -> JSON:
+    """activity: id, direction, subject, message_id, mailbox, completed, thread, bindings."""
+    return {
+        "id": activity.id,
+        "direction": activity.direction,
+        "subject": activity.subject,
+        "message_id": activity.message_id,
+        "mailbox": mailbox,
+        "completed": activity.completed,
+        "thread": activity.thread,
+        "bindings": [{"type": b.entity_type, "id": b.entity_id} for b in activity.bindings],
+        "sender": activity.sender,
+        "counterparts": list(activity.counterparts),
+        "date": iso(activity.sent_at),
+        "answered": activity.answered,
+    }
+
+
+def activities_json(session: Session, mailbox: str | None = None) -> list[JSON]:
+    """Every activity, oldest first, optionally of one mailbox."""
+    boxes = dict(session.execute(select(Mailbox.id, Mailbox.address)).tuples().all())
+    query = select(Activity).order_by(Activity.id)
+    if mailbox is not None:
+        box_id = next((i for i, a in boxes.items() if a == mailbox), -1)
+        query = query.where(Activity.mailbox_id == box_id)
+    return [
+        activity_json(a, boxes.get(a.mailbox_id) if a.mailbox_id else None)
+        for a in session.scalars(query)
+    ]
+
+
+def exclusions_json(session: Session) -> list[JSON]:
+    """exclusion: entry, mailbox (null for the global list)."""
+    boxes = dict(session.execute(select(Mailbox.id, Mailbox.address)).tuples().all())
+    return [
+        {"entry": e.entry, "mailbox": boxes.get(e.mailbox_id) if e.mailbox_id else None}
+        for e in session.scalars(select(Exclusion).order_by(Exclusion.id))
+    ]

@@ -1,0 +1,71 @@
+"""``mailcrm serve``: runs every long-lived component on one event loop until SIGTERM/SIGINT.
+
+Components are coroutines ``run(config, db, stop)`` that return when ``stop`` is set; each is
+started here, and one that crashes is logged and restarted after a pause, so a fault in one part
+(say, the poller) never takes down another (say, the relay).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+
+from crm.config import Config
+from crm.db import Database
+
+log = logging.getLogger(__name__)
+Component = Callable[[Config, Database, asyncio.Event], Awaitable[None]]
+
+# (name, "module:function") of every component; each module owns its part.
+COMPONENTS: tuple[tuple[str, str], ...] = (
+    ("spool", "crm.spool:run_spool_worker"),
+    ("relay", "proxy.relay:run_relay"),
+    ("poller", "proxy.poller:run_poller"),
+)
+RESTART_DELAY = 5.0
+
+
+def _load(target: str) -> Component:
+    module, _, name = target.partition(":")
+    component: Component = getattr(importlib.import_module(module), name)
+    return component
+
+
+async def _supervise(name: str, run: Component, config: Config, db: Database,
+                     stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        try:
+            await run(config, db, stop)
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("component %s crashed; restarting in %.0f s", name, RESTART_DELAY)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), RESTART_DELAY)
+
+
+async def serve(config: Config, db: Database, stop: asyncio.Event | None = None,
+                components: tuple[tuple[str, str], ...] = COMPONENTS) -> None:
+    """Run the components until ``stop`` is set (by SIGTERM or SIGINT when not given)."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    tasks = [
+        asyncio.create_task(_supervise(name, _load(target), config, db, stop), name=name)
+        for name, target in components
+    ]
+    log.info("mailcrm serving: %s", ", ".join(name for name, _ in components))
+    try:
+        await stop.wait()
+    finally:
+        await asyncio.wait(tasks, timeout=30)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
