@@ -17,6 +17,8 @@ from typing import Annotated, Any, NoReturn
 import typer
 from rich.console import Console
 from rich.table import Table
+from typer._click.core import Context as ClickContext  # typer vendors click
+from typer._click.exceptions import ClickException, UsageError
 from typer.core import TyperGroup
 
 from crm import admin, views
@@ -31,9 +33,23 @@ from crm.sources import read_sources
 
 
 class _Group(TyperGroup):
-    """The root group: a MailcrmError anywhere becomes one line on stderr and exit 1."""
+    """The root group: a MailcrmError anywhere becomes one line on stderr and exit 1, a usage
+    error one line and exit 2."""
 
-    def invoke(self, ctx: typer.Context) -> Any:
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs["standalone_mode"] = False
+        try:
+            code = super().main(*args, **kwargs)
+        except ClickException as exc:
+            hint = " (see --help)" if isinstance(exc, UsageError) else ""
+            typer.echo(f"mailcrm: {exc.format_message()}{hint}", err=True)
+            sys.exit(exc.exit_code)
+        except typer.Abort:
+            typer.echo("mailcrm: aborted", err=True)
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
+
+    def invoke(self, ctx: ClickContext) -> Any:
         try:
             return super().invoke(ctx)
         except MailcrmError as exc:
@@ -319,6 +335,30 @@ def mailbox_show(address: str, as_json: JsonOpt = False) -> None:
         return
     for key, value in data.items():
         out.print(f"{key}: {_cell(value)}")
+
+
+@mailbox_app.command("check")
+def mailbox_check(address: str, as_json: JsonOpt = False) -> None:
+    """Verify settings and connection (IMAP login, folders, SMTP login); collects no mail."""
+    import asyncio
+
+    from crm import sync
+    from proxy.imap.check import check_mailbox
+    from proxy.imap.plan import load_plan
+
+    settings = STATE.config.poller
+    plan = load_plan(STATE.db, address, STATE.secrets(), settings)
+    report = asyncio.run(check_mailbox(plan, settings.timeout_s))
+    sync.record_status(STATE.db, plan.id, "; ".join(report.problems) or None)
+    if as_json:
+        print_json(report.as_json())
+    else:
+        out.print(f"IMAP: {report.imap}")
+        for folder in report.folders:
+            out.print(f"  folder {folder['name']} ({folder['direction']})")
+        out.print(f"SMTP: {report.smtp}")
+    if not report.ok:
+        fail(f"check of {plan.address} failed: {'; '.join(report.problems)}")
 
 
 @mailbox_app.command("remove")

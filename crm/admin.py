@@ -93,7 +93,18 @@ def add_mailbox(
     if session.scalar(select(Mailbox.id).where(Mailbox.address == normalized)) is not None:
         raise AlreadyExists(f"mailbox {normalized} exists already")
     kind = MailboxKind.PERSONAL if owner else MailboxKind.COMPANY
-    box = Mailbox(address=normalized, kind=kind.value, linked=False, folders=[])
+    box = Mailbox(
+        address=normalized,
+        kind=kind.value,
+        linked=False,
+        folders=[],
+        imap_tls="ssl",
+        smtp_tls="starttls",
+        since="3d",
+        create_leads=True,
+        vcard_contacts=True,
+        queue_cursor=0,
+    )
     if owner:
         user = get_user(session, owner)
         box.owner = user
