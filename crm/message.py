@@ -15,15 +15,21 @@ from email import policy
 from email.message import EmailMessage
 from email.parser import BytesParser
 from email.utils import getaddresses
+from typing import Any
 
 from .addresses import try_normalize
 from .errors import MessageParseError
 from .robots import robot_reason
 
 _HEADER_PARSER = BytesParser(policy=policy.default)
+_SURROGATES = re.compile("[\udc80-\udcff]")
+_YEAR = re.compile(r"[A-Za-z]{3}\s+(\d{4})\b")
 _MSGID = re.compile(r"<([^<>\s]+)>")
 _ORIGINAL_ID_HEADERS = ("X-Microsoft-Original-Message-ID", "X-Google-Original-Message-ID")
 MAX_HEADER_BYTES = 4 * 1024 * 1024
+MAX_PARSED_HEADER = 64 * 1024
+MAX_PARSED_ADDRESSES = 16 * 1024
+MAX_ADDRESSES = 1000
 
 
 @dataclass(frozen=True)
@@ -58,12 +64,35 @@ class ParsedMessage:
         return self.to + self.cc + self.bcc
 
 
-def _header_text(headers: EmailMessage, name: str) -> str | None:
+def _raw_values(headers: EmailMessage, name: str) -> list[str]:
+    wanted = name.lower()
+    return [_unescape(str(v)) for key, v in headers.raw_items() if key.lower() == wanted]
+
+
+def _unescape(value: str) -> str:
+    """Raw 8-bit header bytes (kept as surrogates by the parser) as UTF-8, else Windows-1252."""
+    if not _SURROGATES.search(value):
+        return value
+    data = value.encode("ascii", "surrogateescape")
     try:
-        value = headers.get(name)
-    except Exception:  # a header policy.default cannot even fold: read it raw
-        value = headers.get_all(name, failobj=[None])[0]
-    return None if value is None else str(value)
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return data.decode("cp1252", "replace")
+
+
+def _decoded(headers: EmailMessage, name: str, value: str) -> Any:
+    """The policy.default header object for a raw value, parsed only up to a sane size."""
+    return headers.policy.header_factory(name, value[:MAX_PARSED_HEADER])  # type: ignore[attr-defined]
+
+
+def _header_text(headers: EmailMessage, name: str) -> str | None:
+    values = _raw_values(headers, name)
+    if not values:
+        return None
+    try:
+        return str(_decoded(headers, name, values[0]))
+    except Exception:  # a header policy.default cannot decode: keep the raw text
+        return values[0][:MAX_PARSED_HEADER]
 
 
 def message_ids(value: str | None) -> tuple[str, ...]:
@@ -76,29 +105,35 @@ def message_ids(value: str | None) -> tuple[str, ...]:
     return tuple(found)
 
 
+def _address_pairs(headers: EmailMessage, name: str, value: str) -> list[tuple[str, str]]:
+    if len(value) > MAX_PARSED_ADDRESSES:  # a giant header: the fast lenient parser, capped
+        return getaddresses([value[:MAX_PARSED_HEADER]])[:MAX_ADDRESSES]
+    try:
+        return [(a.display_name, a.addr_spec) for a in _decoded(headers, name, value).addresses]
+    except Exception:  # policy.default could not parse it: read it leniently
+        return getaddresses([value])
+
+
 def _parties(headers: EmailMessage, name: str) -> tuple[Party, ...]:
-    values = headers.get_all(name) or []
     pairs: list[tuple[str, str]] = []
-    for value in values:
-        try:
-            pairs.extend((a.display_name, a.addr_spec) for a in value.addresses)
-        except Exception:  # not an AddressHeader, or one that policy.default could not parse
-            pairs.extend(getaddresses([str(value)]))
-    parties: list[Party] = []
-    for display, spec in pairs:
+    for value in _raw_values(headers, name):
+        pairs.extend(_address_pairs(headers, name, value))
+    parties: dict[str, Party] = {}
+    for display, spec in pairs[:MAX_ADDRESSES]:
         address = try_normalize(spec) if spec else None
-        if address and all(p.address != address for p in parties):
-            parties.append(Party(address, (display or "").strip()))
-    return tuple(parties)
+        if address and address not in parties:
+            parties[address] = Party(address, (display or "").strip())
+    return tuple(parties.values())
 
 
 def _date(headers: EmailMessage) -> dt.datetime | None:
+    values = _raw_values(headers, "Date")
     try:
-        header = headers.get("Date")
-        when = getattr(header, "datetime", None)
+        when = getattr(_decoded(headers, "Date", values[0]), "datetime", None) if values else None
     except Exception:
         return None
-    if not isinstance(when, dt.datetime) or when.year < 1970:
+    year = _YEAR.search(values[0]) if values else None
+    if not isinstance(when, dt.datetime) or when.year < 1970 or (year and int(year[1]) < 1970):
         return None
     return when if when.tzinfo else when.replace(tzinfo=dt.UTC)
 
@@ -107,7 +142,9 @@ def content_key(raw: bytes, headers: EmailMessage) -> str:
     """A stable hash for a message that has no Message-ID (C9): a few headers and the body."""
     digest = hashlib.sha256()
     for name in ("From", "To", "Cc", "Date", "Subject"):
-        digest.update((_header_text(headers, name) or "").encode("utf-8", "replace") + b"\0")
+        for value in _raw_values(headers, name):
+            digest.update(" ".join(value.split()).encode("utf-8", "surrogateescape"))
+        digest.update(b"\0")
     split = re.search(rb"\r?\n\r?\n", raw)
     body = raw[split.end() :] if split else b""
     digest.update(b"\n".join(line.rstrip() for line in body.splitlines()).rstrip())
