@@ -16,6 +16,9 @@ from sqlalchemy import create_engine, text
 from typer.testing import CliRunner
 
 from crm.db import Database
+from tests.servers import dovecot, postfix
+
+__all__ = ["dovecot", "postfix"]  # one Dovecot and one Postfix for the whole session
 
 PG_ADMIN_URL = os.environ.get(
     "MAILCRM_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
