@@ -17,6 +17,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from . import metrics
 from .db import Database
 from .errors import MessageParseError, NotFound
 from .message import ParsedMessage, parse_full, parse_message
@@ -101,6 +102,7 @@ class Capturer:
         self.db = db
         self.staff = _Staff()
 
+    @metrics.counted
     def capture(
         self,
         raw: bytes,

@@ -8,6 +8,7 @@ file in the user's data directory (``$XDG_DATA_HOME/mailcrm/mailcrm.db``).
 from __future__ import annotations
 
 import os
+import socket
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,6 +86,28 @@ class PollerConfig:
 
 
 @dataclass
+class HttpConfig:
+    """The health, metrics and status-page listener of ``mailcrm serve`` (B6)."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = 8025
+
+
+def default_node_name() -> str:
+    """This process's node name in a cluster: host name and process id."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+@dataclass
+class ClusterConfig:
+    """Several nodes on one PostgreSQL (B7): who this node is, how long a mailbox lease lasts."""
+
+    node_name: str = field(default_factory=default_node_name)
+    lease_seconds: float = 30.0
+
+
+@dataclass
 class Config:
     """Everything mailcrm reads from its environment."""
 
@@ -93,6 +116,9 @@ class Config:
     secret_key_file: str | None = None
     relay: RelayConfig = field(default_factory=RelayConfig)
     poller: PollerConfig = field(default_factory=PollerConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    log_format: str = "text"
     allowed_since: tuple[str, ...] = ("3d", "all")
     allowed_intervals: tuple[str, ...] = ("2m", "5m", "10m", "1h", "3h", "12h")
     source: Path | None = None
@@ -124,6 +150,9 @@ def load_config(path: str | None = None, database_url: str | None = None) -> Con
         config.secret_key_file = raw.get("secret_key_file")
         _section(raw, "relay", config.relay)
         _section(raw, "poller", config.poller)
+        _section(raw, "http", config.http)
+        _section(raw, "cluster", config.cluster)
+        config.log_format = raw.get("log_format", config.log_format)
         limits = raw.get("limits", {})
         config.allowed_since = tuple(limits.get("since", config.allowed_since))
         config.allowed_intervals = tuple(limits.get("intervals", config.allowed_intervals))
@@ -131,4 +160,6 @@ def load_config(path: str | None = None, database_url: str | None = None) -> Con
         database_url or os.environ.get("MAILCRM_DATABASE_URL") or config.database_url
     )
     config.secret_key = os.environ.get("MAILCRM_SECRET_KEY") or config.secret_key
+    config.cluster.node_name = os.environ.get("MAILCRM_NODE_NAME") or config.cluster.node_name
+    config.log_format = os.environ.get("MAILCRM_LOG_FORMAT") or config.log_format
     return config

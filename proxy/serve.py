@@ -14,6 +14,7 @@ import logging
 import signal
 from collections.abc import Awaitable, Callable
 
+from crm import logs
 from crm.config import Config
 from crm.db import Database
 
@@ -25,6 +26,7 @@ COMPONENTS: tuple[tuple[str, str], ...] = (
     ("spool", "crm.spool:run_spool_worker"),
     ("relay", "proxy.relay:run_relay"),
     ("poller", "proxy.poller:run_poller"),
+    ("http", "proxy.web:run_http"),
 )
 RESTART_DELAY = 5.0
 
@@ -53,6 +55,8 @@ async def serve(config: Config, db: Database, stop: asyncio.Event | None = None,
                 components: tuple[tuple[str, str], ...] = COMPONENTS) -> None:
     """Run the components until ``stop`` is set (by SIGTERM or SIGINT when not given)."""
     stop = stop or asyncio.Event()
+    if config.log_format != "text":
+        logs.configure(config.log_format)  # structured logs (B6)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):

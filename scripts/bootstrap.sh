@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what mailcrm needs on a fresh Debian machine: Python with venv (Debian packages), then
 # mailcrm itself into ./.venv. With "test": also the test tools, Dovecot and Postfix (their own
-# daemons kept from starting), and a PostgreSQL server if none answers on 127.0.0.1:5432.
+# daemons kept from starting), Chromium and docker-compose (scripts/install-browser.sh), and a
+# PostgreSQL server if none answers on 127.0.0.1:5432.
 # Idempotent: a second run installs nothing new.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,5 +28,6 @@ extra=""
 
 if [ "$want_tests" = test ]; then
   bash scripts/install-servers.sh
+  bash scripts/install-browser.sh
   bash scripts/postgres.sh
 fi

@@ -1,0 +1,118 @@
+"""The HTTP listener of ``mailcrm serve`` (B6): ``/healthz``, ``/metrics``, ``/``, ``/status.json``.
+
+Loopback (127.0.0.1:8025) unless ``[http]`` in the config says otherwise. Database work runs in
+worker threads so a slow database never stalls the relay on the same event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from sqlalchemy import text
+
+from crm import metrics
+from crm.config import Config
+from crm.db import Database
+
+from .page import render
+from .status import Check, gather, probe_relay
+
+log = logging.getLogger(__name__)
+HEALTH_TIMEOUT = 5.0
+CONFIG: web.AppKey[Config] = web.AppKey("config", Config)
+DB: web.AppKey[Database] = web.AppKey("db", Database)
+REGISTRY: web.AppKey[CollectorRegistry] = web.AppKey("registry", CollectorRegistry)
+
+
+def make_app(config: Config, db: Database) -> web.Application:
+    """The aiohttp application for one node."""
+    app = web.Application()
+    app[CONFIG], app[DB], app[REGISTRY] = config, db, metrics.registry(db)
+    app.router.add_get("/", status_page)
+    app.router.add_get("/status.json", status_json)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics_page)
+    return app
+
+
+async def run_http(config: Config, db: Database, stop: asyncio.Event) -> None:
+    """The ``serve`` component: listen until ``stop`` is set."""
+    if not config.http.enabled:
+        log.info("HTTP listener disabled in the config")
+        await stop.wait()
+        return
+    runner = web.AppRunner(make_app(config, db), handle_signals=False)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, config.http.host, config.http.port)
+        await site.start()
+        log.info("HTTP status and metrics on http://%s:%d/", config.http.host, config.http.port)
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """200 when this node can reach its database, 503 otherwise."""
+    config, db = request.app[CONFIG], request.app[DB]
+    body: dict[str, Any] = {"status": "ok", "node": config.cluster.node_name}
+    try:
+        await asyncio.wait_for(asyncio.to_thread(_ping, db), HEALTH_TIMEOUT)
+    except Exception as exc:
+        reason = str(getattr(exc, "orig", None) or exc) or type(exc).__name__
+        body.update(status="unavailable", database=f"unreachable: {reason.splitlines()[0][:200]}")
+        return web.json_response(body, status=503)
+    body["database"] = "reachable"
+    return web.json_response(body)
+
+
+def _ping(db: Database) -> None:
+    with db.engine.connect() as conn:
+        conn.execute(text("SELECT 1"))
+
+
+async def metrics_page(request: web.Request) -> web.Response:
+    """Prometheus text exposition: counters, database gauges, listener probes, process."""
+    listeners = await probe_relay(request.app[CONFIG])
+    try:
+        body = await asyncio.to_thread(generate_latest, request.app[REGISTRY])
+    except Exception as exc:
+        log.warning("metrics from the database failed: %s", exc)
+        raise web.HTTPServiceUnavailable(text="database unreachable\n") from None
+    extra = CollectorRegistry(auto_describe=False)
+    extra.register(_ListenerCollector(listeners))
+    response = web.Response(body=body + generate_latest(extra))
+    response.headers["Content-Type"] = CONTENT_TYPE_LATEST
+    return response
+
+
+class _ListenerCollector(Collector):
+    def __init__(self, checks: list[Check]) -> None:
+        self.checks = checks
+
+    def collect(self) -> list[Metric]:
+        up = GaugeMetricFamily(
+            "mailcrm_listener_up", "1 when the listener answers on this node.", labels=["listener"]
+        )
+        up.add_metric(["http"], 1.0)
+        for check in self.checks:
+            up.add_metric([check.key or check.name], 1.0 if check.status == "green" else 0.0)
+        return [up]
+
+
+async def status_page(request: web.Request) -> web.Response:
+    """The status page (HTML)."""
+    snap = await gather(request.app[CONFIG], request.app[DB])
+    return web.Response(text=render(snap), content_type="text/html", charset="utf-8")
+
+
+async def status_json(request: web.Request) -> web.Response:
+    """The status page's data as JSON."""
+    snap = await gather(request.app[CONFIG], request.app[DB])
+    return web.json_response(snap.as_json())

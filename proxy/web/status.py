@@ -1,0 +1,200 @@
+"""What the status page shows (B6, M5): listeners, nodes, mailboxes and the last day's CRM work.
+
+:func:`gather` reads the database (in a worker thread: SQLAlchemy blocks) and probes this node's
+listeners over TCP, so a listener is green only when it really answers. The result is plain data
+(:class:`Snapshot`), rendered as HTML by :mod:`proxy.web.page` and as JSON at ``/status.json``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from crm.config import Config
+from crm.db import Database
+from crm.leases import lease_owners
+from crm.models import Activity, EntityEmail, Lead, Mailbox, Node, utcnow
+from crm.views import iso, mailbox_json
+
+GREEN, RED = "green", "red"
+PROBE_TIMEOUT = 2.0
+RECENT = dt.timedelta(days=1)
+LIST_LIMIT = 10
+
+
+@dataclass
+class Check:
+    """One listener or node: green or red, and why."""
+
+    name: str
+    status: str
+    reason: str
+    address: str = ""
+    key: str = ""
+
+
+@dataclass
+class Snapshot:
+    """Everything on the status page, at one moment."""
+
+    node: str
+    generated_at: str
+    listeners: list[Check] = field(default_factory=list)
+    nodes: list[Check] = field(default_factory=list)
+    mailboxes: list[dict[str, Any]] = field(default_factory=list)
+    leads_today: int = 0
+    activities_today: int = 0
+    recent_leads: list[dict[str, Any]] = field(default_factory=list)
+    recent_activities: list[dict[str, Any]] = field(default_factory=list)
+
+    def as_json(self) -> dict[str, Any]:
+        """The snapshot as JSON-ready data."""
+        return asdict(self)
+
+
+async def gather(config: Config, db: Database) -> Snapshot:
+    """Probe the listeners and read the database; a database failure shows as a red check."""
+    snap = Snapshot(node=config.cluster.node_name, generated_at=iso(utcnow()) or "")
+    http = f"{config.http.host}:{config.http.port}"
+    snap.listeners.append(Check("HTTP (status, metrics)", GREEN, "serving this page", http, "http"))
+    snap.listeners.extend(await probe_relay(config))
+    try:
+        await asyncio.to_thread(_read_database, config, db, snap)
+    except Exception as exc:
+        reason = f"unreachable: {_first_line(exc)}"
+        snap.listeners.append(Check("Database", RED, reason, db.safe_url))
+    else:
+        snap.listeners.append(Check("Database", GREEN, "reachable", db.safe_url))
+    return snap
+
+
+async def probe_relay(config: Config) -> list[Check]:
+    """The SMTP relay's listeners on this node (none when the relay is off)."""
+    relay = config.relay
+    if not relay.enabled:
+        return []
+    host = _loopback_for(relay.host)
+    checks = [await probe_smtp("SMTP relay (STARTTLS)", host, relay.port, key="relay")]
+    if relay.tls_port:
+        name = "SMTP relay (implicit TLS)"
+        checks.append(await probe_smtp(name, host, relay.tls_port, tls=True, key="relay_tls"))
+    return checks
+
+
+async def probe_smtp(name: str, host: str, port: int, tls: bool = False, key: str = "") -> Check:
+    """Connect, read the greeting and say QUIT; green on a 220 greeting."""
+    address = f"{host}:{port}"
+    ssl_context = None
+    if tls:
+        import ssl
+
+        ssl_context = ssl.create_default_context()
+        ssl_context.check_hostname, ssl_context.verify_mode = False, ssl.CERT_NONE
+    try:
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(host, port, ssl=ssl_context), PROBE_TIMEOUT
+        )
+    except (OSError, TimeoutError) as exc:
+        return Check(name, RED, f"not answering: {_first_line(exc)}", address, key)
+    try:
+        greeting = await asyncio.wait_for(reader.readline(), PROBE_TIMEOUT)
+        writer.write(b"QUIT\r\n")
+        await writer.drain()
+    except (OSError, TimeoutError):
+        greeting = b""
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+    if greeting.startswith(b"220"):
+        return Check(name, GREEN, "accepting connections", address, key)
+    shown = greeting.decode("ascii", "replace").strip()[:80] or "no greeting"
+    return Check(name, RED, f"unexpected answer: {shown}", address, key)
+
+
+def _loopback_for(host: str) -> str:
+    return {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+
+
+def _first_line(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.errno:
+        return os.strerror(exc.errno).lower()
+    text = str(getattr(exc, "orig", None) or exc) or type(exc).__name__
+    return text.splitlines()[0][:200]
+
+
+def _read_database(config: Config, db: Database, snap: Snapshot) -> None:
+    owners = lease_owners(db)
+    now = utcnow()
+    with db.session() as session:
+        for box in session.scalars(select(Mailbox).order_by(Mailbox.address)).unique():
+            row = mailbox_json(box)
+            row["node"] = owners.get(box.id)
+            snap.mailboxes.append(row)
+        snap.nodes = _nodes(session, now, config.cluster.lease_seconds, owners)
+        since = now - RECENT
+        snap.leads_today = _created_since(session, Lead, since)
+        snap.activities_today = _created_since(session, Activity, since)
+        snap.recent_leads = _recent_leads(session, since)
+        snap.recent_activities = _recent_activities(session, since)
+
+
+def _nodes(session: Session, now: dt.datetime, lease: float, owners: dict[int, str]) -> list[Check]:
+    checks = []
+    for node in session.scalars(select(Node).order_by(Node.name)):
+        silent = (now - node.last_seen).total_seconds()
+        held = sum(1 for owner in owners.values() if owner == node.name)
+        status, why = (GREEN, "alive") if silent <= lease * 2 else (RED, "no heartbeat")
+        reason = f"{why}: last seen {silent:.0f} s ago, {held} mailboxes"
+        checks.append(Check(node.name, status, reason))
+    return checks
+
+
+def _created_since(session: Session, model: type[Lead | Activity], since: dt.datetime) -> int:
+    query = select(func.count()).select_from(model).where(model.created_at >= since)
+    return int(session.scalar(query) or 0)
+
+
+def _recent_leads(session: Session, since: dt.datetime) -> list[dict[str, Any]]:
+    leads = list(
+        session.scalars(
+            select(Lead).where(Lead.created_at >= since).order_by(Lead.id.desc()).limit(LIST_LIMIT)
+        )
+    )
+    emails: dict[int, str] = {}
+    rows = session.execute(
+        select(EntityEmail.entity_id, EntityEmail.address)
+        .where(EntityEmail.entity_type == "lead", EntityEmail.entity_id.in_([x.id for x in leads]))
+        .order_by(EntityEmail.position.desc())
+    )
+    for lead_id, address in rows:
+        emails[lead_id] = address
+    return [
+        {"id": x.id, "name": x.name, "email": emails.get(x.id), "status": x.status,
+         "created_at": iso(x.created_at)}
+        for x in leads
+    ]
+
+
+def _recent_activities(session: Session, since: dt.datetime) -> list[dict[str, Any]]:
+    boxes = {i: a for i, a in session.execute(select(Mailbox.id, Mailbox.address))}
+    query = (
+        select(Activity)
+        .where(Activity.created_at >= since)
+        .order_by(Activity.id.desc())
+        .limit(LIST_LIMIT)
+    )
+    return [
+        {"id": a.id, "direction": a.direction, "subject": a.subject,
+         "mailbox": boxes.get(a.mailbox_id) if a.mailbox_id else None,
+         "counterparts": list(a.counterparts), "completed": a.completed,
+         "created_at": iso(a.created_at)}
+        for a in session.scalars(query)
+    ]
