@@ -25,6 +25,7 @@ from prometheus_client import CollectorRegistry, Counter, ProcessCollector
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
+from sqlalchemy.orm import noload
 
 from .db import Database
 from .models import Lease, Mailbox, SpoolEntry, utcnow
@@ -142,7 +143,10 @@ class DatabaseCollector(Collector):
                     SpoolEntry.state == "pending"
                 )
             ).one()
-            boxes = list(session.scalars(select(Mailbox).order_by(Mailbox.address)))
+            boxes = list(session.scalars(
+                select(Mailbox).options(noload(Mailbox.owner), noload(Mailbox.queue))
+                .order_by(Mailbox.address)
+            ))
             leases = session.execute(
                 select(Lease.node, func.count())
                 .where(Lease.node.is_not(None), Lease.expires_at > now)
