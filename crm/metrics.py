@@ -25,7 +25,7 @@ from prometheus_client import CollectorRegistry, Counter, ProcessCollector
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
-from sqlalchemy.orm import noload
+from sqlalchemy.orm import lazyload
 
 from .db import Database
 from .models import Lease, Mailbox, SpoolEntry, utcnow
@@ -144,7 +144,7 @@ class DatabaseCollector(Collector):
                 )
             ).one()
             boxes = list(session.scalars(
-                select(Mailbox).options(noload(Mailbox.owner), noload(Mailbox.queue))
+                select(Mailbox).options(lazyload(Mailbox.owner), lazyload(Mailbox.queue))
                 .order_by(Mailbox.address)
             ))
             leases = session.execute(
