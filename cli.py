@@ -594,6 +594,43 @@ def status(as_json: JsonOpt = False) -> None:
     )
 
 
+tls_app = typer.Typer(no_args_is_help=True, help="TLS certificates of the relay.")
+app.add_typer(tls_app, name="tls")
+
+
+@tls_app.command("selfsigned")
+def tls_selfsigned(
+    cert: Annotated[str | None, Opt(help="Certificate file (default: in the data dir).")] = None,
+    key: Annotated[str | None, Opt(help="Key file (default: in the data dir).")] = None,
+    hostname: Annotated[
+        list[str] | None, Opt("--hostname", help="Host name or IP it is for (repeatable).")
+    ] = None,
+    days: Annotated[int, Opt(min=1, help="Validity in days.")] = 825,
+    force: Annotated[bool, Opt("--force", help="Replace existing files.")] = False,
+) -> None:
+    """Write a self-signed certificate and key for the relay's listeners."""
+    from pathlib import Path
+
+    from proxy.tls import default_names, default_paths, write_selfsigned
+
+    default_cert, default_key = default_paths()
+    cert_path, key_path = Path(cert or default_cert), Path(key or default_key)
+    names = hostname or default_names(STATE.config.relay)
+    write_selfsigned(cert_path, key_path, names, days, force)
+    out.print(f"wrote {cert_path} and {key_path} (mode 0600) for {', '.join(names)}")
+    out.print(f'config: [relay] cert_file = "{cert_path}"  key_file = "{key_path}"', markup=False)
+
+
+@app.command("serve")
+def serve() -> None:
+    """SMTP relay, IMAP pollers and scheduler, until SIGTERM."""
+    import asyncio
+
+    from proxy.serve import serve as serve_all
+
+    asyncio.run(serve_all(STATE.config, STATE.db))
+
+
 def main() -> None:
     """Console entry point."""
     app()
