@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     DateTime,
     ForeignKey,
@@ -261,8 +262,8 @@ class MessageLocation(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     mailbox_id: Mapped[int] = mapped_column(ForeignKey("mailboxes.id", ondelete="CASCADE"))
     folder: Mapped[str] = mapped_column(String(255))
-    uidvalidity: Mapped[int] = mapped_column(Integer)
-    uid: Mapped[int] = mapped_column(Integer)
+    uidvalidity: Mapped[int] = mapped_column(BigInteger)
+    uid: Mapped[int] = mapped_column(BigInteger)
     message_key: Mapped[str] = mapped_column(String(200), index=True)
     activity_id: Mapped[int | None] = mapped_column(
         ForeignKey("activities.id", ondelete="SET NULL"), index=True, default=None
@@ -279,9 +280,9 @@ class FolderState(Base):
         ForeignKey("mailboxes.id", ondelete="CASCADE"), primary_key=True
     )
     folder: Mapped[str] = mapped_column(String(255), primary_key=True)
-    uidvalidity: Mapped[int] = mapped_column(Integer, default=0)
-    last_uid: Mapped[int] = mapped_column(Integer, default=0)
-    highest_modseq: Mapped[int] = mapped_column(Integer, default=0)
+    uidvalidity: Mapped[int] = mapped_column(BigInteger, default=0)
+    last_uid: Mapped[int] = mapped_column(BigInteger, default=0)
+    highest_modseq: Mapped[int] = mapped_column(BigInteger, default=0)
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 

@@ -1,0 +1,367 @@
+"""The CRM side of IMAP sync: checkpoints, read state (C10), deletions (C11), mailbox status (M5).
+
+Role: every database write the poller makes besides capture itself, each function one short
+transaction through :class:`crm.db.Database`. The poller calls them from its database thread;
+nothing here knows about IMAP beyond folder names, UIDVALIDITY and UIDs.
+
+Read state: ``MessageLocation.seen`` is the server's ``\\Seen`` as last synced. A server value
+that differs from it is a change made on the server (the activity follows); an activity whose
+``completed`` differs from it is a change made in the CRM (the poller pushes it upstream).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from sqlalchemy import ColumnElement, and_, delete, select, update
+from sqlalchemy.orm import Session
+
+from .db import Database
+from .models import (
+    Activity,
+    ActivityBinding,
+    Direction,
+    EntityEmail,
+    FolderState,
+    Lead,
+    Mailbox,
+    MessageLocation,
+    utcnow,
+)
+
+INCOMING = Direction.INCOMING.value
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """Where the incremental sync of one folder stands."""
+
+    uidvalidity: int
+    last_uid: int
+    highest_modseq: int
+
+
+@dataclass(frozen=True)
+class ServerFlags:
+    """The flags of one message as the server reported them."""
+
+    uid: int
+    seen: bool
+    answered: bool = False
+
+
+@dataclass
+class Removed:
+    """What a deletion pass removed from the CRM (C11)."""
+
+    locations: int = 0
+    activities: list[int] = field(default_factory=list)
+    leads: list[int] = field(default_factory=list)
+
+
+def load_checkpoint(db: Database, mailbox_id: int, folder: str) -> Checkpoint | None:
+    """The folder's checkpoint, or None before its first sync."""
+    with db.session() as s:
+        state = s.get(FolderState, (mailbox_id, folder))
+        if state is None:
+            return None
+        return Checkpoint(state.uidvalidity, state.last_uid, state.highest_modseq)
+
+
+def save_checkpoint(
+    db: Database,
+    mailbox_id: int,
+    folder: str,
+    uidvalidity: int,
+    last_uid: int | None = None,
+    highest_modseq: int | None = None,
+) -> None:
+    """Advance the checkpoint (called only after the captures it covers are committed).
+
+    A new UIDVALIDITY starts over at 0; ``last_uid`` never moves back within one UIDVALIDITY.
+    """
+    with db.session() as s:
+        state = s.get(FolderState, (mailbox_id, folder))
+        if state is None:
+            state = FolderState(mailbox_id=mailbox_id, folder=folder, uidvalidity=uidvalidity)
+            state.last_uid = state.highest_modseq = 0
+            s.add(state)
+        elif state.uidvalidity != uidvalidity:
+            state.uidvalidity, state.last_uid, state.highest_modseq = uidvalidity, 0, 0
+        if last_uid is not None:
+            state.last_uid = max(state.last_uid or 0, last_uid)
+        if highest_modseq is not None:
+            state.highest_modseq = highest_modseq
+        state.updated_at = utcnow()
+
+
+def _here(mailbox_id: int, folder: str, uidvalidity: int) -> list[ColumnElement[bool]]:
+    return [
+        MessageLocation.mailbox_id == mailbox_id,
+        MessageLocation.folder == folder,
+        MessageLocation.uidvalidity == uidvalidity,
+    ]
+
+
+def known_uids(
+    db: Database, mailbox_id: int, folder: str, uidvalidity: int, after: int, limit: int
+) -> list[int]:
+    """The next ``limit`` recorded UIDs above ``after`` (keyset pages: memory stays flat)."""
+    with db.session() as s:
+        query = (
+            select(MessageLocation.uid)
+            .where(*_here(mailbox_id, folder, uidvalidity), MessageLocation.uid > after)
+            .order_by(MessageLocation.uid)
+            .limit(limit)
+        )
+        return list(s.scalars(query))
+
+
+def recorded(
+    db: Database, mailbox_id: int, folder: str, uidvalidity: int, uids: Sequence[int]
+) -> set[int]:
+    """Which of ``uids`` are recorded already (captured before a crash: not fetched again)."""
+    if not uids:
+        return set()
+    with db.session() as s:
+        query = select(MessageLocation.uid).where(
+            *_here(mailbox_id, folder, uidvalidity), MessageLocation.uid.in_(list(uids))
+        )
+        return set(s.scalars(query))
+
+
+def apply_server_flags(
+    db: Database, mailbox_id: int, folder: str, uidvalidity: int, flags: Sequence[ServerFlags]
+) -> int:
+    """C10 server -> CRM: a changed ``\\Seen`` completes or reopens the activity.
+
+    ``\\Answered`` marks the activity answered (it then survives deletion, C11). Returns how
+    many activities changed.
+    """
+    by_uid = {f.uid: f for f in flags}
+    if not by_uid:
+        return 0
+    changed = 0
+    with db.session() as s:
+        rows = s.execute(
+            select(MessageLocation, Activity)
+            .outerjoin(Activity, Activity.id == MessageLocation.activity_id)
+            .where(*_here(mailbox_id, folder, uidvalidity), MessageLocation.uid.in_(list(by_uid)))
+        ).all()
+        for loc, activity in rows:
+            server = by_uid[loc.uid]
+            if activity is not None and server.answered and not activity.answered:
+                activity.answered = True
+            if server.seen == loc.seen:
+                continue
+            loc.seen = server.seen
+            if activity is not None and activity.direction == INCOMING:
+                changed += activity.completed != server.seen
+                activity.completed = server.seen
+    return changed
+
+
+def _mismatch() -> list[ColumnElement[bool]]:
+    return [Activity.direction == INCOMING, Activity.completed != MessageLocation.seen]
+
+
+def pending_pushes(
+    db: Database, mailbox_id: int, folder: str, uidvalidity: int, limit: int
+) -> list[tuple[int, bool]]:
+    """C10 CRM -> server: ``(uid, seen)`` for activities completed or reopened in the CRM."""
+    with db.session() as s:
+        rows = s.execute(
+            select(MessageLocation.uid, Activity.completed)
+            .join(Activity, Activity.id == MessageLocation.activity_id)
+            .where(*_here(mailbox_id, folder, uidvalidity), *_mismatch())
+            .order_by(MessageLocation.uid)
+            .limit(limit)
+        )
+        return [(uid, bool(done)) for uid, done in rows]
+
+
+def confirm_pushes(
+    db: Database, mailbox_id: int, folder: str, uidvalidity: int, uids: Iterable[int], seen: bool
+) -> None:
+    """The server now has ``\\Seen`` = ``seen`` on ``uids``."""
+    wanted = list(uids)
+    if not wanted:
+        return
+    with db.session() as s:
+        s.execute(
+            update(MessageLocation)
+            .where(*_here(mailbox_id, folder, uidvalidity), MessageLocation.uid.in_(wanted))
+            .values(seen=seen)
+        )
+
+
+def folders_with_pushes(db: Database) -> dict[int, set[str]]:
+    """Per mailbox, the folders holding activities whose state waits to go upstream."""
+    found: dict[int, set[str]] = {}
+    with db.session() as s:
+        rows = s.execute(
+            select(MessageLocation.mailbox_id, MessageLocation.folder)
+            .join(Activity, Activity.id == MessageLocation.activity_id)
+            .join(
+                FolderState,
+                and_(
+                    FolderState.mailbox_id == MessageLocation.mailbox_id,
+                    FolderState.folder == MessageLocation.folder,
+                    FolderState.uidvalidity == MessageLocation.uidvalidity,
+                ),
+            )
+            .where(*_mismatch())
+            .distinct()
+        )
+        for mailbox_id, folder in rows:
+            found.setdefault(mailbox_id, set()).add(folder)
+    return found
+
+
+def forget_vanished(
+    db: Database, mailbox_id: int, folder: str, uidvalidity: int, uids: Sequence[int]
+) -> Removed:
+    """C11: messages gone from the server; their unanswered received activities go too."""
+    if not uids:
+        return Removed()
+    with db.session() as s:
+        locs = list(
+            s.scalars(
+                select(MessageLocation).where(
+                    *_here(mailbox_id, folder, uidvalidity), MessageLocation.uid.in_(list(uids))
+                )
+            )
+        )
+        return _forget(s, locs)
+
+
+def forget_stale(db: Database, mailbox_id: int, folder: str, uidvalidity: int) -> Removed:
+    """After a UIDVALIDITY change: locations of the old one that were not re-mapped are gone."""
+    with db.session() as s:
+        locs = list(
+            s.scalars(
+                select(MessageLocation).where(
+                    MessageLocation.mailbox_id == mailbox_id,
+                    MessageLocation.folder == folder,
+                    MessageLocation.uidvalidity != uidvalidity,
+                )
+            )
+        )
+        return _forget(s, locs)
+
+
+def _forget(s: Session, locs: list[MessageLocation]) -> Removed:
+    removed = Removed(locations=len(locs))
+    activity_ids = {loc.activity_id for loc in locs if loc.activity_id is not None}
+    for loc in locs:
+        s.delete(loc)
+    s.flush()
+    for activity_id in sorted(activity_ids):
+        leads = _delete_activity_if_orphan(s, activity_id)
+        if leads is None:
+            continue
+        removed.activities.append(activity_id)
+        removed.leads += [lead for lead in leads if _delete_lead_if_untouched(s, lead)]
+    return removed
+
+
+def _delete_activity_if_orphan(s: Session, activity_id: int) -> list[int] | None:
+    """Delete an unanswered received activity no other location holds; its lead ids, or None."""
+    activity = s.get(Activity, activity_id)
+    if activity is None or activity.direction != INCOMING or activity.answered:
+        return None
+    elsewhere = s.scalar(
+        select(MessageLocation.id).where(MessageLocation.activity_id == activity_id).limit(1)
+    )
+    if elsewhere is not None:
+        return None
+    leads = [b.entity_id for b in activity.bindings if b.entity_type == "lead"]
+    s.delete(activity)
+    s.flush()
+    return leads
+
+
+def _delete_lead_if_untouched(s: Session, lead_id: int) -> bool:
+    """C11: a lead never changed by a person and bound to no other activity is deleted."""
+    lead = s.get(Lead, lead_id)
+    if lead is None or lead.changed_by_person:
+        return False
+    other = s.scalar(
+        select(ActivityBinding.activity_id)
+        .where(ActivityBinding.entity_type == "lead", ActivityBinding.entity_id == lead_id)
+        .limit(1)
+    )
+    if other is not None:
+        return False
+    s.execute(
+        delete(EntityEmail).where(
+            EntityEmail.entity_type == "lead", EntityEmail.entity_id == lead_id
+        )
+    )
+    s.delete(lead)
+    s.flush()
+    return True
+
+
+def remap(
+    db: Database,
+    mailbox_id: int,
+    folder: str,
+    uidvalidity: int,
+    found: Sequence[tuple[int, str]],
+) -> set[int]:
+    """UIDVALIDITY changed: move old locations to the new UIDs by message key (Message-ID).
+
+    ``found`` is ``(new uid, message key)``; returns the UIDs that were re-mapped.
+    """
+    done: set[int] = set()
+    with db.session() as s:
+        taken = set(
+            s.scalars(
+                select(MessageLocation.uid).where(
+                    *_here(mailbox_id, folder, uidvalidity),
+                    MessageLocation.uid.in_([uid for uid, _ in found]),
+                )
+            )
+        )
+        for uid, key in found:
+            if uid in taken:
+                done.add(uid)
+                continue
+            old = s.scalar(
+                select(MessageLocation)
+                .where(
+                    MessageLocation.mailbox_id == mailbox_id,
+                    MessageLocation.folder == folder,
+                    MessageLocation.uidvalidity != uidvalidity,
+                    MessageLocation.message_key == key,
+                )
+                .limit(1)
+            )
+            if old is not None:
+                old.uidvalidity, old.uid = uidvalidity, uid
+                done.add(uid)
+    return done
+
+
+def record_status(db: Database, mailbox_id: int, error: str | None) -> None:
+    """M5: the outcome of a check; ``error`` None means it worked."""
+    now = utcnow()
+    with db.session() as s:
+        box = s.get(Mailbox, mailbox_id)
+        if box is None:
+            return
+        box.last_check_at = now
+        if error is None:
+            box.last_ok_at, box.last_error = now, None
+        else:
+            box.last_error = error[:1000]
+
+
+def owner_active_since(db: Database, mailbox_id: int) -> dt.datetime | None:
+    """When the owner of a personal mailbox last used the relay or the CLI (T1)."""
+    with db.session() as s:
+        box = s.get(Mailbox, mailbox_id)
+        return box.owner.last_active_at if box is not None and box.owner else None

@@ -1,0 +1,112 @@
+"""``mailcrm mailbox check`` (SPEC M6): settings and connections verified, no mail collected.
+
+Logs in to IMAP, resolves the folders the poller would process (LIST only: nothing is selected,
+fetched or flagged), logs in to SMTP, and logs out. The outcome is recorded as the mailbox's
+status (M5), like any check.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiosmtplib
+
+from crm.errors import UpstreamError
+
+from .client import Endpoint, ImapClient, is_loopback
+from .folders import discover
+from .plan import MailboxPlan
+
+
+@dataclass
+class CheckReport:
+    """What the check found; ``problems`` empty means everything worked."""
+
+    address: str
+    imap: str = "not checked"
+    capabilities: list[str] = field(default_factory=list)
+    folders: list[dict[str, str]] = field(default_factory=list)
+    smtp: str = "not checked"
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """True when every part of the check worked."""
+        return not self.problems
+
+    def as_json(self) -> dict[str, Any]:
+        """The ``mailbox check --json`` shape."""
+        return {
+            "address": self.address,
+            "ok": self.ok,
+            "imap": self.imap,
+            "capabilities": self.capabilities,
+            "folders": self.folders,
+            "smtp": self.smtp,
+            "problems": self.problems,
+        }
+
+
+async def _imap(plan: MailboxPlan, report: CheckReport, timeout: float) -> None:
+    if plan.endpoint is None:
+        report.imap = plan.problem or "not configured"
+        report.problems.append(report.imap)
+        return
+    client = ImapClient(plan.endpoint, timeout)
+    try:
+        await client.connect()
+        await client.login()
+        report.capabilities = sorted(client.capabilities)
+        found = await discover(client, plan.folders)
+        report.folders = [{"name": f.name, "direction": f.direction.value} for f in found.folders]
+        report.imap = "ok"
+        report.problems += [f"IMAP folder not found: {name}" for name in found.missing]
+    except UpstreamError as exc:
+        report.imap = str(exc)
+        report.problems.append(str(exc))
+    finally:
+        await client.logout()
+
+
+async def smtp_login(endpoint: Endpoint, timeout: float) -> None:
+    """Log in to the SMTP server and quit; raises UpstreamError with the reason."""
+    if endpoint.tls == "none" and not is_loopback(endpoint.host):
+        raise UpstreamError(f"plaintext SMTP to {endpoint.host} refused: use ssl or starttls")
+    smtp = aiosmtplib.SMTP(
+        hostname=endpoint.host,
+        port=endpoint.port,
+        use_tls=endpoint.tls == "ssl",
+        start_tls=endpoint.tls == "starttls",
+        tls_context=endpoint.ssl_context() if endpoint.tls != "none" else None,
+        timeout=timeout,
+    )
+    try:
+        await smtp.connect()
+        await smtp.login(endpoint.login, endpoint.password)
+    except aiosmtplib.SMTPAuthenticationError as exc:
+        raise UpstreamError(f"SMTP login as {endpoint.login} failed: {exc.message}") from exc
+    except (aiosmtplib.SMTPException, OSError) as exc:
+        raise UpstreamError(f"SMTP {endpoint.host}:{endpoint.port}: {exc}") from exc
+    finally:
+        if smtp.is_connected:
+            try:
+                await smtp.quit()
+            except (aiosmtplib.SMTPException, OSError):
+                smtp.close()
+
+
+async def check_mailbox(plan: MailboxPlan, timeout: float = 30.0) -> CheckReport:
+    """Verify the IMAP and SMTP settings of one mailbox; collects nothing."""
+    report = CheckReport(plan.address)
+    await _imap(plan, report, timeout)
+    if plan.smtp is None:
+        report.smtp = "not configured"
+        return report
+    try:
+        await smtp_login(plan.smtp, timeout)
+        report.smtp = "ok"
+    except UpstreamError as exc:
+        report.smtp = str(exc)
+        report.problems.append(str(exc))
+    return report

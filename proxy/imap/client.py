@@ -1,0 +1,357 @@
+"""One IMAP connection: aioimaplib's protocol with TLS, timeouts and loss detection added.
+
+aioimaplib 2.0.x leaves a command waiting forever when the server closes the connection (its
+issue #110), has no STARTTLS, drops untagged responses no command asked for (VANISHED, EXISTS),
+and parses with one recursion per response line (issue #118). :class:`ImapClient` wraps its
+protocol object: every command races a connection-lost future and a timeout, STARTTLS upgrades
+the transport in place, unsolicited responses are observed (:attr:`ImapClient.changed`,
+:meth:`ImapClient.take_vanished`), and the parser runs as a loop. The sync code still asks for
+everything in bounded UID chunks, which keeps responses and memory small.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import ssl
+from collections.abc import Awaitable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from aioimaplib import aioimaplib as aio
+
+from crm.errors import UpstreamAuthError, UpstreamError
+
+from . import parse, utf7
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+_NOTICES = (b"EXISTS", b"EXPUNGE", b"FETCH", b"VANISHED", b"RECENT")
+
+
+class ConnectionLost(UpstreamError):
+    """The server closed the connection, or stopped answering."""
+
+
+class CommandFailed(UpstreamError):
+    """The server answered NO or BAD."""
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where and how to reach one IMAP account."""
+
+    host: str
+    port: int
+    tls: str
+    login: str
+    password: str
+    ca_file: str | None = None
+    insecure: bool = False
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """Certificates are checked unless the admin said ``insecure``."""
+        context = ssl.create_default_context(cafile=self.ca_file)
+        if self.insecure:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        return context
+
+
+def is_loopback(host: str) -> bool:
+    """True for localhost and loopback addresses (where plaintext IMAP is allowed)."""
+    if host.lower() in ("localhost", "localhost.localdomain"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class _Protocol(aio.IMAP4ClientProtocol):  # type: ignore[misc]
+    """aioimaplib's protocol, reporting unsolicited responses to its owner."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, owner: ImapClient) -> None:
+        super().__init__(loop, owner.connection_lost)
+        self.owner = owner
+
+    def _untagged_response(self, line: bytes) -> Any:
+        self.owner.observe(line[2:] if line.startswith(b"* ") else line)
+        return super()._untagged_response(line)
+
+    def _handle_responses(self, data: bytes, line_handler: Any, current_cmd: Any = None) -> None:
+        """aioimaplib's parser with its tail recursion turned into a loop (issue #118).
+
+        Our own commands are chunked, but unsolicited responses cannot be: another client
+        marking 3,000 messages read sends 3,000 FETCH lines to our IDLE, and the recursive
+        original dies at Python's recursion limit. Same steps, same order, as upstream PRs
+        #119/#130 do.
+        """
+        while True:
+            if not data:
+                if self.pending_sync_command is not None:
+                    self.pending_sync_command.flush()
+                if current_cmd is not None and current_cmd.wait_data():
+                    raise aio.IncompleteRead(current_cmd)
+                return
+            if current_cmd is not None and current_cmd.wait_literal_data():
+                data = current_cmd.append_literal_data(data)
+                if current_cmd.wait_literal_data():
+                    raise aio.IncompleteRead(current_cmd)
+            line, separator, tail = data.partition(aio.CRLF)
+            if not separator:
+                raise aio.IncompleteRead(current_cmd, data)
+            cmd = line_handler(line, current_cmd)
+            literal = aio.literal_data_re.match(line)
+            if literal:
+                if cmd is None:
+                    cmd = aio.Command("NIL", "unused")
+                cmd.begin_literal_data(int(literal.group("size")))
+                data, current_cmd = tail, cmd
+            elif cmd is not None and cmd.wait_data():
+                data, current_cmd = tail, cmd
+            else:
+                data, current_cmd = tail, None
+
+
+class ImapClient:
+    """An IMAP session on one connection; every method raises UpstreamError subclasses."""
+
+    def __init__(self, endpoint: Endpoint, timeout: float = 30.0) -> None:
+        self.endpoint = endpoint
+        self.timeout = timeout
+        self.protocol: _Protocol | None = None
+        self.lost: asyncio.Future[None] | None = None
+        self.changed = asyncio.Event()
+        self.selected: str | None = None
+        self._vanished: list[int] = []
+        self._fetching = False
+        self.needs_scan = False
+
+    # -- connection -----------------------------------------------------------------------------
+
+    async def connect(self) -> None:
+        """Open the connection (TLS per the endpoint), read the greeting, upgrade STARTTLS."""
+        ep = self.endpoint
+        if ep.tls == "none" and not is_loopback(ep.host):
+            raise UpstreamError(f"plaintext IMAP to {ep.host} refused: use ssl or starttls")
+        loop = asyncio.get_running_loop()
+        self.lost = loop.create_future()
+        self.protocol = _Protocol(loop, self)
+        context = ep.ssl_context() if ep.tls == "ssl" else None
+        try:
+            await asyncio.wait_for(
+                loop.create_connection(lambda: self.protocol, ep.host, ep.port, ssl=context),
+                self.timeout,
+            )
+        except (OSError, TimeoutError) as exc:
+            raise UpstreamError(f"cannot connect to {ep.host}:{ep.port}: {_why(exc)}") from exc
+        await self.guard(self.protocol.wait("AUTH|NONAUTH"), "greeting")
+        if ep.tls == "starttls":
+            await self._starttls()
+
+    async def _starttls(self) -> None:
+        proto = self._proto()
+        if "STARTTLS" not in proto.capabilities:
+            raise UpstreamError(f"{self.endpoint.host} offers no STARTTLS")
+        response = await self.guard(
+            proto.execute(aio.Command("STARTTLS", proto.new_tag(), loop=proto.loop)), "STARTTLS"
+        )
+        _check(response, "STARTTLS")
+        loop = asyncio.get_running_loop()
+        try:
+            transport = await asyncio.wait_for(
+                loop.start_tls(
+                    proto.transport,
+                    proto,
+                    self.endpoint.ssl_context(),
+                    server_hostname=self.endpoint.host,
+                ),
+                self.timeout,
+            )
+        except (OSError, TimeoutError, ssl.SSLError) as exc:
+            raise UpstreamError(f"STARTTLS with {self.endpoint.host} failed: {_why(exc)}") from exc
+        proto.transport = transport
+        await self.guard(proto.capability(), "CAPABILITY")
+
+    async def login(self) -> None:
+        """LOGIN; a refusal raises UpstreamAuthError with the server's words."""
+        proto = self._proto()
+        if "LOGINDISABLED" in proto.capabilities:
+            raise UpstreamAuthError(f"{self.endpoint.host} does not allow LOGIN here")
+        response = await self.guard(
+            proto.login(aio.quoted(self.endpoint.login), self.endpoint.password), "LOGIN"
+        )
+        if response.result != "OK":
+            text = parse.status_text(response.lines) or "login refused"
+            raise UpstreamAuthError(f"IMAP login as {self.endpoint.login} failed: {text}")
+        await self.guard(proto.capability(), "CAPABILITY")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """aioimaplib's callback: wake every command waiting on this connection."""
+        if self.lost is not None and not self.lost.done():
+            self.lost.set_result(None)
+        self.changed.set()
+
+    @property
+    def is_lost(self) -> bool:
+        """True once the connection is gone."""
+        return self.lost is None or self.lost.done()
+
+    def abort(self) -> None:
+        """Drop the connection at once (used by watchdogs)."""
+        if self.protocol is not None and self.protocol.transport is not None:
+            self.protocol.transport.close()
+        self.connection_lost(None)
+
+    async def logout(self) -> None:
+        """LOGOUT politely, briefly; then close whatever is left."""
+        if not self.is_lost:
+            try:
+                await asyncio.wait_for(self._proto().logout(), 3.0)
+            except Exception as exc:  # a failing goodbye changes nothing
+                log.debug("logout from %s: %s", self.endpoint.host, exc)
+        self.abort()
+
+    # -- observation ---------------------------------------------------------------------------
+
+    def observe(self, line: bytes) -> None:
+        """Note unsolicited changes: VANISHED UIDs are kept for the sync, any change wakes IDLE."""
+        head = line.split(b" ", 2)[:2]
+        if self._fetching and b"FETCH" in head:
+            return
+        if any(word in _NOTICES for word in head):
+            self.changed.set()
+            self.needs_scan = self.needs_scan or not any(w in (b"EXISTS", b"RECENT") for w in head)
+        if head[0] == b"VANISHED":
+            self._vanished.extend(parse.parse_vanished(line))
+
+    def take_vanished(self) -> list[int]:
+        """UIDs the server reported VANISHED in the selected folder since the last call."""
+        found, self._vanished = self._vanished, []
+        return found
+
+    # -- commands ------------------------------------------------------------------------------
+
+    @property
+    def capabilities(self) -> frozenset[str]:
+        """The server's capabilities (upper-case)."""
+        return frozenset(c.upper() for c in self._proto().capabilities)
+
+    def has(self, capability: str) -> bool:
+        """True when the server announced ``capability``."""
+        return capability.upper() in self.capabilities
+
+    async def simple(self, name: str, *args: str, timeout: float | None = None) -> aio.Response:
+        """Run one command and insist on OK."""
+        proto = self._proto()
+        command = aio.Command(name, proto.new_tag(), *args, loop=proto.loop)
+        response = await self.guard(proto.execute(command), name, timeout)
+        return _check(response, name)
+
+    async def enable(self, *capabilities: str) -> None:
+        """ENABLE the given extensions (those the server offers)."""
+        wanted = [c for c in capabilities if self.has(c)]
+        if wanted and self.has("ENABLE"):
+            await self.simple("ENABLE", *wanted)
+
+    async def list_folders(
+        self, pattern: str = "*", special_use: bool = False
+    ) -> list[parse.ListEntry]:
+        """LIST ``pattern`` (readable name); ``special_use`` asks for SPECIAL-USE attributes."""
+        args = ['""', parse.quote(utf7.encode(pattern))]
+        if special_use and self.has("SPECIAL-USE") and self.has("LIST-EXTENDED"):
+            args += ["RETURN", "(SPECIAL-USE)"]
+        response = await self.simple("LIST", *args)
+        return parse.parse_list(response.lines[:-1])
+
+    async def select(self, folder: str) -> parse.SelectInfo:
+        """SELECT a folder by its readable name."""
+        self.selected = None
+        self.needs_scan = False
+        self.take_vanished()
+        proto = self._proto()
+        command = aio.Command("SELECT", proto.new_tag(), parse.quote(utf7.encode(folder)))
+        response = await self.guard(proto.execute(command), "SELECT")
+        proto.state = aio.SELECTED if response.result == "OK" else aio.AUTH
+        _check(response, f"SELECT {folder}")
+        self.selected = folder
+        return parse.parse_select(response.lines)
+
+    async def uid_search(self, criteria: str) -> list[int]:
+        """UID SEARCH; the caller bounds the result with a UID range."""
+        proto = self._proto()
+        response = await self.guard(proto.search(criteria, charset=None, by_uid=True), "UID SEARCH")
+        return parse.parse_search(_check(response, "UID SEARCH").lines)
+
+    async def uid_fetch(
+        self, uids: Sequence[int] | str, items: str, modifiers: str = ""
+    ) -> list[parse.FetchRecord]:
+        """UID FETCH; the timeout counts silence, not the whole transfer."""
+        uid_set = uids if isinstance(uids, str) else parse.compact(uids)
+        proto = self._proto()
+        parts = f"{items} {modifiers}".strip()
+        self._fetching = True
+        try:
+            response = await self.guard(
+                proto.fetch(uid_set, parts, by_uid=True, timeout=self.timeout), "UID FETCH", 0
+            )
+        finally:
+            self._fetching = False
+        return parse.parse_fetch(_check(response, "UID FETCH").lines[:-1])
+
+    async def uid_store(self, uids: Sequence[int], change: str, flags: str) -> None:
+        """UID STORE ``change`` (e.g. ``+FLAGS.SILENT``) ``flags`` on ``uids``."""
+        proto = self._proto()
+        response = await self.guard(
+            proto.store(parse.compact(uids), change, flags, by_uid=True), "UID STORE"
+        )
+        _check(response, "UID STORE")
+
+    async def noop(self) -> None:
+        """NOOP: proves the connection alive and collects pending notices."""
+        await self.simple("NOOP")
+
+    # -- plumbing ------------------------------------------------------------------------------
+
+    def _proto(self) -> _Protocol:
+        if self.protocol is None or self.is_lost:
+            raise ConnectionLost(f"not connected to {self.endpoint.host}")
+        return self.protocol
+
+    async def guard(self, awaitable: Awaitable[T], what: str, timeout: float | None = None) -> T:
+        """Await ``awaitable`` unless the connection is lost or ``timeout`` (0: none) passes."""
+        if self.lost is None:
+            raise ConnectionLost(f"not connected to {self.endpoint.host}")
+        task = asyncio.ensure_future(awaitable)
+        limit = self.timeout if timeout is None else (timeout or None)
+        waits: list[asyncio.Future[Any]] = [task, self.lost]
+        done, _ = await asyncio.wait(waits, timeout=limit, return_when="FIRST_COMPLETED")
+        if task in done:
+            try:
+                return task.result()
+            except aio.CommandTimeout as exc:
+                self.abort()
+                raise ConnectionLost(f"{what}: {self.endpoint.host} stopped answering") from exc
+            except (aio.Abort, aio.Error) as exc:
+                self.abort()
+                raise ConnectionLost(f"{what}: {exc}") from exc
+        task.cancel()
+        if self.is_lost:
+            raise ConnectionLost(f"{what}: {self.endpoint.host} closed the connection")
+        self.abort()
+        raise ConnectionLost(f"{what}: no answer from {self.endpoint.host} in {limit:.0f} s")
+
+
+def _check(response: aio.Response, what: str) -> aio.Response:
+    if response.result != "OK":
+        text = parse.status_text(response.lines)
+        raise CommandFailed(f"{what} refused: {response.result} {text}".strip())
+    return response
+
+
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    return getattr(exc, "strerror", None) or str(exc) or type(exc).__name__

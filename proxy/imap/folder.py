@@ -1,0 +1,100 @@
+"""One sync pass over one folder: SELECT, new mail, read state, deletions, pushes, checkpoint.
+
+Order matters: new mail first (what users wait for), then the server's flag changes and
+deletions, then the CRM's changes pushed upstream, then the HIGHESTMODSEQ of the SELECT is
+saved (changes made after it are simply seen again next time). On a new UIDVALIDITY the
+checkpoint starts over and the import re-maps known messages by Message-ID; locations of the old
+UIDVALIDITY that found no new home are treated as deleted only once the import has covered the
+whole folder.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from crm import sync
+
+from .client import ImapClient
+from .context import PollerContext
+from .flags import FlagSync
+from .importer import Importer, ImportStats
+from .plan import FolderPlan, MailboxPlan
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PassReport:
+    """What one pass over one folder did."""
+
+    folder: str
+    imported: ImportStats
+    flags_changed: int = 0
+    pushed: int = 0
+    activities_removed: int = 0
+
+
+async def sync_folder(
+    ctx: PollerContext,
+    plan: MailboxPlan,
+    client: ImapClient,
+    folder: FolderPlan,
+    scan: bool = True,
+) -> PassReport:
+    """Run one pass; ``scan`` False skips the flag/deletion scan (new mail only)."""
+    info = await client.select(folder.name)
+    client.changed.clear()
+    stored = await ctx.run(sync.load_checkpoint, ctx.db, plan.id, folder.name)
+    remapping = stored is not None and stored.uidvalidity not in (0, info.uidvalidity)
+    if stored is None or stored.uidvalidity != info.uidvalidity:
+        if remapping:
+            log.warning(
+                "%s/%s: UIDVALIDITY changed (%s -> %s): re-mapping by Message-ID",
+                plan.address,
+                folder.name,
+                stored.uidvalidity if stored else None,
+                info.uidvalidity,
+            )
+        await ctx.run(sync.save_checkpoint, ctx.db, plan.id, folder.name, info.uidvalidity, 0, 0)
+        stored = sync.Checkpoint(info.uidvalidity, 0, 0)
+    importer = Importer(ctx, plan, client, folder, info.uidvalidity)
+    report = PassReport(folder.name, await importer.run(stored.last_uid, info.uidnext, remapping))
+    flags = FlagSync(ctx, plan, client, folder, info)
+    if scan or stored.highest_modseq == 0:
+        await flags.scan(stored)
+    report.pushed = await flags.push()
+    if stored.highest_modseq == 0:
+        await flags.forget_stale()
+    report.flags_changed = flags.changed
+    report.activities_removed = len(flags.removed.activities)
+    await ctx.run(
+        sync.save_checkpoint,
+        ctx.db,
+        plan.id,
+        folder.name,
+        info.uidvalidity,
+        None,
+        info.highest_modseq,
+    )
+    _log(plan, report)
+    return report
+
+
+def _log(plan: MailboxPlan, report: PassReport) -> None:
+    stats = report.imported
+    if stats.found or report.flags_changed or report.pushed or report.activities_removed:
+        log.info(
+            "%s/%s: %d new (%d captured, %d duplicate, %d skipped, %d re-mapped), "
+            "%d read-state changes, %d pushed, %d activities removed",
+            plan.address,
+            report.folder,
+            stats.found,
+            stats.captured,
+            stats.duplicate,
+            stats.skipped,
+            stats.remapped,
+            report.flags_changed,
+            report.pushed,
+            report.activities_removed,
+        )

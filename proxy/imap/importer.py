@@ -1,0 +1,218 @@
+"""New mail of one folder: found by UID SEARCH in UID windows, fetched in bounded chunks, captured.
+
+Memory stays flat whatever the folder size: a SEARCH covers at most ``search_span`` UIDs, a FETCH
+at most ``chunk_size`` messages and ``fetch_bytes`` bytes (sizes are asked first), and at most
+two chunks are in memory (one being captured on the database thread while the next is fetched).
+Messages are read with ``BODY.PEEK[]``, so capture never changes the user's read state.
+
+The checkpoint (last UID done) is written after the captures it covers are committed; a crash
+in between only repeats work that capture recognises (location and message key), so nothing is
+missed and nothing doubled. After a UIDVALIDITY change, messages are first matched to the old
+ones by Message-ID (headers only) and re-mapped instead of imported again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+from crm import sync
+from crm.capture import Capturer, Location
+from crm.errors import MessageParseError
+from crm.message import parse_message
+from crm.models import utcnow
+
+from .client import ImapClient
+from .context import PollerContext
+from .parse import FetchRecord, chunks
+from .plan import FolderPlan, MailboxPlan
+
+log = logging.getLogger(__name__)
+MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+ID_HEADERS = "MESSAGE-ID X-MICROSOFT-ORIGINAL-MESSAGE-ID X-GOOGLE-ORIGINAL-MESSAGE-ID"
+
+
+@dataclass
+class ImportStats:
+    """What one import pass did."""
+
+    found: int = 0
+    captured: int = 0
+    duplicate: int = 0
+    skipped: int = 0
+    remapped: int = 0
+
+
+def imap_date(when: dt.datetime) -> str:
+    """``01-Jan-2024``: the date form of SEARCH SINCE."""
+    return f"{when.day:02d}-{MONTHS[when.month - 1]}-{when.year}"
+
+
+def uid_windows(first: int, last: int, span: int) -> Iterator[tuple[int, int]]:
+    """``[first, last]`` in consecutive windows of ``span`` UIDs."""
+    low = first
+    while low <= last:
+        high = min(last, low + span - 1)
+        yield low, high
+        low = high + 1
+
+
+def store_batch(
+    capturer: Capturer,
+    plan: MailboxPlan,
+    folder: FolderPlan,
+    uidvalidity: int,
+    records: Sequence[FetchRecord],
+    checkpoint: int,
+) -> ImportStats:
+    """Capture fetched messages in UID order, then advance the checkpoint (database thread)."""
+    stats = ImportStats()
+    for record in sorted(records, key=lambda r: r.uid or 0):
+        if record.uid is None or record.body is None:
+            continue
+        result = capturer.capture(
+            record.body,
+            plan.address,
+            folder.direction,
+            source=f"imap:{plan.address}/{folder.name}/{uidvalidity}/{record.uid}",
+            seen=record.seen,
+            location=Location(folder.name, uidvalidity, record.uid),
+        )
+        stats.captured += result.action == "captured"
+        stats.duplicate += result.action == "duplicate"
+        stats.skipped += result.action == "skipped"
+    sync.save_checkpoint(capturer.db, plan.id, folder.name, uidvalidity, last_uid=checkpoint)
+    return stats
+
+
+class Importer:
+    """Imports the mail of one selected folder above a checkpoint."""
+
+    def __init__(
+        self,
+        ctx: PollerContext,
+        plan: MailboxPlan,
+        client: ImapClient,
+        folder: FolderPlan,
+        uidvalidity: int,
+    ) -> None:
+        self.ctx, self.plan, self.client, self.folder = ctx, plan, client, folder
+        self.uidvalidity = uidvalidity
+        self.stats = ImportStats()
+        self._storing: asyncio.Future[ImportStats] | None = None
+
+    async def run(self, last_uid: int, uidnext: int, remapping: bool) -> ImportStats:
+        """Import every message above ``last_uid`` (inside the window, C12)."""
+        since = self.plan.window_start(utcnow())
+        criteria = f" SINCE {imap_date(since - dt.timedelta(days=1))}" if since else ""
+        if uidnext <= 0:
+            found = await self.client.uid_search(f"UID {last_uid + 1}:*{criteria}")
+            high = max(found, default=0)
+            windows = [(last_uid + 1, high)] if high > last_uid else []
+        else:
+            windows = list(uid_windows(last_uid + 1, uidnext - 1, self.ctx.config.search_span))
+        try:
+            for low, high in windows:
+                await self._window(low, high, criteria, remapping)
+        finally:
+            await self._drain()
+        return self.stats
+
+    async def _window(self, low: int, high: int, criteria: str, remapping: bool) -> None:
+        found = await self.client.uid_search(f"UID {low}:{high}{criteria}")
+        uids = sorted(u for u in set(found) if low <= u <= high)
+        self.stats.found += len(uids)
+        done: set[int] = set()
+        for part in chunks(uids, 500):
+            done |= await self.ctx.run(
+                sync.recorded, self.ctx.db, self.plan.id, self.folder.name, self.uidvalidity, part
+            )
+        todo = [u for u in uids if u not in done]
+        for chunk in chunks(todo, self.ctx.config.chunk_size):
+            wanted = await self._remap(chunk) if remapping else list(chunk)
+            for batch in await self._batches(wanted):
+                records = await self.client.uid_fetch(batch, "(UID FLAGS BODY.PEEK[])")
+                await self._store(records, batch[-1])
+            if not wanted:
+                await self._store([], chunk[-1])
+        await self._store([], high)
+
+    async def _batches(self, uids: Sequence[int]) -> list[list[int]]:
+        """Split ``uids`` so that one FETCH carries at most ``fetch_bytes`` (one big one alone)."""
+        if not uids:
+            return []
+        sizes = {r.uid: r.size or 0 for r in await self.client.uid_fetch(uids, "(UID RFC822.SIZE)")}
+        batches: list[list[int]] = [[]]
+        total = 0
+        for uid in uids:
+            if uid not in sizes:
+                continue  # expunged meanwhile
+            if batches[-1] and total + sizes[uid] > self.ctx.config.fetch_bytes:
+                batches.append([])
+                total = 0
+            batches[-1].append(uid)
+            total += sizes[uid]
+        return [b for b in batches if b]
+
+    async def _store(self, records: list[FetchRecord], checkpoint: int) -> None:
+        """Hand a fetched batch to the database thread; wait for the previous one first."""
+        await self._drain()
+        self._storing = asyncio.ensure_future(
+            self.ctx.run(
+                store_batch,
+                self.ctx.capturer,
+                self.plan,
+                self.folder,
+                self.uidvalidity,
+                records,
+                checkpoint,
+            )
+        )
+
+    async def _drain(self) -> None:
+        if self._storing is None:
+            return
+        storing, self._storing = self._storing, None
+        stats = await storing
+        self.stats.captured += stats.captured
+        self.stats.duplicate += stats.duplicate
+        self.stats.skipped += stats.skipped
+
+    async def _remap(self, uids: Sequence[int]) -> list[int]:
+        """UIDVALIDITY changed: re-map known messages by Message-ID; the rest is imported."""
+        records = await self.client.uid_fetch(
+            uids, f"(UID FLAGS BODY.PEEK[HEADER.FIELDS ({ID_HEADERS})])"
+        )
+        found: list[tuple[int, str]] = []
+        for record in records:
+            key = _key(record.header)
+            if record.uid is not None and key is not None:
+                found.append((record.uid, key))
+        mapped = await self.ctx.run(
+            sync.remap, self.ctx.db, self.plan.id, self.folder.name, self.uidvalidity, found
+        )
+        self.stats.remapped += len(mapped)
+        flags = [sync.ServerFlags(r.uid, r.seen, r.answered) for r in records if r.uid in mapped]
+        await self.ctx.run(
+            sync.apply_server_flags,
+            self.ctx.db,
+            self.plan.id,
+            self.folder.name,
+            self.uidvalidity,
+            flags,
+        )
+        return [u for u in uids if u not in mapped]
+
+
+def _key(header: bytes | None) -> str | None:
+    """The capture key of a message from its Message-ID headers alone (None without one)."""
+    if not header or not header.strip():
+        return None
+    try:
+        msg = parse_message(header.rstrip(b"\r\n") + b"\r\n\r\n")
+    except MessageParseError:
+        return None
+    return msg.key if msg.message_id else None

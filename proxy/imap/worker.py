@@ -1,0 +1,151 @@
+"""The life of one mailbox in the poller: connect, sync, IDLE or sleep, and start over on failure.
+
+A session logs in, resolves the folders (M3), and runs a full pass over them (the IDLE folder,
+INBOX, last, so it stays selected). Then, where the server offers IDLE and the schedule allows
+(:mod:`.schedule`), it waits in IDLE: a change syncs INBOX at once; a push request from the CRM
+(an activity completed) syncs the folders concerned; every ``idle_renew_s`` IDLE is renewed, and
+at the mailbox's interval every folder is passed again. Without IDLE the session ends after the
+pass and the worker sleeps until the next check is due (or a push request wakes it).
+
+Failures are recorded on the mailbox (M5: red, with the reason) and retried after a jittered
+exponential backoff; a refused login waits longer (no lock-outs for a wrong password).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+from crm import sync
+from crm.errors import UpstreamAuthError, UpstreamError
+from crm.models import utcnow
+
+from .backoff import Backoff, throttle_hint
+from .client import ImapClient
+from .context import PollerContext
+from .folder import sync_folder
+from .folders import discover
+from .idle import idle
+from .plan import FolderPlan, MailboxPlan
+from .schedule import mode_for
+
+log = logging.getLogger(__name__)
+
+
+class MailboxWorker:
+    """Keeps one mailbox in sync until stopped."""
+
+    def __init__(self, ctx: PollerContext, plan: MailboxPlan) -> None:
+        self.ctx = ctx
+        self.plan = plan
+        self.stop = asyncio.Event()
+        self.wake = asyncio.Event()
+        self.push_folders: set[str] = set()
+        self.folders: list[FolderPlan] = []
+        self.backoff = Backoff(ctx.config.backoff_min_s, ctx.config.backoff_max_s)
+
+    def request_push(self, folders: set[str]) -> None:
+        """The CRM changed read state in these folders: sync them soon."""
+        mine = {f.name for f in self.folders}
+        if not self.folders or folders & mine:
+            self.push_folders |= folders
+            self.wake.set()
+
+    async def run(self) -> None:
+        """Sessions and pauses until :attr:`stop` is set."""
+        while not self.stop.is_set():
+            wakeable = False
+            try:
+                delay = await self._session()
+                self.backoff.reset()
+                wakeable = True
+            except UpstreamAuthError as exc:
+                await self._failed(str(exc))
+                delay = self.backoff.next(floor=self.ctx.config.auth_backoff_min_s)
+            except UpstreamError as exc:
+                await self._failed(str(exc))
+                delay = self.backoff.next(throttle_hint(str(exc)))
+            except OSError as exc:
+                await self._failed(f"network error: {exc}")
+                delay = self.backoff.next()
+            except Exception as exc:  # a bug or a database fault: logged, retried, never fatal
+                log.exception("mailbox %s: sync failed", self.plan.address)
+                await self._failed(f"internal error: {type(exc).__name__}: {exc}")
+                delay = self.backoff.next()
+            await self._sleep(delay, wakeable)
+
+    async def _failed(self, reason: str) -> None:
+        log.warning("mailbox %s: %s", self.plan.address, reason)
+        with contextlib.suppress(Exception):
+            await self.ctx.run(sync.record_status, self.ctx.db, self.plan.id, reason)
+
+    async def _sleep(self, seconds: float, wakeable: bool) -> None:
+        """Sleep; a stop ends it, and a push request too unless it is a backoff after a failure."""
+        if not self.push_folders:
+            self.wake.clear()
+        events = (self.stop, self.wake) if wakeable else (self.stop,)
+        waits = [asyncio.ensure_future(e.wait()) for e in events]
+        try:
+            await asyncio.wait(waits, timeout=max(seconds, 0.0), return_when="FIRST_COMPLETED")
+        finally:
+            for task in waits:
+                task.cancel()
+
+    async def _session(self) -> float:
+        """One connection; returns how long to sleep before the next."""
+        assert self.plan.endpoint is not None
+        client = ImapClient(self.plan.endpoint, self.ctx.config.timeout_s)
+        try:
+            await client.connect()
+            await client.login()
+            if self.ctx.config.use_qresync:
+                await client.enable("QRESYNC")
+            found = await discover(client, self.plan.folders)
+            self.folders = sorted(found.folders, key=lambda f: f.name.upper() == "INBOX")
+            problem = f"folders not found: {', '.join(found.missing)}" if found.missing else None
+            return await self._watch(client, problem)
+        finally:
+            await client.logout()
+
+    async def _watch(self, client: ImapClient, problem: str | None) -> float:
+        while not self.stop.is_set():
+            mode = mode_for(self.plan, utcnow(), self.ctx.config)
+            due = time.monotonic() + mode.interval_s
+            await self._pass(client, self.folders)
+            await self.ctx.run(sync.record_status, self.ctx.db, self.plan.id, problem)
+            if not (mode.idle and client.has("IDLE") and self.folders):
+                return due - time.monotonic()
+            await self._idle_until(client, self.folders[-1], due)
+        return 0.0
+
+    async def _pass(self, client: ImapClient, folders: list[FolderPlan], scan: bool = True) -> None:
+        self.push_folders.clear()
+        self.wake.clear()
+        for folder in folders:
+            await sync_folder(self.ctx, self.plan, client, folder, scan)
+
+    def update(self, plan: MailboxPlan) -> None:
+        """New settings that need no reconnection (owner activity, interval)."""
+        sooner = (
+            mode_for(plan, utcnow(), self.ctx.config).interval_s
+            < mode_for(self.plan, utcnow(), self.ctx.config).interval_s
+        )
+        self.plan = plan
+        if sooner:
+            self.wake.set()
+
+    async def _idle_until(self, client: ImapClient, inbox: FolderPlan, due: float) -> None:
+        """IDLE on the last folder of the pass (INBOX) until the next full pass is due."""
+        renew = self.ctx.config.idle_renew_s
+        while not self.stop.is_set() and time.monotonic() < due:
+            limit = min(renew, max(due - time.monotonic(), 0.0))
+            reason = await idle(client, self.wake, self.stop, limit, self.ctx.config.timeout_s)
+            if reason == "changed":
+                await self._pass(client, [inbox], scan=client.needs_scan or client.has("QRESYNC"))
+            elif reason == "wake":
+                wanted = [f for f in self.folders if f.name in self.push_folders] or [inbox]
+                await self._pass(client, [*[f for f in wanted if f != inbox], inbox])
+            elif reason == "renew":
+                await client.noop()

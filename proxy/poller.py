@@ -1,0 +1,137 @@
+"""The IMAP poller component of ``mailcrm serve``: one worker per linked mailbox, one event loop.
+
+``run_poller(config, db, stop)`` keeps the set of :class:`~proxy.imap.worker.MailboxWorker`
+tasks in line with the database: every ``refresh_s`` it re-reads the mailboxes, starts workers
+for mailboxes that should be checked (T3), stops those unlinked or removed, and restarts those
+whose connection settings changed. Every ``push_check_s`` it asks the database which folders
+hold activities completed or reopened in the CRM and wakes their workers (C10). Each worker
+fails alone: one slow or broken server never delays another mailbox.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+from crm import sync
+from crm.capture import Capturer
+from crm.config import Config
+from crm.db import Database
+from crm.errors import SecretError
+from crm.models import utcnow
+from crm.secrets import SecretBox, load_key
+
+from .imap.context import DbThread, PollerContext
+from .imap.plan import MailboxPlan, load_plans
+from .imap.schedule import mode_for
+from .imap.worker import MailboxWorker
+
+log = logging.getLogger(__name__)
+STOP_GRACE_S = 10.0
+
+
+def fingerprint(plan: MailboxPlan) -> tuple[object, ...]:
+    """The settings whose change needs a new connection (not owner activity or interval)."""
+    return (plan.endpoint, plan.folders, plan.since, plan.kind, plan.linked_at)
+
+
+def _secrets(config: Config) -> SecretBox | None:
+    try:
+        return SecretBox(load_key(config, create=False))
+    except SecretError as exc:
+        log.warning("poller: stored passwords cannot be opened: %s", exc)
+        return None
+
+
+class Poller:
+    """Supervises the mailbox workers."""
+
+    def __init__(self, config: Config, db: Database) -> None:
+        self.config = config
+        self.ctx = PollerContext(config.poller, db, DbThread(), Capturer(db))
+        self.workers: dict[int, tuple[MailboxWorker, asyncio.Task[None]]] = {}
+        self.problems: dict[int, str] = {}
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Reconcile and push-check until ``stop``; then stop every worker."""
+        next_refresh = 0.0
+        try:
+            while not stop.is_set():
+                if time.monotonic() >= next_refresh:
+                    await self.refresh()
+                    next_refresh = time.monotonic() + self.ctx.config.refresh_s
+                await self.check_pushes()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), self.ctx.config.push_check_s)
+        finally:
+            await asyncio.gather(*(self._stop(mid) for mid in list(self.workers)))
+            await self.ctx.run.close()
+
+    async def refresh(self) -> None:
+        """Start, update, restart or stop workers to match the mailboxes in the database."""
+        plans = await self.ctx.run(load_plans, self.ctx.db, _secrets(self.config), self.ctx.config)
+        wanted: dict[int, MailboxPlan] = {}
+        for plan in plans:
+            if not mode_for(plan, utcnow(), self.ctx.config).check:
+                continue
+            if plan.problem or plan.endpoint is None:
+                await self._problem(plan)
+                continue
+            wanted[plan.id] = plan
+        for mailbox_id in [m for m in self.workers if m not in wanted]:
+            await self._stop(mailbox_id)
+        for mailbox_id, plan in wanted.items():
+            running = self.workers.get(mailbox_id)
+            if running is not None and running[1].done():
+                await self._stop(mailbox_id)
+                running = None
+            if running is not None and fingerprint(running[0].plan) != fingerprint(plan):
+                await self._stop(mailbox_id)
+                running = None
+            if running is None:
+                self._start(plan)
+            else:
+                running[0].update(plan)
+
+    async def _problem(self, plan: MailboxPlan) -> None:
+        reason = plan.problem or "cannot be polled"
+        if self.problems.get(plan.id) != reason:
+            self.problems[plan.id] = reason
+            log.warning("mailbox %s: %s", plan.address, reason)
+            await self.ctx.run(sync.record_status, self.ctx.db, plan.id, reason)
+
+    def _start(self, plan: MailboxPlan) -> None:
+        self.problems.pop(plan.id, None)
+        worker = MailboxWorker(self.ctx, plan)
+        task = asyncio.create_task(worker.run(), name=f"imap:{plan.address}")
+        self.workers[plan.id] = (worker, task)
+        log.info("watching mailbox %s", plan.address)
+
+    async def _stop(self, mailbox_id: int) -> None:
+        worker, task = self.workers.pop(mailbox_id)
+        worker.stop.set()
+        done, _ = await asyncio.wait({task}, timeout=STOP_GRACE_S)
+        if not done:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    async def check_pushes(self) -> None:
+        """Wake the workers whose folders have CRM-side read-state changes waiting (C10)."""
+        if not self.workers:
+            return
+        pending = await self.ctx.run(sync.folders_with_pushes, self.ctx.db)
+        for mailbox_id, folders in pending.items():
+            running = self.workers.get(mailbox_id)
+            if running is not None:
+                running[0].request_push(folders)
+
+
+async def run_poller(config: Config, db: Database, stop: asyncio.Event) -> None:
+    """``mailcrm serve`` component: poll every linked mailbox until ``stop`` is set."""
+    if not config.poller.enabled:
+        await stop.wait()
+        return
+    await Poller(config, db).run(stop)
