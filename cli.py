@@ -565,33 +565,29 @@ def db_upgrade() -> None:
 
 @app.command("status")
 def status(as_json: JsonOpt = False) -> None:
-    """Every mailbox: green or red, why, last check."""
-    from sqlalchemy import select
+    """The status page in the terminal: listeners, nodes, mailboxes (green/red, why, last check)."""
+    import asyncio
 
-    from crm.models import Mailbox
+    from proxy.web.status import gather, probe_tcp
 
-    with STATE.db.session() as s:
-        boxes = [
-            views.mailbox_json(b) for b in s.scalars(select(Mailbox).order_by(Mailbox.address))
-        ]
-    rows = [
-        {
-            k: b[k]
-            for k in (
-                "address",
-                "kind",
-                "linked",
-                "status",
-                "status_reason",
-                "last_check",
-                "last_error",
-            )
-        }
-        for b in boxes
+    snap = asyncio.run(gather(STATE.config, STATE.db))
+    http = STATE.config.http
+    snap.listeners = [
+        asyncio.run(probe_tcp("HTTP (status, metrics)", http.host, http.port, "http"))
+        if check.key == "http"
+        else check
+        for check in snap.listeners
+        if check.key != "http" or http.enabled
     ]
-    print_json({"mailboxes": rows}) if as_json else table(
-        rows, ["address", "kind", "status", "status_reason", "last_check"], "no mailboxes"
+    if as_json:
+        print_json(snap.as_json())
+        return
+    checks = [vars(c) for c in snap.listeners + snap.nodes]
+    table(checks, ["name", "status", "reason", "address"], "no listeners")
+    table(
+        snap.mailboxes, ["address", "kind", "status", "status_reason", "last_check"], "no mailboxes"
     )
+    out.print(f"last day: {snap.leads_today} new leads, {snap.activities_today} activities")
 
 
 tls_app = typer.Typer(no_args_is_help=True, help="TLS certificates of the relay.")

@@ -119,6 +119,21 @@ async def probe_smtp(name: str, host: str, port: int, tls: bool = False, key: st
     return Check(name, RED, f"unexpected answer: {shown}", address, key)
 
 
+async def probe_tcp(name: str, host: str, port: int, key: str = "") -> Check:
+    """Green when something accepts a TCP connection at host:port."""
+    address = f"{host}:{port}"
+    try:
+        _, writer = await asyncio.wait_for(
+            asyncio.open_connection(_loopback_for(host), port), PROBE_TIMEOUT
+        )
+    except (OSError, TimeoutError) as exc:
+        return Check(name, RED, f"not answering: {_first_line(exc)}", address, key)
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return Check(name, GREEN, "accepting connections", address, key)
+
+
 def _loopback_for(host: str) -> str:
     return {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
 
@@ -177,8 +192,13 @@ def _recent_leads(session: Session, since: dt.datetime) -> list[dict[str, Any]]:
     for lead_id, address in rows:
         emails[lead_id] = address
     return [
-        {"id": x.id, "name": x.name, "email": emails.get(x.id), "status": x.status,
-         "created_at": iso(x.created_at)}
+        {
+            "id": x.id,
+            "name": x.name,
+            "email": emails.get(x.id),
+            "status": x.status,
+            "created_at": iso(x.created_at),
+        }
         for x in leads
     ]
 
@@ -192,9 +212,14 @@ def _recent_activities(session: Session, since: dt.datetime) -> list[dict[str, A
         .limit(LIST_LIMIT)
     )
     return [
-        {"id": a.id, "direction": a.direction, "subject": a.subject,
-         "mailbox": boxes.get(a.mailbox_id) if a.mailbox_id else None,
-         "counterparts": list(a.counterparts), "completed": a.completed,
-         "created_at": iso(a.created_at)}
+        {
+            "id": a.id,
+            "direction": a.direction,
+            "subject": a.subject,
+            "mailbox": boxes.get(a.mailbox_id) if a.mailbox_id else None,
+            "counterparts": list(a.counterparts),
+            "completed": a.completed,
+            "created_at": iso(a.created_at),
+        }
         for a in session.scalars(query)
     ]
