@@ -6,6 +6,11 @@ for mailboxes that should be checked (T3), stops those unlinked or removed, and 
 whose connection settings changed. Every ``push_check_s`` it asks the database which folders
 hold activities completed or reopened in the CRM and wakes their workers (C10). Each worker
 fails alone: one slow or broken server never delays another mailbox.
+
+Several gateway nodes (B7): only mailboxes this node holds a lease on are synced
+(:class:`crm.leases.LeaseKeeper`, renewed every third of a lease period); a mailbox whose lease
+is lost is stopped at the next tick, and every lease is released on shutdown after the workers
+stopped. With one node (SQLite) the node simply holds every lease.
 """
 
 from __future__ import annotations
@@ -15,11 +20,14 @@ import contextlib
 import logging
 import time
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from crm import sync
 from crm.capture import Capturer
 from crm.config import Config
 from crm.db import Database
 from crm.errors import SecretError
+from crm.leases import LeaseKeeper
 from crm.models import utcnow
 from crm.secrets import SecretBox, load_key
 
@@ -51,15 +59,22 @@ class Poller:
     def __init__(self, config: Config, db: Database) -> None:
         self.config = config
         self.ctx = PollerContext(config.poller, db, DbThread(), Capturer(db))
+        self.keeper = LeaseKeeper(db, config.cluster.node_name, config.cluster.lease_seconds)
         self.workers: dict[int, tuple[MailboxWorker, asyncio.Task[None]]] = {}
         self.problems: dict[int, str] = {}
+        self.mine: frozenset[int] = frozenset()
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Reconcile and push-check until ``stop``; then stop every worker."""
-        next_refresh = 0.0
+        """Reconcile and push-check until ``stop``; then stop every worker, release the leases."""
+        next_refresh = next_claim = 0.0
         try:
             while not stop.is_set():
-                if time.monotonic() >= next_refresh:
+                if time.monotonic() >= next_claim:
+                    next_claim = time.monotonic() + self.keeper.renew_interval
+                    await self._claim()
+                mine = self.keeper.owned()
+                if time.monotonic() >= next_refresh or mine != self.mine:
+                    self.mine = mine
                     await self.refresh()
                     next_refresh = time.monotonic() + self.ctx.config.refresh_s
                 await self.check_pushes()
@@ -67,14 +82,22 @@ class Poller:
                     await asyncio.wait_for(stop.wait(), self.ctx.config.push_check_s)
         finally:
             await asyncio.gather(*(self._stop(mid) for mid in list(self.workers)))
+            with contextlib.suppress(SQLAlchemyError):
+                await self.ctx.run(self.keeper.release_all)
             await self.ctx.run.close()
+
+    async def _claim(self) -> None:
+        try:
+            await self.ctx.run(self.keeper.claim)
+        except SQLAlchemyError as exc:  # owned() shrinks as the held leases run out
+            log.warning("poller: lease renewal failed: %s", exc)
 
     async def refresh(self) -> None:
         """Start, update, restart or stop workers to match the mailboxes in the database."""
         plans = await self.ctx.run(load_plans, self.ctx.db, _secrets(self.config), self.ctx.config)
         wanted: dict[int, MailboxPlan] = {}
         for plan in plans:
-            if not mode_for(plan, utcnow(), self.ctx.config).check:
+            if plan.id not in self.mine or not mode_for(plan, utcnow(), self.ctx.config).check:
                 continue
             if plan.problem or plan.endpoint is None:
                 await self._problem(plan)

@@ -34,6 +34,7 @@ from tests.conftest import Cli
 from tests.servers import Dovecot
 
 PASSWORD = "s3cret pass"
+LEASE_S = 3.0
 ROOT = Path(__file__).resolve().parent.parent
 
 FAST = {
@@ -96,7 +97,9 @@ class MailEnv:
     def write_config(self, **poller: Any) -> None:
         """The config file the poller and the CLI read: the test CA and quick timers."""
         settings = {"ca_file": str(self.ca_bundle()), **FAST, **poller}
-        self.config_path.write_text("[poller]\n" + _toml(settings) + "\n")
+        cluster = {"lease_seconds": LEASE_S}
+        text = "[poller]\n" + _toml(settings) + "\n\n[cluster]\n" + _toml(cluster) + "\n"
+        self.config_path.write_text(text)
         self.cli.env["MAILCRM_CONFIG"] = str(self.config_path)
 
     def ca_bundle(self) -> Path:

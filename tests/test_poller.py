@@ -180,7 +180,7 @@ async def test_wrong_password_shows_red_with_the_reason(env: MailEnv) -> None:
     env.deliver(message(CUSTOMER, env.address, "unseen by the CRM"))
     async with env.poller():
         await until(lambda: env.mailbox()["status"] == "red", what="red status")
-    status = env.cli.json("status")["mailboxes"][0]
+    status = (await asyncio.to_thread(env.cli.json, "status"))["mailboxes"][0]
     assert status["status"] == "red"
     assert "login" in status["status_reason"] and "failed" in status["status_reason"]
     assert status["last_check"] and status["last_error"] == status["status_reason"]

@@ -17,8 +17,10 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Coroutine
+from typing import Any
 
-from crm import sync
+from crm import metrics, sync
 from crm.errors import UpstreamAuthError, UpstreamError
 from crm.models import utcnow
 
@@ -32,6 +34,7 @@ from .plan import FolderPlan, MailboxPlan
 from .schedule import mode_for
 
 log = logging.getLogger(__name__)
+STOP_GRACE_S = 2.0
 
 
 class MailboxWorker:
@@ -58,26 +61,46 @@ class MailboxWorker:
         while not self.stop.is_set():
             wakeable = False
             try:
-                delay = await self._session()
+                delay = await self._stoppable(self._session())
                 self.backoff.reset()
                 wakeable = True
             except UpstreamAuthError as exc:
-                await self._failed(str(exc))
+                await self._failed(str(exc), "auth")
                 delay = self.backoff.next(floor=self.ctx.config.auth_backoff_min_s)
             except UpstreamError as exc:
-                await self._failed(str(exc))
+                await self._failed(str(exc), "imap")
                 delay = self.backoff.next(throttle_hint(str(exc)))
             except OSError as exc:
-                await self._failed(f"network error: {exc}")
+                await self._failed(f"network error: {exc}", "imap")
                 delay = self.backoff.next()
             except Exception as exc:  # a bug or a database fault: logged, retried, never fatal
                 log.exception("mailbox %s: sync failed", self.plan.address)
-                await self._failed(f"internal error: {type(exc).__name__}: {exc}")
+                await self._failed(f"internal error: {type(exc).__name__}: {exc}", "internal")
                 delay = self.backoff.next()
             await self._sleep(delay, wakeable)
 
-    async def _failed(self, reason: str) -> None:
+    async def _stoppable(self, session: Coroutine[Any, Any, float]) -> float:
+        """Run a session; once stop is set it gets a moment to end politely, then is cancelled."""
+        task = asyncio.ensure_future(session)
+        stopping = asyncio.ensure_future(self.stop.wait())
+        try:
+            await asyncio.wait([task, stopping], return_when="FIRST_COMPLETED")
+            if not task.done():
+                await asyncio.wait([task], timeout=STOP_GRACE_S)
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+                return 0.0
+            return task.result()
+        finally:
+            stopping.cancel()
+            if not task.done():
+                task.cancel()
+
+    async def _failed(self, reason: str, kind: str) -> None:
         log.warning("mailbox %s: %s", self.plan.address, reason)
+        metrics.upstream_error(kind)
         with contextlib.suppress(Exception):
             await self.ctx.run(sync.record_status, self.ctx.db, self.plan.id, reason)
 
