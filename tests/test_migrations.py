@@ -1,0 +1,68 @@
+"""The Alembic migrations create exactly the schema of the models (``crm/models.py``), on SQLite
+and PostgreSQL, and ``mailcrm db upgrade`` migrates a fresh database.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import inspect
+
+from crm.db import Database, alembic_config
+from crm.models import Base
+from tests.conftest import Cli
+
+
+def schema_differences(database: Database) -> list[Any]:
+    """What Alembic's autogenerate would change to make the database match the models."""
+    with database.engine.connect() as conn:
+        context = MigrationContext.configure(
+            conn, opts={"compare_type": True, "compare_server_default": True}
+        )
+        return list(compare_metadata(context, Base.metadata))
+
+
+def test_migrations_create_exactly_the_models_schema(db: Database) -> None:
+    assert schema_differences(db) == []
+    assert db.current_revisions() == db.head_revisions()
+    tables = set(inspect(db.engine).get_table_names()) - {"alembic_version"}
+    assert tables == set(Base.metadata.tables)
+
+
+def test_upgrade_step_by_step_from_the_first_revision_keeps_data(db_url: str) -> None:
+    database = Database(db_url, migrate=False)
+    try:
+        config = alembic_config(database.engine)
+        revisions = list(ScriptDirectory.from_config(config).walk_revisions())
+        first = revisions[-1].revision
+        command.upgrade(config, first)
+        with database.engine.begin() as conn:
+            conn.exec_driver_sql(
+                "INSERT INTO users (email, name, admin, crm_access, created_at) "
+                "VALUES ('bob@example.com', 'Bob', false, true, CURRENT_TIMESTAMP)"
+            )
+        assert database.upgrade_if_needed() is True
+        assert schema_differences(database) == []
+        with database.engine.connect() as conn:
+            emails = [row[0] for row in conn.exec_driver_sql("SELECT email FROM users")]
+        assert emails == ["bob@example.com"]
+    finally:
+        database.dispose()
+
+
+def test_db_upgrade_on_a_fresh_database(cli: Cli, db_url: str) -> None:
+    first = cli.ok("db", "upgrade")
+    assert "migrated" in first
+    again = cli.ok("db", "upgrade")
+    assert "is up to date" in again
+    database = Database(db_url, migrate=False)
+    try:
+        assert database.current_revisions() == database.head_revisions()
+        assert schema_differences(database) == []
+    finally:
+        database.dispose()
+    assert cli.json("user", "list") == []
