@@ -466,6 +466,9 @@ def _capture_one(
         return capturer.capture(raw, mailbox, way, source=source, seen=seen)
     except MailcrmError as exc:
         return CaptureResult(source, "skipped", str(exc))
+    except Exception as exc:  # one bad message never stops the batch; the cause is logged
+        logging.getLogger("mailcrm.capture").exception("capture of %s failed", source)
+        return CaptureResult(source, "skipped", f"error: {type(exc).__name__}: {exc}"[:300])
 
 
 def _describe(r: CaptureResult) -> str:

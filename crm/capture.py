@@ -13,11 +13,12 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from sqlalchemy import func, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import func, select, update
+from sqlalchemy.exc import DataError, IntegrityError
 from sqlalchemy.orm import Session
 
 from . import metrics
+from .addresses import try_normalize
 from .db import Database
 from .errors import MessageParseError, NotFound
 from .message import ParsedMessage, parse_full, parse_message
@@ -123,11 +124,15 @@ class Capturer:
             return CaptureResult(source, "skipped", str(exc))
         try:
             return self._capture_parsed(
-                msg, mailbox, direction, source, seen, tuple(envelope_to), location
+                msg, mailbox, direction, source, seen, _addresses(envelope_to), location
             )
         except IntegrityError:
             log.info("capture of %s raced with another writer; counted as duplicate", msg.key)
             return CaptureResult(source, "duplicate", "already captured", message_key=msg.key)
+        except DataError as exc:  # a value the database refuses: this message only, skipped
+            reason = f"cannot store: {str(exc.orig).splitlines()[0][:200]}"
+            log.warning("capture of %s skipped: %s", source or msg.key, reason)
+            return CaptureResult(source, "skipped", reason, message_key=msg.key)
 
     def _capture_parsed(
         self,
@@ -151,6 +156,7 @@ class Capturer:
                 result.activities = [activity.id]
             elif decision.action == "duplicate":
                 result.activities = _existing_activity(session, msg.key)
+                _remember_alias(session, msg)
             if location is not None:
                 _record_location(session, box, msg.key, location, seen, result.activities)
         if decision.action == "skipped":
@@ -181,7 +187,7 @@ class Capturer:
         wanted = {p.address for p in msg.recipients} | set(envelope_to)
         if msg.sender:
             wanted.add(msg.sender.address)
-        wanted.update(e.strip().lower() for c in cards for e in c.emails)
+        wanted.update(_addresses(e for c in cards for e in c.emails))
         return Context(
             mailbox=_view(session, box),
             direction=direction,
@@ -196,6 +202,12 @@ class Capturer:
             envelope_to=envelope_to,
             vcards=cards,
         )
+
+
+def _addresses(values: Iterable[str]) -> tuple[str, ...]:
+    """Envelope or vCard addresses in their stored form; what is not an address is dropped."""
+    found = (try_normalize(v.strip().strip("<>")) for v in values)
+    return tuple(dict.fromkeys(a for a in found if a))
 
 
 def _load_mailbox(session: Session, address: str) -> Mailbox:
@@ -268,12 +280,29 @@ def _existing_activity(session: Session, key: str) -> list[int]:
 
 
 def _threads(session: Session, ids: tuple[str, ...]) -> dict[str, str]:
+    """B3: the thread of every referenced message already in the CRM (by either of its ids)."""
     if not ids:
         return {}
+    wanted = set(ids)
     rows = session.execute(
-        select(Activity.message_id, Activity.thread).where(Activity.message_id.in_(set(ids)))
+        select(Activity.message_id, Activity.alt_message_id, Activity.thread).where(
+            Activity.message_id.in_(wanted) | Activity.alt_message_id.in_(wanted)
+        )
     )
-    return {mid: thread for mid, thread in rows if mid}
+    found: dict[str, str] = {}
+    for mid, alt, thread in rows:
+        found.update({i: thread for i in (mid, alt) if i in wanted})
+    return found
+
+
+def _remember_alias(session: Session, msg: ParsedMessage) -> None:
+    """A rewritten copy (Exchange, Gmail Sent) of a captured message: keep its id for B3."""
+    if msg.header_id:
+        session.execute(
+            update(Activity)
+            .where(Activity.message_key == msg.key, Activity.alt_message_id.is_(None))
+            .values(alt_message_id=msg.header_id)
+        )
 
 
 def _record_location(

@@ -146,8 +146,9 @@ class LeaseKeeper:
 
     def _heartbeat(self, session: Session, now: dt.datetime) -> None:
         stmt = self._insert(Node).values(name=self.node, started_at=now, last_seen=now)
-        session.execute(stmt.on_conflict_do_update(index_elements=[Node.name],
-                                                   set_={"last_seen": now}))
+        session.execute(
+            stmt.on_conflict_do_update(index_elements=[Node.name], set_={"last_seen": now})
+        )
         forget = now - dt.timedelta(seconds=self.lease_seconds * FORGET_NODES_AFTER)
         session.execute(delete(Node).where(Node.last_seen < forget))
 
@@ -169,9 +170,12 @@ class LeaseKeeper:
         """floor(linked / live nodes), plus one for the first ``linked % live`` nodes by name."""
         live_since = now - dt.timedelta(seconds=self.lease_seconds)
         live = sorted(session.scalars(select(Node.name).where(Node.last_seen >= live_since)))
-        linked = session.scalar(
-            select(func.count()).select_from(Mailbox).where(Mailbox.linked.is_(True))
-        ) or 0
+        linked = (
+            session.scalar(
+                select(func.count()).select_from(Mailbox).where(Mailbox.linked.is_(True))
+            )
+            or 0
+        )
         if self.node not in live:
             live = sorted([*live, self.node])
         share, extra = divmod(linked, len(live))
@@ -194,9 +198,7 @@ class LeaseKeeper:
         """Own rows to renew: those held here, and own rows that lapsed; at most ``share``."""
         rows = session.execute(self._locked(self._linked_leases().where(Lease.node == self.node)))
         keep = [
-            box
-            for box, expires in rows
-            if box in self._held or expires is None or expires <= now
+            box for box, expires in rows if box in self._held or expires is None or expires <= now
         ]
         held_first = sorted(keep, key=lambda box: (box not in self._held, box))
         return held_first[:share]
@@ -204,8 +206,9 @@ class LeaseKeeper:
     def _free(self, session: Session, now: dt.datetime, wanted: int) -> list[int]:
         """Up to ``wanted`` unowned or expired rows of other nodes, locked for this transaction."""
         free = or_(Lease.node.is_(None), Lease.expires_at.is_(None), Lease.expires_at <= now)
-        query = self._linked_leases().where(free, or_(Lease.node.is_(None),
-                                                      Lease.node != self.node))
+        query = self._linked_leases().where(
+            free, or_(Lease.node.is_(None), Lease.node != self.node)
+        )
         return list(session.scalars(self._locked(query.limit(wanted))))
 
     def _release_unlinked(self, session: Session) -> None:
@@ -219,8 +222,9 @@ class LeaseKeeper:
     def _log_changes(self, mine: set[int]) -> None:
         gained, lost = mine - self._held.keys(), self._held.keys() - mine
         if gained or lost:
-            log.info("node %s: %d mailboxes (+%d, -%d)", self.node, len(mine), len(gained),
-                     len(lost))
+            log.info(
+                "node %s: %d mailboxes (+%d, -%d)", self.node, len(mine), len(gained), len(lost)
+            )
 
 
 def lease_owners(db: Database) -> dict[int, str]:

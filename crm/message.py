@@ -23,6 +23,7 @@ from .robots import robot_reason
 
 _HEADER_PARSER = BytesParser(policy=policy.default)
 _SURROGATES = re.compile("[\udc80-\udcff]")
+_UNSAFE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
 _YEAR = re.compile(r"[A-Za-z]{3}\s+(\d{4})\b")
 _MSGID = re.compile(r"<([^<>\s]+)>")
 _ORIGINAL_ID_HEADERS = ("X-Microsoft-Original-Message-ID", "X-Google-Original-Message-ID")
@@ -30,6 +31,7 @@ MAX_HEADER_BYTES = 4 * 1024 * 1024
 MAX_PARSED_HEADER = 64 * 1024
 MAX_PARSED_ADDRESSES = 16 * 1024
 MAX_ADDRESSES = 1000
+MAX_ID_LENGTH = 900
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,7 @@ class ParsedMessage:
     headers: EmailMessage
     key: str
     message_id: str | None
+    header_id: str | None
     subject: str
     sender: Party | None
     to: tuple[Party, ...]
@@ -73,7 +76,7 @@ def _unescape(value: str) -> str:
     """Raw 8-bit header bytes (kept as surrogates by the parser) as UTF-8, else Windows-1252."""
     if not _SURROGATES.search(value):
         return value
-    data = value.encode("ascii", "surrogateescape")
+    data = value.encode("utf-8", "surrogateescape")
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:
@@ -85,14 +88,23 @@ def _decoded(headers: EmailMessage, name: str, value: str) -> Any:
     return headers.policy.header_factory(name, value[:MAX_PARSED_HEADER])  # type: ignore[attr-defined]
 
 
+def clean_text(value: str) -> str:
+    """Text fit for any database: bytes an unknown charset left undecoded read as Windows-1252,
+    no NUL or other control characters but tab and newline, no lone surrogates."""
+    value = _unescape(value)
+    if _UNSAFE.search(value):
+        value = _UNSAFE.sub("\ufffd", value)
+    return value
+
+
 def _header_text(headers: EmailMessage, name: str) -> str | None:
     values = _raw_values(headers, name)
     if not values:
         return None
     try:
-        return str(_decoded(headers, name, values[0]))
+        return clean_text(str(_decoded(headers, name, values[0])))
     except Exception:  # a header policy.default cannot decode: keep the raw text
-        return values[0][:MAX_PARSED_HEADER]
+        return clean_text(values[0][:MAX_PARSED_HEADER])
 
 
 def message_ids(value: str | None) -> tuple[str, ...]:
@@ -102,7 +114,7 @@ def message_ids(value: str | None) -> tuple[str, ...]:
     found = _MSGID.findall(value)
     if not found and value.strip() and " " not in value.strip():
         found = [value.strip().strip("<>")]
-    return tuple(found)
+    return tuple(f[:MAX_ID_LENGTH] for f in found)
 
 
 def _address_pairs(headers: EmailMessage, name: str, value: str) -> list[tuple[str, str]]:
@@ -122,7 +134,7 @@ def _parties(headers: EmailMessage, name: str) -> tuple[Party, ...]:
     for display, spec in pairs[:MAX_ADDRESSES]:
         address = try_normalize(spec) if spec else None
         if address and address not in parties:
-            parties[address] = Party(address, (display or "").strip())
+            parties[address] = Party(address, clean_text(display or "").strip())
     return tuple(parties.values())
 
 
@@ -171,6 +183,7 @@ def parse_message(raw: bytes, envelope_sender: str | None = None) -> ParsedMessa
         headers=headers,
         key=key,
         message_id=key_id,
+        header_id=own_id if own_id != key_id else None,
         subject=(_header_text(headers, "Subject") or "").strip(),
         sender=senders[0] if senders else None,
         to=_parties(headers, "To"),

@@ -36,23 +36,29 @@ R = TypeVar("R", bound="_Outcome")
 MAX_REASONS = 40  # distinct skip-reason labels kept; later new ones count as "other"
 
 RELAYED = Counter(
-    "mailcrm_messages_relayed", "Messages the upstream server accepted through the relay.",
+    "mailcrm_messages_relayed",
+    "Messages the upstream server accepted through the relay.",
     registry=None,
 )
 CAPTURED = Counter(
     "mailcrm_messages_captured", "Messages captured as CRM activities.", registry=None
 )
 DUPLICATES = Counter(
-    "mailcrm_messages_duplicate", "Messages seen again and not captured twice (C9).",
+    "mailcrm_messages_duplicate",
+    "Messages seen again and not captured twice (C9).",
     registry=None,
 )
 SKIPPED = Counter(
-    "mailcrm_messages_skipped", "Messages that created nothing, by reason.", ["reason"],
+    "mailcrm_messages_skipped",
+    "Messages that created nothing, by reason.",
+    ["reason"],
     registry=None,
 )
 UPSTREAM_ERRORS = Counter(
-    "mailcrm_upstream_errors", "Failed upstream connections, logins or commands, by kind.",
-    ["kind"], registry=None,
+    "mailcrm_upstream_errors",
+    "Failed upstream connections, logins or commands, by kind.",
+    ["kind"],
+    registry=None,
 )
 COUNTERS = (RELAYED, CAPTURED, DUPLICATES, SKIPPED, UPSTREAM_ERRORS)
 _reasons: set[str] = set()
@@ -143,10 +149,13 @@ class DatabaseCollector(Collector):
                     SpoolEntry.state == "pending"
                 )
             ).one()
-            boxes = list(session.scalars(
-                select(Mailbox).options(lazyload(Mailbox.owner), lazyload(Mailbox.queue))
-                .order_by(Mailbox.address)
-            ))
+            boxes = list(
+                session.scalars(
+                    select(Mailbox)
+                    .options(lazyload(Mailbox.owner), lazyload(Mailbox.queue))
+                    .order_by(Mailbox.address)
+                )
+            )
             leases = session.execute(
                 select(Lease.node, func.count())
                 .where(Lease.node.is_not(None), Lease.expires_at > now)

@@ -212,6 +212,7 @@ class Activity(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     message_key: Mapped[str] = mapped_column(String(200), unique=True)
     message_id: Mapped[str | None] = mapped_column(String(998), index=True, default=None)
+    alt_message_id: Mapped[str | None] = mapped_column(String(998), index=True, default=None)
     thread: Mapped[str] = mapped_column(String(998), index=True)
     direction: Mapped[str] = mapped_column(String(10))
     subject: Mapped[str] = mapped_column(Text, default="")

@@ -192,8 +192,12 @@ def contacts_from_vcards(msg: ParsedMessage, ctx: Context, work: Work) -> Decisi
         return None
     taken = set(ctx.known_contact_names)
     claimed: set[str] = set()
+    never = ctx.employees | {ctx.mailbox.address}
+    entries = ctx.excluded | ctx.mailbox.excluded
     for card in ctx.vcards:
         valid = [a for a in map(try_normalize, card.emails) if a]
+        if any(a in never or is_excluded(a, entries) for a in valid):
+            continue  # an employee's own card (C5) or an excluded person's (C6)
         addresses = tuple(a for a in dict.fromkeys(valid) if a not in claimed)
         if valid and not addresses:
             continue

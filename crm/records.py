@@ -121,6 +121,7 @@ def apply_decision(
     activity = Activity(
         message_key=msg.key,
         message_id=msg.message_id,
+        alt_message_id=msg.header_id,
         thread=decision.thread[:998],
         direction=decision.direction.value,
         subject=msg.subject,
@@ -142,7 +143,11 @@ def apply_decision(
     if decision.answers:
         session.execute(
             update(Activity)
-            .where(Activity.message_id.in_(decision.answers), Activity.direction == "incoming")
+            .where(
+                Activity.message_id.in_(decision.answers)
+                | Activity.alt_message_id.in_(decision.answers),
+                Activity.direction == "incoming",
+            )
             .values(answered=True)
         )
     session.flush()

@@ -391,7 +391,7 @@ def _clean(text: str) -> str:
 
 
 def _structured_name(value: str) -> str:
-    """"Dr. Kenji Nakamura" from ``N:Nakamura;Kenji;;Dr.;`` (vobject's Name order)."""
+    """ "Dr. Kenji Nakamura" from ``N:Nakamura;Kenji;;Dr.;`` (vobject's Name order)."""
     fields = splitFields(value)
     return _clean(str(Name(**dict(zip(NAME_ORDER, fields, strict=False)))))
 

@@ -8,6 +8,8 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from .addresses import normalize_address
+from .errors import NotFound
 from .models import (
     Activity,
     Company,
@@ -86,6 +88,11 @@ def mailbox_json(box: Mailbox) -> JSON:
     }
 
 
+def _pairs(session: Session, query: Any) -> dict[Any, Any]:
+    """A two-column query as a dict."""
+    return {key: value for key, value in session.execute(query)}
+
+
 def _emails(session: Session, etype: str) -> dict[int, list[str]]:
     rows = session.execute(
         select(EntityEmail.entity_id, EntityEmail.address)
@@ -99,15 +106,15 @@ def _emails(session: Session, etype: str) -> dict[int, list[str]]:
 
 
 def _names(session: Session, model: Any) -> dict[int, str]:
-    return dict(session.execute(select(model.id, model.name)).tuples().all())
+    return _pairs(session, select(model.id, model.name))
 
 
 def leads_json(session: Session) -> list[JSON]:
     """lead: id, name, emails, company, responsible, mailbox (plus status, changed)."""
     emails = _emails(session, "lead")
     companies = _names(session, Company)
-    users = dict(session.execute(select(User.id, User.email)).tuples().all())
-    boxes = dict(session.execute(select(Mailbox.id, Mailbox.address)).tuples().all())
+    users = _pairs(session, select(User.id, User.email))
+    boxes = _pairs(session, select(Mailbox.id, Mailbox.address))
     return [
         {
             "id": lead.id,
@@ -169,10 +176,13 @@ def activity_json(activity: Activity, mailbox: str | None) -> JSON:
 
 def activities_json(session: Session, mailbox: str | None = None) -> list[JSON]:
     """Every activity, oldest first, optionally of one mailbox."""
-    boxes = dict(session.execute(select(Mailbox.id, Mailbox.address)).tuples().all())
+    boxes = _pairs(session, select(Mailbox.id, Mailbox.address))
     query = select(Activity).order_by(Activity.id)
     if mailbox is not None:
-        box_id = next((i for i, a in boxes.items() if a == mailbox), -1)
+        wanted = normalize_address(mailbox)
+        box_id = next((i for i, a in boxes.items() if a == wanted), None)
+        if box_id is None:
+            raise NotFound(f"no mailbox {mailbox}")
         query = query.where(Activity.mailbox_id == box_id)
     return [
         activity_json(a, boxes.get(a.mailbox_id) if a.mailbox_id else None)
@@ -182,7 +192,7 @@ def activities_json(session: Session, mailbox: str | None = None) -> list[JSON]:
 
 def exclusions_json(session: Session) -> list[JSON]:
     """exclusion: entry, mailbox (null for the global list)."""
-    boxes = dict(session.execute(select(Mailbox.id, Mailbox.address)).tuples().all())
+    boxes = _pairs(session, select(Mailbox.id, Mailbox.address))
     return [
         {"entry": e.entry, "mailbox": boxes.get(e.mailbox_id) if e.mailbox_id else None}
         for e in session.scalars(select(Exclusion).order_by(Exclusion.id))

@@ -65,12 +65,6 @@ def only_activity(db: Database) -> JSON:
     return activity
 
 
-def xfail_on_postgresql(request: pytest.FixtureRequest, db_url: str, reason: str) -> None:
-    """Mark this run as an expected failure when it runs on PostgreSQL (a core bug)."""
-    if db_url.startswith("postgresql"):
-        request.applymarker(pytest.mark.xfail(strict=True, reason=reason))
-
-
 # --- not a message at all ---------------------------------------------------------------------
 
 
@@ -123,12 +117,6 @@ def test_raw_8bit_headers_are_decoded(capturer: Capturer, db: Database) -> None:
     assert only_activity(db)["subject"] == "Grüße aus Köln"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: an encoded word in an unknown charset (=?x-unknown?q?Od=E9tte?=) leaves a lone "
-    "surrogate in the display name; inserting the lead raises UnicodeEncodeError on both "
-    "databases (crm/message.py _parties: display names are not cleaned like raw 8-bit values)",
-)
 def test_odd_and_unknown_charsets(capturer: Capturer, db: Database) -> None:
     result = capturer.capture(golden("BAD_odd_charsets.eml"), SALES, IN)
     assert result.action == "captured"
@@ -169,12 +157,6 @@ def test_date_in_the_year_0_is_an_unknown_date(capturer: Capturer, db: Database)
     assert date is None or not date.startswith(("0000", "2000"))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: NUL bytes of headers are kept: SQLite stores the lead name 'Nul\\x00Byte' and "
-    "subject 'NUL\\x00inside'; PostgreSQL refuses the INSERT (DataError), capture raises "
-    "(crm/message.py does not strip control characters from names and subjects)",
-)
 def test_nul_bytes_in_headers(capturer: Capturer, db: Database) -> None:
     result = capturer.capture(golden("BAD_nul_in_headers.eml"), SALES, IN)
     assert result.action == "captured"
@@ -187,13 +169,6 @@ def test_nul_bytes_in_headers(capturer: Capturer, db: Database) -> None:
 def test_giant_message_id(
     capturer: Capturer, db: Database, request: pytest.FixtureRequest, db_url: str
 ) -> None:
-    xfail_on_postgresql(
-        request,
-        db_url,
-        "BUG: a Message-ID longer than 998 characters is stored whole in activities.message_id "
-        "VARCHAR(998): PostgreSQL raises StringDataRightTruncation, capture raises "
-        "(crm/records.py apply_decision; the key is cut at 190, message_id is not)",
-    )
     raw = golden("BAD_long_message_id.eml")
     first = capturer.capture(raw, SALES, IN)
     again = capturer.capture(raw, SALES, IN)
@@ -368,13 +343,6 @@ def test_cli_batch_reports_bad_messages_and_goes_on(cli: Cli, tmp_path: Path) ->
     assert "0 captured, 3 duplicate, 4 skipped" in text
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: an exception the capture path does not expect kills the whole batch with a "
-    "traceback: BAD_odd_charsets raises UnicodeEncodeError (both databases), and on PostgreSQL "
-    "BAD_nul_in_headers and BAD_long_message_id raise DataError; cli.py _capture_one catches only "
-    "MailcrmError and Capturer.capture only IntegrityError",
-)
 def test_cli_batch_goes_on_after_a_message_the_capture_path_cannot_store(cli: Cli) -> None:
     cli_crm(cli)
     batch = [

@@ -493,11 +493,6 @@ def test_c7_several_cards_and_the_same_cards_again(world: World) -> None:
     assert bindings(world.activity("C7_vcard_again.eml")) == {("lead", rick["id"])}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: Bob's own vCard on his outgoing mail makes him a contact (crm/pipeline.py "
-    "contacts_from_vcards ignores C5)",
-)
 def test_c5_c7_an_employee_card_creates_no_contact(world: World) -> None:
     result = world.result("C7_vcard_employee_card.eml")
     assert result["action"] == "captured"
@@ -592,12 +587,6 @@ def test_b3_the_answered_mail_is_marked_answered(world: World) -> None:
     assert world.activity("C1_unknown_sender.eml")["answered"] is False
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a reply to the Message-ID Exchange/Gmail gave the Sent copy (the id the "
-    "recipient saw) does not join the thread: the activity keeps only the original id "
-    "(X-Microsoft-Original-Message-ID) and crm/capture.py _threads looks up message_id only",
-)
 def test_b3_reply_to_the_rewritten_message_id_joins_the_thread(world: World) -> None:
     sent = world.activity("C9_exchange_relay_copy.eml")
     reply = world.activity("B3_reply_to_rewritten_id.eml")
@@ -687,12 +676,6 @@ def test_activities_of_one_mailbox(world: World) -> None:
     assert {a["message_id"] for a in mine} == {"c6-9@rival.com"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: `activities list --mailbox SUPPORT@Example.COM` prints [] although the mailbox "
-    "has activities: crm/views.py activities_json compares the raw option with the stored "
-    "address (no normalisation), while every other --mailbox option is case-insensitive",
-)
 def test_activities_of_one_mailbox_spelled_in_capitals(world: World) -> None:
     mine = world.cli.json("activities", "list", "--mailbox", "SUPPORT@Example.COM")
     assert [a["message_id"] for a in mine] == ["c6-9@rival.com"]
@@ -829,11 +812,6 @@ def capture_path_crm(db: Database) -> Capturer:
     return Capturer(db)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: Capturer.capture uses envelope_to as given: leads get 'Smee@JollyRoger.COM' and "
-    "'<starkey@jollyroger.com>' as addresses (crm/capture.py, envelope_to is never normalised)",
-)
 def test_c2_envelope_recipients_become_leads_in_stored_form(db: Database) -> None:
     """The relay hands over RCPT TO addresses as the mail client wrote them."""
     capturer = capture_path_crm(db)
@@ -853,11 +831,6 @@ def test_c2_envelope_recipients_become_leads_in_stored_form(db: Database) -> Non
     ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: an employee in the envelope in another spelling (Alice@Example.COM) becomes a "
-    "lead: envelope_to is not normalised before the C5 check (crm/capture.py)",
-)
 def test_c5_an_employee_among_the_envelope_recipients_is_not_a_lead(db: Database) -> None:
     """Bob's client puts himself in Bcc: the relay sees him only in the envelope."""
     capturer = capture_path_crm(db)

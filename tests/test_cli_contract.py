@@ -226,20 +226,10 @@ def test_wildcard_exclusion_names_the_accepted_forms(shared_cli: Cli) -> None:
     assert shared_cli.json("exclude", "list") == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: `mailcrm --db nonsense://x user list` dies with a traceback "
-    "(sqlalchemy NoSuchModuleError, exit 1): crm/db.py make_engine catches only ArgumentError",
-)
 def test_unknown_database_driver_is_one_line(shared_cli: Cli) -> None:
     assert_one_line_error(shared_cli.run("--db", "nonsense://x", "user", "list"), 1, "nonsense")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: `activities list --mailbox nobody@example.com` prints [] and exits 0; every "
-    "other command naming an unknown mailbox fails with 'no mailbox ...' (crm/views.py)",
-)
 def test_listing_the_activities_of_an_unknown_mailbox_is_an_error(shared_cli: Cli) -> None:
     result = shared_cli.run("activities", "list", "--mailbox", "nobody@example.com", "--json")
     assert_one_line_error(result, 1, "no mailbox")

@@ -410,12 +410,6 @@ def test_c7_option_off_creates_no_contacts() -> None:
     assert lead_addresses(decision) == ["norman@oscorp.com"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: an employee's own vCard (Outlook attaches the sender's card) becomes a contact "
-    "'Bob Sales' <bob@example.com>: contacts_from_vcards (crm/pipeline.py) skips neither "
-    "employees' addresses (C5) nor excluded ones (C6)",
-)
 def test_c5_c7_an_employee_card_creates_no_contact() -> None:
     decision = run("C7_vcard_employee_card.eml", OUT, BOBS)
     assert decision.action == "captured"
