@@ -283,3 +283,18 @@ async def test_folders_with_non_ascii_names(env: MailEnv) -> None:
         await until(lambda: env.mailbox()["status"] == "green", what="green")
     assert {loc[0] for loc in env.locations()} == {folder}
     assert env.mailbox()["last_error"] is None
+
+
+async def test_without_idle_the_schedule_checks_and_pushes_wake_it(env: MailEnv) -> None:
+    """A server without IDLE (here: IDLE switched off) is checked on the schedule (T1)."""
+    env.write_config(idle=False, active_interval_s=2)
+    env.link()
+    async with env.poller():
+        await until(lambda: env.mailbox()["status"] == "green", what="first check")
+        env.deliver(message(CUSTOMER, env.address, "found by the next check"))
+        await until(lambda: env.activities(), what="scheduled check")
+        env.write_config(idle=False, active_interval_s=3600)
+    async with env.poller():
+        await until(lambda: env.mailbox()["status"] == "green", what="first check")
+        env.cli.ok("activity", "complete", str(env.activities()[0]["id"]))
+        await until(lambda: "\\Seen" in env.flags()[1], what="push between checks")

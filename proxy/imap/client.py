@@ -16,7 +16,7 @@ import ipaddress
 import logging
 import ssl
 from collections.abc import Awaitable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from aioimaplib import aioimaplib as aio
@@ -46,7 +46,7 @@ class Endpoint:
     port: int
     tls: str
     login: str
-    password: str
+    password: str = field(repr=False)
     ca_file: str | None = None
     insecure: bool = False
 
