@@ -125,7 +125,7 @@ class ImapClient:
         self.lost: asyncio.Future[None] | None = None
         self.changed = asyncio.Event()
         self.selected: str | None = None
-        self._vanished: list[int] = []
+        self._vanished: list[tuple[int, int]] = []
         self._fetching = False
         self.needs_scan = False
 
@@ -227,8 +227,8 @@ class ImapClient:
         if head[0] == b"VANISHED":
             self._vanished.extend(parse.parse_vanished(line))
 
-    def take_vanished(self) -> list[int]:
-        """UIDs the server reported VANISHED in the selected folder since the last call."""
+    def take_vanished(self) -> list[tuple[int, int]]:
+        """UID ranges reported VANISHED in the selected folder since the last call."""
         found, self._vanished = self._vanished, []
         return found
 

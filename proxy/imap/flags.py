@@ -18,7 +18,7 @@ from crm import sync
 
 from .client import CommandFailed, ImapClient
 from .context import PollerContext
-from .parse import FetchRecord, SelectInfo
+from .parse import FetchRecord, SelectInfo, chunks
 from .plan import FolderPlan, MailboxPlan
 
 log = logging.getLogger(__name__)
@@ -69,7 +69,7 @@ class FlagSync:
                 await self._since(checkpoint)
         else:
             await self._full()
-        await self._forget(self.client.take_vanished())
+        await self._forget_ranges(self.client.take_vanished())
 
     async def _since(self, cp: sync.Checkpoint) -> None:
         changed = await self.client.uid_search(
@@ -80,7 +80,7 @@ class FlagSync:
                 f"{low}:{high}", "(UID FLAGS)", f"(CHANGEDSINCE {cp.highest_modseq} VANISHED)"
             )
             await self._apply(records)
-            await self._forget(self.client.take_vanished())
+            await self._forget_ranges(self.client.take_vanished())
 
     async def _full(self) -> None:
         after = 0
@@ -101,7 +101,8 @@ class FlagSync:
             present = {r.uid for r in records if r.uid is not None}
             readable = all(r.uid is not None for r in records)
             gone = [u for u in uids if u not in present] if readable else []
-            await self._forget(gone + self.client.take_vanished())
+            await self._forget(gone)
+            await self._forget_ranges(self.client.take_vanished())
             after = uids[-1]
 
     async def _apply(self, records: Sequence[FetchRecord]) -> None:
@@ -121,17 +122,37 @@ class FlagSync:
             )
 
     async def _forget(self, uids: Sequence[int]) -> None:
-        if not uids:
-            return
-        removed = await self.ctx.run(
-            sync.forget_vanished,
-            self.ctx.db,
-            self.plan.id,
-            self.folder.name,
-            self.info.uidvalidity,
-            sorted(set(uids)),
-        )
-        self._count(removed)
+        """C11 for ``uids`` (a VANISHED range can be huge: bounded database statements)."""
+        for part in chunks(sorted(set(uids)), self.ctx.config.chunk_size):
+            removed = await self.ctx.run(
+                sync.forget_vanished,
+                self.ctx.db,
+                self.plan.id,
+                self.folder.name,
+                self.info.uidvalidity,
+                part,
+            )
+            self._count(removed)
+
+    async def _forget_ranges(self, ranges: Sequence[tuple[int, int]]) -> None:
+        """C11 for the known UIDs inside VANISHED ranges, a page at a time."""
+        for low, high in ranges:
+            after = low - 1
+            while True:
+                uids = await self.ctx.run(
+                    sync.known_uids,
+                    self.ctx.db,
+                    self.plan.id,
+                    self.folder.name,
+                    self.info.uidvalidity,
+                    after,
+                    self.ctx.config.chunk_size,
+                )
+                inside = [u for u in uids if u <= high]
+                await self._forget(inside)
+                if len(inside) < len(uids) or not uids:
+                    break
+                after = uids[-1]
 
     def _count(self, removed: sync.Removed) -> None:
         self.removed.locations += removed.locations

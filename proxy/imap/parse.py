@@ -95,19 +95,6 @@ def compact(uids: Iterable[int]) -> str:
     return ",".join(parts)
 
 
-def expand(sequence_set: str, star: int = 0) -> Iterator[int]:
-    """The numbers of a sequence set; ``*`` stands for ``star``."""
-    for part in sequence_set.split(","):
-        if not part:
-            continue
-        low, _, high = part.partition(":")
-        first = star if low == "*" else int(low)
-        last = first if not high else (star if high == "*" else int(high))
-        if first > last:
-            first, last = last, first
-        yield from range(first, last + 1)
-
-
 def chunks(items: Sequence[int], size: int) -> Iterator[Sequence[int]]:
     """``items`` in consecutive slices of at most ``size``."""
     for start in range(0, len(items), size):
@@ -190,10 +177,21 @@ def parse_search(lines: Sequence[bytes | bytearray]) -> list[int]:
     return found
 
 
-def parse_vanished(line: bytes) -> list[int]:
-    """The UIDs of a ``VANISHED [(EARLIER)] set`` line (without ``* ``), else []."""
+def parse_vanished(line: bytes) -> list[tuple[int, int]]:
+    """The UID ranges of a ``VANISHED [(EARLIER)] set`` line (without ``* ``), else [].
+
+    Ranges, not UIDs: ``1:4000000000`` is one short line, and must stay one small value.
+    """
     match = _VANISHED.match(line)
-    return list(expand(match.group(1).decode("ascii"))) if match else []
+    if not match:
+        return []
+    ranges: list[tuple[int, int]] = []
+    for part in match.group(1).decode("ascii").split(","):
+        low, _, high = part.partition(":")
+        if low.isdigit() and (not high or high.isdigit()):
+            first, last = int(low), int(high or low)
+            ranges.append((min(first, last), max(first, last)))
+    return ranges
 
 
 def _unquote(raw: bytes) -> str:
