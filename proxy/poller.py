@@ -53,6 +53,12 @@ def _secrets(config: Config) -> SecretBox | None:
         return None
 
 
+def _timed_pushes(db: Database) -> tuple[dict[int, set[str]], float]:
+    """The folders with pushes waiting, and how long the query took (database thread)."""
+    started = time.monotonic()
+    return sync.folders_with_pushes(db), time.monotonic() - started
+
+
 class Poller:
     """Supervises the mailbox workers."""
 
@@ -77,9 +83,9 @@ class Poller:
                     self.mine = mine
                     await self.refresh()
                     next_refresh = time.monotonic() + self.ctx.config.refresh_s
-                await self.check_pushes()
+                pause = await self.check_pushes()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), self.ctx.config.push_check_s)
+                    await asyncio.wait_for(stop.wait(), pause)
         finally:
             await asyncio.gather(*(self._stop(mid) for mid in list(self.workers)))
             with contextlib.suppress(SQLAlchemyError):
@@ -141,15 +147,21 @@ class Poller:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
 
-    async def check_pushes(self) -> None:
-        """Wake the workers whose folders have CRM-side read-state changes waiting (C10)."""
+    async def check_pushes(self) -> float:
+        """Wake the workers whose folders have CRM-side read-state changes waiting (C10).
+
+        Returns the pause before the next check: ``push_check_s``, or longer on a database so
+        big that the check itself takes a while (it never takes more than 5 % of the time).
+        """
         if not self.workers:
-            return
-        pending = await self.ctx.run(sync.folders_with_pushes, self.ctx.db)
+            return self.ctx.config.push_check_s
+        pending, took = await self.ctx.run(_timed_pushes, self.ctx.db)
+        pause = max(self.ctx.config.push_check_s, 20 * took)
         for mailbox_id, folders in pending.items():
             running = self.workers.get(mailbox_id)
             if running is not None:
                 running[0].request_push(folders)
+        return pause
 
 
 async def run_poller(config: Config, db: Database, stop: asyncio.Event) -> None:
