@@ -174,3 +174,44 @@ def test_schedule_t1_t3_and_company_intervals() -> None:
     window = _plan(linked_at=NOW).window_start(NOW)
     assert window == NOW - dt.timedelta(days=3)
     assert _plan(since="all").window_start(NOW) is None
+
+
+def test_a_duplicate_that_raced_is_captured_again_for_its_location(sqlite_url: str) -> None:
+    """capture() rolls a racing duplicate back whole; store_batch records its location anyway."""
+    from cryptography.fernet import Fernet
+
+    from crm import admin, sync
+    from crm.capture import Capturer, CaptureResult
+    from crm.db import Database
+    from crm.models import Direction
+    from crm.secrets import SecretBox
+    from proxy.imap.importer import store_batch
+    from proxy.imap.parse import FetchRecord
+    from proxy.imap.plan import FolderPlan
+    from tests.pollerkit import message
+
+    db = Database(sqlite_url)
+    with db.session() as s:
+        admin.add_user(s, "me@example.com")
+        settings = admin.MailboxSettings(password="x", since="all")
+        box = admin.add_mailbox(s, SecretBox(Fernet.generate_key()), "me@example.com",
+                                "me@example.com", settings)  # fmt: skip
+        box_id = box.id
+
+    class Racing(Capturer):
+        calls = 0
+
+        def capture(self, raw: bytes, *args: object, **kwargs: object) -> CaptureResult:
+            self.calls += 1
+            if self.calls == 1:
+                return CaptureResult("raced", "duplicate", "already captured")
+            return super().capture(raw, *args, **kwargs)  # type: ignore[arg-type]
+
+    capturer = Racing(db)
+    raw = message("Ann <ann@acme.example>", "me@example.com", "hello")
+    plan = _plan(id=box_id, address="me@example.com", since="all")
+    records = [FetchRecord(seq=1, uid=7, body=raw)]
+    store_batch(capturer, plan, FolderPlan("INBOX", Direction.INCOMING), 5, records, 7)
+    assert sync.recorded(db, box_id, "INBOX", 5, [7]) == {7}
+    assert sync.load_checkpoint(db, box_id, "INBOX") == sync.Checkpoint(5, 7, 0)
+    db.dispose()

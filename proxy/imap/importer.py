@@ -60,6 +60,20 @@ def uid_windows(first: int, last: int, span: int) -> Iterator[tuple[int, int]]:
         low = high + 1
 
 
+def _capture(
+    capturer: Capturer, plan: MailboxPlan, folder: FolderPlan, uidvalidity: int, record: FetchRecord
+) -> str:
+    assert record.uid is not None and record.body is not None
+    return capturer.capture(
+        record.body,
+        plan.address,
+        folder.direction,
+        source=f"imap:{plan.address}/{folder.name}/{uidvalidity}/{record.uid}",
+        seen=record.seen,
+        location=Location(folder.name, uidvalidity, record.uid),
+    ).action
+
+
 def store_batch(
     capturer: Capturer,
     plan: MailboxPlan,
@@ -68,22 +82,30 @@ def store_batch(
     records: Sequence[FetchRecord],
     checkpoint: int,
 ) -> ImportStats:
-    """Capture fetched messages in UID order, then advance the checkpoint (database thread)."""
+    """Capture fetched messages in UID order, then advance the checkpoint (database thread).
+
+    A duplicate that raced with another writer (the relay's spool, another node) was rolled
+    back whole, location included: it is captured once more, now as a plain duplicate, so its
+    location is recorded before the checkpoint moves past it.
+    """
     stats = ImportStats()
-    for record in sorted(records, key=lambda r: r.uid or 0):
-        if record.uid is None or record.body is None:
-            continue
-        result = capturer.capture(
-            record.body,
-            plan.address,
-            folder.direction,
-            source=f"imap:{plan.address}/{folder.name}/{uidvalidity}/{record.uid}",
-            seen=record.seen,
-            location=Location(folder.name, uidvalidity, record.uid),
+    wanted = sorted((r for r in records if r.uid is not None and r.body is not None),
+                    key=lambda r: r.uid or 0)  # fmt: skip
+    raced: list[FetchRecord] = []
+    for record in wanted:
+        action = _capture(capturer, plan, folder, uidvalidity, record)
+        stats.captured += action == "captured"
+        stats.skipped += action == "skipped"
+        if action == "duplicate":
+            stats.duplicate += 1
+            raced.append(record)
+    if raced:
+        done = sync.recorded(
+            capturer.db, plan.id, folder.name, uidvalidity, [r.uid or 0 for r in raced]
         )
-        stats.captured += result.action == "captured"
-        stats.duplicate += result.action == "duplicate"
-        stats.skipped += result.action == "skipped"
+        for record in raced:
+            if record.uid not in done:
+                _capture(capturer, plan, folder, uidvalidity, record)
     sync.save_checkpoint(capturer.db, plan.id, folder.name, uidvalidity, last_uid=checkpoint)
     return stats
 
