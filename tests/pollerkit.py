@@ -210,8 +210,8 @@ class MailEnv:
             assert typ == "OK", data
         found: dict[int, set[str]] = {}
         for item in data:
-            if not isinstance(item, bytes):
-                continue
+            if not isinstance(item, bytes) or b"UID " not in item:
+                continue  # an unsolicited FETCH (another session changed flags) has no UID
             parts = imaplib.ParseFlags(item)
             uid = int(item.split(b"UID ")[1].split()[0].rstrip(b")"))
             found[uid] = {p.decode() for p in parts}
