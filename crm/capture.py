@@ -9,6 +9,7 @@ raises for bad mail, and a database error rolls the whole message back.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -40,6 +41,7 @@ from .vcards import VCardContact, may_contain_vcard, parse_vcards, vcard_parts
 
 log = logging.getLogger(__name__)
 CACHE_SECONDS = 5.0
+_VCARD_HINT = re.compile(rb"(?i)vcard|\.vcf|text/directory|message/rfc822|filename\*")
 
 
 @dataclass(frozen=True)
@@ -165,6 +167,8 @@ class Capturer:
 
     def _vcards(self, msg: ParsedMessage, box: Mailbox) -> tuple[VCardContact, ...]:
         if not box.vcard_contacts or not may_contain_vcard(msg.headers):
+            return ()
+        if not _VCARD_HINT.search(msg.raw):  # no vCard type, .vcf name or forwarded message
             return ()
         cards: list[VCardContact] = []
         for part in vcard_parts(parse_full(msg.raw)):

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from email import policy
 from email.message import EmailMessage
 from email.parser import BytesParser
-from email.utils import getaddresses
+from email.utils import getaddresses, parsedate_to_datetime
 from typing import Any
 
 from .addresses import try_normalize
@@ -32,6 +32,7 @@ MAX_PARSED_HEADER = 64 * 1024
 MAX_PARSED_ADDRESSES = 16 * 1024
 MAX_ADDRESSES = 1000
 MAX_ID_LENGTH = 900
+MAX_IDS = 100
 
 
 @dataclass(frozen=True)
@@ -114,6 +115,8 @@ def message_ids(value: str | None) -> tuple[str, ...]:
     found = _MSGID.findall(value)
     if not found and value.strip() and " " not in value.strip():
         found = [value.strip().strip("<>")]
+    if len(found) > MAX_IDS:  # a References chain: its root and the latest ids are what count
+        found = found[:1] + found[-(MAX_IDS - 1) :]
     return tuple(f[:MAX_ID_LENGTH] for f in found)
 
 
@@ -140,12 +143,14 @@ def _parties(headers: EmailMessage, name: str) -> tuple[Party, ...]:
 
 def _date(headers: EmailMessage) -> dt.datetime | None:
     values = _raw_values(headers, "Date")
-    try:
-        when = getattr(_decoded(headers, "Date", values[0]), "datetime", None) if values else None
-    except Exception:
+    if not values:
         return None
-    year = _YEAR.search(values[0]) if values else None
-    if not isinstance(when, dt.datetime) or when.year < 1970 or (year and int(year[1]) < 1970):
+    try:
+        when = parsedate_to_datetime(" ".join(values[0].split()))
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    year = _YEAR.search(values[0])
+    if when.year < 1970 or (year and int(year[1]) < 1970):
         return None
     return when if when.tzinfo else when.replace(tzinfo=dt.UTC)
 
@@ -163,6 +168,11 @@ def content_key(raw: bytes, headers: EmailMessage) -> str:
     return "sha256:" + digest.hexdigest()[:40]
 
 
+def _plain(values: list[str]) -> str | None:
+    """The first value as text, unfolded; encoded words and 8-bit text go through policy.default."""
+    return clean_text(" ".join(values[0][:MAX_PARSED_HEADER].split())) if values else None
+
+
 def parse_message(raw: bytes, envelope_sender: str | None = None) -> ParsedMessage:
     """Parse the headers of ``raw``; raises MessageParseError when it is not a message at all."""
     if not isinstance(raw, bytes | bytearray) or not raw.strip():
@@ -171,10 +181,10 @@ def parse_message(raw: bytes, envelope_sender: str | None = None) -> ParsedMessa
     headers = _HEADER_PARSER.parsebytes(raw[: MAX_HEADER_BYTES + 65536], headersonly=True)
     if not headers.keys():
         raise MessageParseError("no headers: not an RFC 5322 message")
-    own_id = next(iter(message_ids(_header_text(headers, "Message-ID"))), None)
+    own_id = next(iter(message_ids(_plain(_raw_values(headers, "Message-ID")))), None)
     original = None
     for name in _ORIGINAL_ID_HEADERS:
-        original = original or next(iter(message_ids(_header_text(headers, name))), None)
+        original = original or next(iter(message_ids(_plain(_raw_values(headers, name)))), None)
     key_id = original or own_id
     key = "mid:" + key_id[:190] if key_id else content_key(raw, headers)
     senders = _parties(headers, "From") or _parties(headers, "Sender")
@@ -184,16 +194,23 @@ def parse_message(raw: bytes, envelope_sender: str | None = None) -> ParsedMessa
         key=key,
         message_id=key_id,
         header_id=own_id if own_id != key_id else None,
-        subject=(_header_text(headers, "Subject") or "").strip(),
+        subject=(_subject(headers) or "").strip(),
         sender=senders[0] if senders else None,
         to=_parties(headers, "To"),
         cc=_parties(headers, "Cc"),
         bcc=_parties(headers, "Bcc"),
         date=_date(headers),
-        in_reply_to=message_ids(_header_text(headers, "In-Reply-To")),
-        references=message_ids(_header_text(headers, "References")),
+        in_reply_to=message_ids(_plain(_raw_values(headers, "In-Reply-To"))),
+        references=message_ids(_plain(_raw_values(headers, "References"))),
         robot=robot_reason(headers, envelope_sender),
     )
+
+
+def _subject(headers: EmailMessage) -> str | None:
+    values = _raw_values(headers, "Subject")
+    if values and "=?" not in values[0]:
+        return _plain(values)  # nothing to decode: skip the header registry
+    return _header_text(headers, "Subject")
 
 
 def parse_full(raw: bytes) -> EmailMessage:
