@@ -1,0 +1,326 @@
+"""IMAP ingest speed: a whole INBOX from a real Dovecot into the CRM through the poller.
+
+Run from the repository root, as root (the test Dovecot drops privileges)::
+
+    .venv/bin/python bench/ingest.py [--messages 10000] [--large 50000] [--idle 40]
+
+It prints figures and never judges them. One run, over the same deterministic corpus
+(:mod:`corpus`: about 4 KiB per message, attachments, vCards, replies, lists), measures:
+
+(a) the stdlib parser alone: ``BytesParser(policy=policy.default).parsebytes`` over every message,
+    one process;
+(b) ``mbsync`` (isync) syncing the INBOX from the same Dovecot to a Maildir;
+(c) the capture path alone: ``Capturer.capture`` of every message, no IMAP (the breakdown);
+(d) the poller: ``run_poller`` importing the INBOX into a fresh SQLite CRM, messages/s from start
+    to the last checkpoint, and its peak RSS; then, with the poller in IDLE, ``--idle`` messages
+    delivered one by one: delivery-to-activity latency p50/p95/max;
+(e) the same import of a ``--large`` INBOX, for its peak RSS.
+
+Every measured phase runs in its own subprocess, so each peak RSS (VmHWM) is that phase's own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import pickle
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from email import policy
+from email.parser import BytesParser
+from pathlib import Path
+from typing import Any
+
+import corpus
+from cryptography.fernet import Fernet
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(ROOT))
+
+from crm.admin import MailboxSettings, add_mailbox, add_user  # noqa: E402
+from crm.capture import Capturer  # noqa: E402
+from crm.db import Database  # noqa: E402
+from crm.models import Direction  # noqa: E402
+from crm.secrets import SecretBox  # noqa: E402
+from tests.servers import Dovecot  # noqa: E402
+
+PASSWORD = "bench password"
+Result = dict[str, Any]
+
+
+def peak_rss_kib(pid: int | str = "self") -> int:
+    """VmHWM of a process, in KiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return 0
+
+
+def incoming(count: int, seed: int = 7) -> Iterator[bytes]:
+    """``count`` incoming messages of the shared corpus, generated 5,000 at a time."""
+    left = count
+    while left > 0:
+        for sample in corpus.generate(5000, seed).samples:
+            if sample.direction == "incoming" and left > 0:
+                left -= 1
+                yield sample.raw
+        seed += 1
+
+
+def seed_crm(url: str, address: str, key: bytes, port: int = 993) -> None:
+    """A fresh CRM: the corpus's employees and the linked personal mailbox (all time)."""
+    db = Database(url)
+    with db.session() as s:
+        for email, name in corpus.EMPLOYEES:
+            add_user(s, email, name)
+        settings = MailboxSettings(
+            imap_host="127.0.0.1", imap_port=port, imap_tls="ssl", password=PASSWORD,
+            since="all", folders=["INBOX"],
+        )  # fmt: skip
+        add_mailbox(s, SecretBox(key), address, address, settings)
+    db.dispose()
+
+
+# -------------------------------------------------------------------------------- phases
+
+
+def phase_parse(path: Path) -> Result:
+    """(a) every message through the stdlib parser, in this process."""
+    raws: list[bytes] = pickle.loads(path.read_bytes())
+    parser = BytesParser(policy=policy.default)
+    started = time.perf_counter()
+    for raw in raws:
+        parser.parsebytes(raw)
+    wall = time.perf_counter() - started
+    return {"messages": len(raws), "wall": wall, "rss_peak_kib": peak_rss_kib()}
+
+
+def phase_capture(path: Path, url: str, address: str, key: str) -> Result:
+    """(c) every message through ``Capturer.capture``, no IMAP."""
+    raws: list[bytes] = pickle.loads(path.read_bytes())
+    seed_crm(url, address, key.encode())
+    capturer = Capturer(Database(url))
+    started = time.perf_counter()
+    actions: dict[str, int] = {}
+    for raw in raws:
+        action = capturer.capture(raw, address, Direction.INCOMING).action
+        actions[action] = actions.get(action, 0) + 1
+    wall = time.perf_counter() - started
+    return {"messages": len(raws), "wall": wall, "rss_peak_kib": peak_rss_kib(), **actions}
+
+
+def phase_poll(config_path: str, url: str) -> None:
+    """(d)/(e) the poller alone until SIGTERM (started by :func:`run_import`)."""
+    from crm.config import load_config
+    from proxy.serve import serve
+
+    config = load_config(config_path, url)
+    components = (("poller", "proxy.poller:run_poller"),)
+    asyncio.run(serve(config, Database(config.database_url), components=components))
+
+
+def _child(*args: str) -> Result:
+    """Run a phase of this script in a fresh process; its JSON result."""
+    done = subprocess.run(
+        [sys.executable, __file__, *args], capture_output=True, text=True, cwd=ROOT, check=False
+    )
+    if done.returncode != 0:
+        raise SystemExit(f"phase {args[:2]} failed:\n{done.stderr[-3000:]}")
+    result: Result = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+# ---------------------------------------------------------------------------- the run
+
+
+class Bench:
+    """One Dovecot, one work directory, the corpus."""
+
+    def __init__(self, work: Path, dovecot: Dovecot) -> None:
+        self.work = work
+        self.dovecot = dovecot
+        self.key = Fernet.generate_key().decode()
+
+    def mailbox(self, name: str, raws: Iterable[bytes]) -> str:
+        """A Dovecot user with ``raws`` in its INBOX (Maildir files, in order)."""
+        address = self.dovecot.add_user(name, PASSWORD)
+        for raw in raws:
+            self.dovecot.deliver(name, raw)
+        return address
+
+    def config(self, name: str) -> Path:
+        path = self.work / f"{name}.toml"
+        path.write_text(
+            f'[poller]\nca_file = "{self.dovecot.cert_path}"\nactive_interval_s = 3600\n'
+            "push_check_s = 5\n\n[cluster]\nlease_seconds = 30\n"
+        )
+        return path
+
+    def mbsync(self, address: str) -> Result:
+        """(b) mbsync pulls the INBOX into an empty Maildir."""
+        rc = self.work / "mbsyncrc"
+        target = self.work / "mbsync-maildir"
+        target.mkdir()
+        rc.write_text(
+            f"IMAPAccount bench\nHost localhost\nPort {self.dovecot.imaps_port}\nUser {address}\n"
+            f'Pass "{PASSWORD}"\nSSLType IMAPS\nCertificateFile {self.dovecot.cert_path}\n\n'
+            "IMAPStore remote\nAccount bench\n\n"
+            f"MaildirStore local\nPath {target}/\nInbox {target}/INBOX\n\n"
+            "Channel inbox\nFar :remote:\nNear :local:\nPatterns INBOX\nCreate Near\n"
+            "Sync Pull\nSyncState *\n"
+        )
+        started = time.perf_counter()
+        subprocess.run(["mbsync", "-q", "-c", str(rc), "inbox"], check=True)
+        wall = time.perf_counter() - started
+        count = len(list((target / "INBOX" / "cur").iterdir())) + len(
+            list((target / "INBOX" / "new").iterdir())
+        )
+        return {"messages": count, "wall": wall}
+
+    def run_import(self, name: str, count: int, idle: int) -> Result:
+        """(d)/(e) the poller imports the INBOX; then IDLE latency for ``idle`` messages."""
+        url = f"sqlite:///{self.work / name}.db"
+        address = self.dovecot.address(name)
+        seed_crm(url, address, self.key.encode(), self.dovecot.imaps_port)
+        env = {**os.environ, "MAILCRM_SECRET_KEY": self.key, "XDG_DATA_HOME": str(self.work)}
+        command = [sys.executable, __file__, "--phase", "poll", str(self.config(name)), url]
+        started = time.perf_counter()
+        child = subprocess.Popen(command, cwd=ROOT, env=env, stderr=subprocess.DEVNULL)
+        try:
+            db = sqlite3.connect(str(self.work / f"{name}.db"), timeout=30)
+            while _last_uid(db) < count:
+                if child.poll() is not None:
+                    raise SystemExit(f"the poller exited with {child.returncode}")
+                error = db.execute("SELECT last_error FROM mailboxes").fetchone()[0]
+                if error and time.perf_counter() - started > 30:
+                    raise SystemExit(f"the poller reports: {error}")
+                time.sleep(0.2)
+            wall = time.perf_counter() - started
+            result: Result = {"messages": count, "wall": wall, "actions": _actions(db)}
+            result["rss_peak_kib"] = peak_rss_kib(child.pid)
+            if idle:
+                result["idle_latency_s"] = self.idle_latency(name, db, idle)
+            return result
+        finally:
+            child.terminate()
+            child.wait(60)
+
+    def idle_latency(self, name: str, db: sqlite3.Connection, count: int) -> list[float]:
+        """Deliver ``count`` messages one by one; seconds until each one's location exists."""
+        time.sleep(2.0)  # the poller is in IDLE by now
+        found = []
+        for raw in incoming(count, seed=99):
+            before = _locations(db)
+            started = time.perf_counter()
+            self.dovecot.deliver(name, raw)
+            while _locations(db) == before:
+                time.sleep(0.005)
+            found.append(time.perf_counter() - started)
+            time.sleep(0.2)
+        return found
+
+
+def _last_uid(db: sqlite3.Connection) -> int:
+    row = db.execute("SELECT last_uid FROM folder_states WHERE folder = 'INBOX'").fetchone()
+    return int(row[0]) if row else 0
+
+
+def _locations(db: sqlite3.Connection) -> int:
+    return int(db.execute("SELECT count(*) FROM message_locations").fetchone()[0])
+
+
+def _actions(db: sqlite3.Connection) -> Result:
+    activities = db.execute("SELECT count(*) FROM activities").fetchone()[0]
+    return {"activities": activities, "locations": _locations(db)}
+
+
+def _rate(result: Result) -> float:
+    return float(result["messages"] / result["wall"])
+
+
+def report(results: dict[str, Result], idle: list[float]) -> None:
+    """Print the figures of one run."""
+    for name, result in results.items():
+        rss = result.get("rss_peak_kib")
+        memory = f", peak RSS {rss / 1024:.0f} MB" if rss else ""
+        print(
+            f"{name:<28} {result['messages']:>6} messages {result['wall']:8.1f} s "
+            f"{_rate(result):8.0f} msg/s{memory}"
+        )
+    parse, poll = results["parser alone (a)"], results["poller import (d)"]
+    print(f"import / parser-alone rate: {_rate(poll) / _rate(parse):.2f}  (target >= 0.6)")
+    if "capture alone (c)" in results:
+        capture = results["capture alone (c)"]
+        print(f"import / capture-alone rate: {_rate(poll) / _rate(capture):.2f}")
+    large = results.get("poller import, large (e)")
+    if large:
+        growth = large["rss_peak_kib"] / poll["rss_peak_kib"] - 1
+        print(f"peak RSS growth {poll['messages']} -> {large['messages']}: {growth:+.1%}"
+              " (target <= +10 %, both < 200 MB)")  # fmt: skip
+    if idle:
+        ordered = sorted(idle)
+        p95 = ordered[max(0, round(0.95 * len(ordered)) - 1)]
+        print(
+            f"IDLE delivery -> activity over {len(idle)} messages: p50 "
+            f"{statistics.median(idle):.2f} s, p95 {p95:.2f} s, max {ordered[-1]:.2f} s"
+            " (target p95 < 2 s)"
+        )
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--messages", type=int, default=10_000)
+    parser.add_argument("--large", type=int, default=50_000, help="0 to skip")
+    parser.add_argument("--idle", type=int, default=40, help="IDLE latency samples")
+    parser.add_argument("--no-capture", action="store_true", help="skip phase (c)")
+    parser.add_argument("--phase", nargs="*", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.phase:
+        _phase(args.phase)
+        return
+    with (
+        tempfile.TemporaryDirectory(prefix="mailcrm-ingest-") as tmp,
+        Dovecot(corpus.OUR_DOMAIN) as dovecot,
+    ):
+        work = Path(tmp)
+        bench = Bench(work, dovecot)
+        raws = list(incoming(args.messages))
+        (work / "corpus.pickle").write_bytes(pickle.dumps(raws))
+        address = bench.mailbox("anna.berg", raws)
+        results: dict[str, Result] = {}
+        results["parser alone (a)"] = _child("--phase", "parse", str(work / "corpus.pickle"))
+        results["mbsync (b)"] = bench.mbsync(address)
+        if not args.no_capture:
+            url = f"sqlite:///{work / 'capture.db'}"
+            results["capture alone (c)"] = _child(
+                "--phase", "capture", str(work / "corpus.pickle"), url, address, bench.key
+            )
+        results["poller import (d)"] = bench.run_import("anna.berg", len(raws), args.idle)
+        idle = results["poller import (d)"].pop("idle_latency_s", [])
+        if args.large:
+            bench.mailbox("ben.okafor", incoming(args.large, seed=1000))
+            results["poller import, large (e)"] = bench.run_import("ben.okafor", args.large, 0)
+        print(json.dumps({"results": results, "idle": idle}, default=str), file=sys.stderr)
+        report(results, idle)
+
+
+def _phase(args: list[str]) -> None:
+    name, rest = args[0], args[1:]
+    if name == "poll":
+        phase_poll(*rest)
+        return
+    phases: dict[str, Callable[..., Result]] = {"parse": phase_parse, "capture": phase_capture}
+    phase = phases[name]
+    print(json.dumps(phase(Path(rest[0]), *rest[1:])))
+
+
+if __name__ == "__main__":
+    main()
