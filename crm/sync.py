@@ -4,6 +4,8 @@ Role: every database write the poller makes besides capture itself, each functio
 transaction through :class:`crm.db.Database`. The poller calls them from its database thread;
 nothing here knows about IMAP beyond folder names, UIDVALIDITY and UIDs.
 
+Deletions (C11) are in :mod:`crm.deletions`.
+
 Read state: ``MessageLocation.seen`` is the server's ``\\Seen`` as last synced. A server value
 that differs from it is a change made on the server (the activity follows); an activity whose
 ``completed`` differs from it is a change made in the CRM (the poller pushes it upstream).
@@ -11,21 +13,16 @@ that differs from it is a change made on the server (the activity follows); an a
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from sqlalchemy import ColumnElement, and_, delete, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import ColumnElement, and_, select, update
 
 from .db import Database
 from .models import (
     Activity,
-    ActivityBinding,
     Direction,
-    EntityEmail,
     FolderState,
-    Lead,
     Mailbox,
     MessageLocation,
     utcnow,
@@ -50,15 +47,6 @@ class ServerFlags:
     uid: int
     seen: bool
     answered: bool = False
-
-
-@dataclass
-class Removed:
-    """What a deletion pass removed from the CRM (C11)."""
-
-    locations: int = 0
-    activities: list[int] = field(default_factory=list)
-    leads: list[int] = field(default_factory=list)
 
 
 def load_checkpoint(db: Database, mailbox_id: int, folder: str) -> Checkpoint | None:
@@ -97,7 +85,7 @@ def save_checkpoint(
         state.updated_at = utcnow()
 
 
-def _here(mailbox_id: int, folder: str, uidvalidity: int) -> list[ColumnElement[bool]]:
+def here(mailbox_id: int, folder: str, uidvalidity: int) -> list[ColumnElement[bool]]:
     return [
         MessageLocation.mailbox_id == mailbox_id,
         MessageLocation.folder == folder,
@@ -112,7 +100,7 @@ def known_uids(
     with db.session() as s:
         query = (
             select(MessageLocation.uid)
-            .where(*_here(mailbox_id, folder, uidvalidity), MessageLocation.uid > after)
+            .where(*here(mailbox_id, folder, uidvalidity), MessageLocation.uid > after)
             .order_by(MessageLocation.uid)
             .limit(limit)
         )
@@ -127,7 +115,7 @@ def recorded(
         return set()
     with db.session() as s:
         query = select(MessageLocation.uid).where(
-            *_here(mailbox_id, folder, uidvalidity), MessageLocation.uid.in_(list(uids))
+            *here(mailbox_id, folder, uidvalidity), MessageLocation.uid.in_(list(uids))
         )
         return set(s.scalars(query))
 
@@ -148,7 +136,7 @@ def apply_server_flags(
         rows = s.execute(
             select(MessageLocation, Activity)
             .outerjoin(Activity, Activity.id == MessageLocation.activity_id)
-            .where(*_here(mailbox_id, folder, uidvalidity), MessageLocation.uid.in_(list(by_uid)))
+            .where(*here(mailbox_id, folder, uidvalidity), MessageLocation.uid.in_(list(by_uid)))
         ).all()
         for loc, activity in rows:
             server = by_uid[loc.uid]
@@ -175,7 +163,7 @@ def pending_pushes(
         rows = s.execute(
             select(MessageLocation.uid, Activity.completed)
             .join(Activity, Activity.id == MessageLocation.activity_id)
-            .where(*_here(mailbox_id, folder, uidvalidity), *_mismatch())
+            .where(*here(mailbox_id, folder, uidvalidity), *_mismatch())
             .order_by(MessageLocation.uid)
             .limit(limit)
         )
@@ -192,7 +180,7 @@ def confirm_pushes(
     with db.session() as s:
         s.execute(
             update(MessageLocation)
-            .where(*_here(mailbox_id, folder, uidvalidity), MessageLocation.uid.in_(wanted))
+            .where(*here(mailbox_id, folder, uidvalidity), MessageLocation.uid.in_(wanted))
             .values(seen=seen)
         )
 
@@ -220,91 +208,6 @@ def folders_with_pushes(db: Database) -> dict[int, set[str]]:
     return found
 
 
-def forget_vanished(
-    db: Database, mailbox_id: int, folder: str, uidvalidity: int, uids: Sequence[int]
-) -> Removed:
-    """C11: messages gone from the server; their unanswered received activities go too."""
-    if not uids:
-        return Removed()
-    with db.session() as s:
-        locs = list(
-            s.scalars(
-                select(MessageLocation).where(
-                    *_here(mailbox_id, folder, uidvalidity), MessageLocation.uid.in_(list(uids))
-                )
-            )
-        )
-        return _forget(s, locs)
-
-
-def forget_stale(db: Database, mailbox_id: int, folder: str, uidvalidity: int) -> Removed:
-    """After a UIDVALIDITY change: locations of the old one that were not re-mapped are gone."""
-    with db.session() as s:
-        locs = list(
-            s.scalars(
-                select(MessageLocation).where(
-                    MessageLocation.mailbox_id == mailbox_id,
-                    MessageLocation.folder == folder,
-                    MessageLocation.uidvalidity != uidvalidity,
-                )
-            )
-        )
-        return _forget(s, locs)
-
-
-def _forget(s: Session, locs: list[MessageLocation]) -> Removed:
-    removed = Removed(locations=len(locs))
-    activity_ids = {loc.activity_id for loc in locs if loc.activity_id is not None}
-    for loc in locs:
-        s.delete(loc)
-    s.flush()
-    for activity_id in sorted(activity_ids):
-        leads = _delete_activity_if_orphan(s, activity_id)
-        if leads is None:
-            continue
-        removed.activities.append(activity_id)
-        removed.leads += [lead for lead in leads if _delete_lead_if_untouched(s, lead)]
-    return removed
-
-
-def _delete_activity_if_orphan(s: Session, activity_id: int) -> list[int] | None:
-    """Delete an unanswered received activity no other location holds; its lead ids, or None."""
-    activity = s.get(Activity, activity_id)
-    if activity is None or activity.direction != INCOMING or activity.answered:
-        return None
-    elsewhere = s.scalar(
-        select(MessageLocation.id).where(MessageLocation.activity_id == activity_id).limit(1)
-    )
-    if elsewhere is not None:
-        return None
-    leads = [b.entity_id for b in activity.bindings if b.entity_type == "lead"]
-    s.delete(activity)
-    s.flush()
-    return leads
-
-
-def _delete_lead_if_untouched(s: Session, lead_id: int) -> bool:
-    """C11: a lead never changed by a person and bound to no other activity is deleted."""
-    lead = s.get(Lead, lead_id)
-    if lead is None or lead.changed_by_person:
-        return False
-    other = s.scalar(
-        select(ActivityBinding.activity_id)
-        .where(ActivityBinding.entity_type == "lead", ActivityBinding.entity_id == lead_id)
-        .limit(1)
-    )
-    if other is not None:
-        return False
-    s.execute(
-        delete(EntityEmail).where(
-            EntityEmail.entity_type == "lead", EntityEmail.entity_id == lead_id
-        )
-    )
-    s.delete(lead)
-    s.flush()
-    return True
-
-
 def remap(
     db: Database,
     mailbox_id: int,
@@ -321,7 +224,7 @@ def remap(
         taken = set(
             s.scalars(
                 select(MessageLocation.uid).where(
-                    *_here(mailbox_id, folder, uidvalidity),
+                    *here(mailbox_id, folder, uidvalidity),
                     MessageLocation.uid.in_([uid for uid, _ in found]),
                 )
             )
@@ -358,10 +261,3 @@ def record_status(db: Database, mailbox_id: int, error: str | None) -> None:
             box.last_ok_at, box.last_error = now, None
         else:
             box.last_error = error[:1000]
-
-
-def owner_active_since(db: Database, mailbox_id: int) -> dt.datetime | None:
-    """When the owner of a personal mailbox last used the relay or the CLI (T1)."""
-    with db.session() as s:
-        box = s.get(Mailbox, mailbox_id)
-        return box.owner.last_active_at if box is not None and box.owner else None

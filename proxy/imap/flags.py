@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator, Sequence
 
-from crm import sync
+from crm import deletions, sync
 
 from .client import CommandFailed, ImapClient
 from .context import PollerContext
@@ -49,7 +49,7 @@ class FlagSync:
     ) -> None:
         self.ctx, self.plan, self.client, self.folder, self.info = ctx, plan, client, folder, info
         self.changed = 0
-        self.removed = sync.Removed()
+        self.removed = deletions.Removed()
 
     @property
     def qresync(self) -> bool:
@@ -125,7 +125,7 @@ class FlagSync:
         """C11 for ``uids`` (a VANISHED range can be huge: bounded database statements)."""
         for part in chunks(sorted(set(uids)), self.ctx.config.chunk_size):
             removed = await self.ctx.run(
-                sync.forget_vanished,
+                deletions.forget_vanished,
                 self.ctx.db,
                 self.plan.id,
                 self.folder.name,
@@ -154,7 +154,7 @@ class FlagSync:
                     break
                 after = uids[-1]
 
-    def _count(self, removed: sync.Removed) -> None:
+    def _count(self, removed: deletions.Removed) -> None:
         self.removed.locations += removed.locations
         self.removed.activities += removed.activities
         self.removed.leads += removed.leads
@@ -170,7 +170,11 @@ class FlagSync:
     async def forget_stale(self) -> None:
         """Locations of an older UIDVALIDITY that were not re-mapped are gone (C11)."""
         removed = await self.ctx.run(
-            sync.forget_stale, self.ctx.db, self.plan.id, self.folder.name, self.info.uidvalidity
+            deletions.forget_stale,
+            self.ctx.db,
+            self.plan.id,
+            self.folder.name,
+            self.info.uidvalidity,
         )
         self._count(removed)
 
