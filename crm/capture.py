@@ -14,28 +14,26 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from sqlalchemy import func, select, update
+from sqlalchemy import Connection, select
 from sqlalchemy.exc import DataError, IntegrityError
-from sqlalchemy.orm import Session
 
 from . import metrics
 from .addresses import try_normalize
 from .db import Database
-from .errors import MessageParseError, NotFound
-from .message import ParsedMessage, parse_full, parse_message
-from .models import (
-    Activity,
-    Contact,
-    Direction,
-    EntityType,
-    Exclusion,
-    Lead,
-    Mailbox,
-    MessageLocation,
-    User,
-    utcnow,
+from .errors import MessageParseError
+from .lookups import (
+    MailboxExtras,
+    contact_names,
+    known_entities,
+    mailbox_view,
+    record_location,
+    remember_alias,
+    threads,
 )
-from .pipeline import Context, EntityRef, MailboxView, decide
+from .lookups import existing_activity as _existing_activity
+from .message import ParsedMessage, parse_full, parse_message
+from .models import Direction, Exclusion, Mailbox, User, utcnow
+from .pipeline import Context, MailboxView, decide
 from .records import CreatedRecords, apply_decision
 from .vcards import VCardContact, may_contain_vcard, parse_vcards, vcard_parts
 
@@ -84,7 +82,7 @@ class _Staff:
         self.employees: frozenset[str] = frozenset()
         self.excluded: frozenset[str] = frozenset()
 
-    def refresh(self, session: Session) -> None:
+    def refresh(self, session: Connection) -> None:
         if time.monotonic() - self.loaded_at < CACHE_SECONDS:
             return
         users = session.scalars(select(User.email))
@@ -104,6 +102,7 @@ class Capturer:
     def __init__(self, db: Database) -> None:
         self.db = db
         self.staff = _Staff()
+        self.extras = MailboxExtras(CACHE_SECONDS)
 
     @metrics.counted
     def capture(
@@ -146,26 +145,36 @@ class Capturer:
         envelope_to: tuple[str, ...],
         location: Location | None,
     ) -> CaptureResult:
-        with self.db.session() as session:
-            box = _load_mailbox(session, mailbox)
+        with self.db.engine.begin() as session:
+            box_id, view = mailbox_view(session, mailbox, self.extras)
             self.staff.refresh(session)
-            cards = self._vcards(msg, box)
-            ctx = self._context(session, msg, box, direction, seen, envelope_to, cards)
+            cards = self._vcards(msg, view)
+            ctx = self._context(session, msg, view, direction, seen, envelope_to, cards)
             decision = decide(msg, ctx)
             result = CaptureResult(source, decision.action, decision.reason, message_key=msg.key)
             if decision.action == "captured":
-                activity, result.created = apply_decision(session, msg, box, decision, location)
-                result.activities = [activity.id]
+                folder = location.folder if location else None
+                activity_id, result.created = apply_decision(session, msg, box_id, decision, folder)
+                result.activities = [activity_id]
             elif decision.action == "duplicate":
                 result.activities = _existing_activity(session, msg.key)
-                _remember_alias(session, msg)
+                remember_alias(session, msg)
             if location is not None:
-                _record_location(session, box, msg.key, location, seen, result.activities)
+                record_location(
+                    session,
+                    box_id,
+                    msg.key,
+                    location.folder,
+                    location.uidvalidity,
+                    location.uid,
+                    seen,
+                    result.activities,
+                )
         if decision.action == "skipped":
             log.info("capture skipped %s: %s", source or msg.key, decision.reason)
         return result
 
-    def _vcards(self, msg: ParsedMessage, box: Mailbox) -> tuple[VCardContact, ...]:
+    def _vcards(self, msg: ParsedMessage, box: MailboxView) -> tuple[VCardContact, ...]:
         if not box.vcard_contacts or not may_contain_vcard(msg.headers):
             return ()
         if not _VCARD_HINT.search(msg.raw):  # no vCard type, .vcf name or forwarded message
@@ -180,9 +189,9 @@ class Capturer:
 
     def _context(
         self,
-        session: Session,
+        session: Connection,
         msg: ParsedMessage,
-        box: Mailbox,
+        view: MailboxView,
         direction: Direction,
         seen: bool,
         envelope_to: tuple[str, ...],
@@ -193,16 +202,16 @@ class Capturer:
             wanted.add(msg.sender.address)
         wanted.update(_addresses(e for c in cards for e in c.emails))
         return Context(
-            mailbox=_view(session, box),
+            mailbox=view,
             direction=direction,
             now=utcnow(),
             seen=seen,
             employees=self.staff.employees,
             excluded=self.staff.excluded,
             known=known_entities(session, wanted),
-            known_contact_names=_contact_names(session, [c.name for c in cards if not c.emails]),
+            known_contact_names=contact_names(session, [c.name for c in cards if not c.emails]),
             duplicate=bool(_existing_activity(session, msg.key)),
-            threads=_threads(session, msg.in_reply_to + msg.references),
+            threads=threads(session, msg.in_reply_to + msg.references),
             envelope_to=envelope_to,
             vcards=cards,
         )
@@ -212,123 +221,3 @@ def _addresses(values: Iterable[str]) -> tuple[str, ...]:
     """Envelope or vCard addresses in their stored form; what is not an address is dropped."""
     found = (try_normalize(v.strip().strip("<>")) for v in values)
     return tuple(dict.fromkeys(a for a in found if a))
-
-
-def _load_mailbox(session: Session, address: str) -> Mailbox:
-    query = select(Mailbox).where(Mailbox.address == address.strip().lower())
-    if session.bind is not None and session.bind.dialect.name == "postgresql":
-        query = query.with_for_update(of=Mailbox)
-    box = session.scalars(query).unique().one_or_none()
-    if box is None:
-        raise NotFound(f"no mailbox {address}: add it with `mailcrm mailbox add`")
-    return box
-
-
-def _view(session: Session, box: Mailbox) -> MailboxView:
-    own = session.scalars(select(Exclusion.entry).where(Exclusion.mailbox_id == box.id))
-    return MailboxView(
-        address=box.address,
-        kind=box.kind,
-        linked=box.linked,
-        owner=box.owner.email if box.owner else None,
-        create_leads=box.create_leads,
-        vcard_contacts=box.vcard_contacts,
-        since=box.since,
-        linked_at=box.linked_at,
-        excluded=frozenset(own),
-        queue=tuple(m.user.email for m in box.queue),
-        queue_cursor=box.queue_cursor,
-    )
-
-
-def known_entities(session: Session, addresses: Iterable[str]) -> dict[str, tuple[EntityRef, ...]]:
-    """Every CRM entity each address belongs to, in one indexed query."""
-    from .models import EntityEmail
-
-    wanted = sorted(set(addresses))
-    if not wanted:
-        return {}
-    rows = session.execute(
-        select(
-            EntityEmail.address,
-            EntityEmail.entity_type,
-            EntityEmail.entity_id,
-            Contact.company_id,
-            Lead.company_id,
-        )
-        .outerjoin(
-            Contact, (EntityEmail.entity_type == "contact") & (Contact.id == EntityEmail.entity_id)
-        )
-        .outerjoin(Lead, (EntityEmail.entity_type == "lead") & (Lead.id == EntityEmail.entity_id))
-        .where(EntityEmail.address.in_(wanted))
-    )
-    found: dict[str, list[EntityRef]] = {}
-    for address, etype, eid, contact_company, lead_company in rows:
-        company = contact_company if etype == "contact" else lead_company
-        found.setdefault(address, []).append(EntityRef(EntityType(etype), eid, company))
-    return {a: tuple(refs) for a, refs in found.items()}
-
-
-def _contact_names(session: Session, names: list[str]) -> frozenset[str]:
-    if not names:
-        return frozenset()
-    folded = [n.casefold() for n in names]
-    rows = session.scalars(
-        select(func.lower(Contact.name)).where(func.lower(Contact.name).in_(folded))
-    )
-    return frozenset(rows)
-
-
-def _existing_activity(session: Session, key: str) -> list[int]:
-    return list(session.scalars(select(Activity.id).where(Activity.message_key == key)))
-
-
-def _threads(session: Session, ids: tuple[str, ...]) -> dict[str, str]:
-    """B3: the thread of every referenced message already in the CRM (by either of its ids)."""
-    if not ids:
-        return {}
-    wanted = set(ids)
-    rows = session.execute(
-        select(Activity.message_id, Activity.alt_message_id, Activity.thread).where(
-            Activity.message_id.in_(wanted) | Activity.alt_message_id.in_(wanted)
-        )
-    )
-    found: dict[str, str] = {}
-    for mid, alt, thread in rows:
-        found.update({i: thread for i in (mid, alt) if i in wanted})
-    return found
-
-
-def _remember_alias(session: Session, msg: ParsedMessage) -> None:
-    """A rewritten copy (Exchange, Gmail Sent) of a captured message: keep its id for B3."""
-    if msg.header_id:
-        session.execute(
-            update(Activity)
-            .where(Activity.message_key == msg.key, Activity.alt_message_id.is_(None))
-            .values(alt_message_id=msg.header_id)
-        )
-
-
-def _record_location(
-    session: Session, box: Mailbox, key: str, loc: Location, seen: bool, activities: list[int]
-) -> None:
-    exists = session.scalar(
-        select(MessageLocation.id).where(
-            MessageLocation.mailbox_id == box.id,
-            MessageLocation.folder == loc.folder,
-            MessageLocation.uidvalidity == loc.uidvalidity,
-            MessageLocation.uid == loc.uid,
-        )
-    )
-    if exists is None:
-        session.add(
-            MessageLocation(
-                mailbox_id=box.id,
-                folder=loc.folder,
-                uidvalidity=loc.uidvalidity,
-                uid=loc.uid,
-                message_key=key,
-                activity_id=activities[0] if activities else None,
-                seen=seen,
-            )
-        )

@@ -1,13 +1,15 @@
 """Writes a capture decision into the CRM: companies, leads, contacts, the activity, bindings.
 
-Runs inside the caller's transaction; the caller commits or rolls back the whole message.
+Runs inside the caller's transaction (SQL Core inserts: this is the hot path of every captured
+message); the caller commits or rolls back the whole message.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import Connection, Table, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from .domains import CompanyGuess
@@ -27,6 +29,21 @@ from .models import (
 from .pipeline import Decision, EntityRef, NewContact, NewLead
 
 
+def _table(model: Any) -> Table:
+    table: Table = model.__table__
+    return table
+
+
+ACTIVITIES = _table(Activity)
+BINDINGS = _table(ActivityBinding)
+COMPANIES = _table(Company)
+CONTACTS = _table(Contact)
+EMAILS = _table(EntityEmail)
+LEADS = _table(Lead)
+MAILBOXES = _table(Mailbox)
+USERS = _table(User)
+
+
 @dataclass
 class CreatedRecords:
     """Ids of what one capture created."""
@@ -40,85 +57,109 @@ class CreatedRecords:
         return {"leads": self.leads, "contacts": self.contacts, "companies": self.companies}
 
 
+def _insert(conn: Connection, table: Table, **values: Any) -> int:
+    new_id: int = conn.execute(insert(table).values(**values).returning(table.c.id)).scalar_one()
+    return new_id
+
+
 def company_for(
-    session: Session, guess: CompanyGuess | None, created: CreatedRecords
+    conn: Connection, guess: CompanyGuess | None, created: CreatedRecords
 ) -> int | None:
     """The id of the company a guess names, created when new (by domain, else by name)."""
     if guess is None:
         return None
     if guess.domain:
-        found = session.scalar(select(Company.id).where(Company.domain == guess.domain))
+        found = conn.scalar(select(COMPANIES.c.id).where(COMPANIES.c.domain == guess.domain))
     else:
-        found = session.scalar(
-            select(Company.id).where(func.lower(Company.name) == guess.name.casefold()).limit(1)
-        )
+        by_name = func.lower(COMPANIES.c.name) == guess.name.casefold()
+        found = conn.scalar(select(COMPANIES.c.id).where(by_name).limit(1))
     if found is not None:
-        return found
-    company = Company(name=guess.name, domain=guess.domain or None)
-    session.add(company)
-    session.flush()
-    created.companies.append(company.id)
-    return company.id
+        return int(found)
+    company_id = _insert(conn, COMPANIES, name=guess.name[:200], domain=guess.domain or None)
+    created.companies.append(company_id)
+    return company_id
 
 
-def add_emails(session: Session, etype: EntityType, eid: int, addresses: tuple[str, ...]) -> None:
+def add_emails(
+    conn: Connection | Session, etype: EntityType, eid: int, addresses: tuple[str, ...]
+) -> None:
     """Register the addresses of an entity in the address index."""
-    for position, address in enumerate(addresses):
-        session.add(
-            EntityEmail(address=address, entity_type=etype.value, entity_id=eid, position=position)
+    if addresses:
+        conn.execute(
+            insert(EMAILS),
+            [
+                {"address": a, "entity_type": etype.value, "entity_id": eid, "position": i}
+                for i, a in enumerate(addresses)
+            ],
         )
 
 
-def _user_id(session: Session, email: str | None) -> int | None:
+def _user_id(conn: Connection, email: str | None) -> int | None:
     if email is None:
         return None
-    return session.scalar(select(User.id).where(User.email == email))
+    found = conn.scalar(select(USERS.c.id).where(USERS.c.email == email))
+    return None if found is None else int(found)
 
 
 def _create_lead(
-    session: Session, new: NewLead, box: Mailbox, created: CreatedRecords
+    conn: Connection, new: NewLead, mailbox_id: int, created: CreatedRecords
 ) -> EntityRef:
-    lead = Lead(
+    company_id = company_for(conn, new.company, created)
+    lead_id = _insert(
+        conn,
+        LEADS,
         name=new.name[:200],
-        company_id=company_for(session, new.company, created),
-        responsible_id=_user_id(session, new.responsible),
-        mailbox_id=box.id,
+        company_id=company_id,
+        responsible_id=_user_id(conn, new.responsible),
+        mailbox_id=mailbox_id,
     )
-    session.add(lead)
-    session.flush()
-    add_emails(session, EntityType.LEAD, lead.id, (new.address,))
-    created.leads.append(lead.id)
-    return EntityRef(EntityType.LEAD, lead.id, lead.company_id)
+    add_emails(conn, EntityType.LEAD, lead_id, (new.address,))
+    created.leads.append(lead_id)
+    return EntityRef(EntityType.LEAD, lead_id, company_id)
 
 
-def _create_contact(session: Session, new: NewContact, created: CreatedRecords) -> EntityRef:
-    contact = Contact(
+def _create_contact(conn: Connection, new: NewContact, created: CreatedRecords) -> EntityRef:
+    company_id = company_for(conn, new.company, created)
+    contact_id = _insert(
+        conn,
+        CONTACTS,
         name=new.card.name[:200],
         phones=list(new.card.phones),
-        title=new.card.title,
-        company_id=company_for(session, new.company, created),
+        title=new.card.title[:200] if new.card.title else None,
+        company_id=company_id,
     )
-    session.add(contact)
-    session.flush()
-    add_emails(session, EntityType.CONTACT, contact.id, new.addresses)
-    created.contacts.append(contact.id)
-    return EntityRef(EntityType.CONTACT, contact.id, contact.company_id)
+    add_emails(conn, EntityType.CONTACT, contact_id, new.addresses)
+    created.contacts.append(contact_id)
+    return EntityRef(EntityType.CONTACT, contact_id, company_id)
 
 
-def apply_decision(
-    session: Session, msg: ParsedMessage, box: Mailbox, decision: Decision, location: object
-) -> tuple[Activity, CreatedRecords]:
-    """Create everything a ``captured`` decision asks for; returns the activity."""
-    created = CreatedRecords()
-    contacts = [_create_contact(session, c, created) for c in decision.new_contacts]
+def _bindings(
+    decision: Decision, contacts: list[EntityRef], leads: list[EntityRef]
+) -> list[tuple[str, int]]:
     refs = list(decision.bind)
     for index in decision.bind_new_contacts:
         contact = contacts[index]
         refs.append(contact)
         if contact.company_id is not None:
             refs.append(EntityRef(EntityType.COMPANY, contact.company_id))
-    refs += [_create_lead(session, lead, box, created) for lead in decision.new_leads]
-    activity = Activity(
+    refs += leads
+    return list(dict.fromkeys((ref.type.value, ref.id) for ref in refs))
+
+
+def apply_decision(
+    conn: Connection,
+    msg: ParsedMessage,
+    mailbox_id: int,
+    decision: Decision,
+    folder: str | None = None,
+) -> tuple[int, CreatedRecords]:
+    """Create everything a ``captured`` decision asks for; returns the activity's id."""
+    created = CreatedRecords()
+    contacts = [_create_contact(conn, c, created) for c in decision.new_contacts]
+    leads = [_create_lead(conn, lead, mailbox_id, created) for lead in decision.new_leads]
+    activity_id = _insert(
+        conn,
+        ACTIVITIES,
         message_key=msg.key,
         message_id=msg.message_id,
         alt_message_id=msg.header_id,
@@ -127,28 +168,32 @@ def apply_decision(
         subject=msg.subject,
         sender=msg.sender.address if msg.sender else None,
         counterparts=list(decision.counterparts),
-        mailbox_id=box.id,
-        folder=getattr(location, "folder", None),
+        mailbox_id=mailbox_id,
+        folder=folder,
         sent_at=msg.date or utcnow(),
         completed=decision.completed,
     )
-    seen: set[tuple[str, int]] = set()
-    for ref in refs:
-        if (ref.type.value, ref.id) not in seen:
-            seen.add((ref.type.value, ref.id))
-            activity.bindings.append(ActivityBinding(entity_type=ref.type.value, entity_id=ref.id))
-    session.add(activity)
+    conn.execute(
+        insert(BINDINGS),
+        [
+            {"activity_id": activity_id, "entity_type": etype, "entity_id": eid}
+            for etype, eid in _bindings(decision, contacts, leads)
+        ],
+    )
     if decision.queue_cursor is not None:
-        box.queue_cursor = decision.queue_cursor
+        conn.execute(
+            update(MAILBOXES)
+            .where(MAILBOXES.c.id == mailbox_id)
+            .values(queue_cursor=decision.queue_cursor)
+        )
     if decision.answers:
-        session.execute(
-            update(Activity)
+        act = ACTIVITIES.c
+        conn.execute(
+            update(ACTIVITIES)
             .where(
-                Activity.message_id.in_(decision.answers)
-                | Activity.alt_message_id.in_(decision.answers),
-                Activity.direction == "incoming",
+                act.message_id.in_(decision.answers) | act.alt_message_id.in_(decision.answers),
+                act.direction == "incoming",
             )
             .values(answered=True)
         )
-    session.flush()
-    return activity, created
+    return activity_id, created

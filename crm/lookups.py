@@ -1,0 +1,224 @@
+"""The reads the capture path makes for one message, as plain SQL Core statements.
+
+Every function takes the open session of the capture transaction and runs one indexed query,
+without ORM object loading: this is the hot path of every captured message (issue 2's speed
+targets), so it stays lean.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from sqlalchemy import Connection, Table, func, select, update
+
+from .errors import NotFound
+from .message import ParsedMessage
+from .models import (
+    Activity,
+    Contact,
+    EntityEmail,
+    EntityType,
+    Exclusion,
+    Lead,
+    Mailbox,
+    MessageLocation,
+    QueueMember,
+    User,
+)
+from .pipeline import EntityRef, MailboxView
+
+
+def _table(model: Any) -> Table:
+    table: Table = model.__table__
+    return table
+
+
+ACTIVITIES = _table(Activity)
+CONTACTS = _table(Contact)
+EMAILS = _table(EntityEmail)
+EXCLUSIONS = _table(Exclusion)
+LEADS = _table(Lead)
+LOCATIONS = _table(MessageLocation)
+MAILBOXES = _table(Mailbox)
+QUEUE = _table(QueueMember)
+USERS = _table(User)
+
+
+class MailboxExtras:
+    """A mailbox's own exclusions and queue, re-read at most every few seconds."""
+
+    def __init__(self, seconds: float = 5.0) -> None:
+        self.seconds = seconds
+        self._cache: dict[int, tuple[float, frozenset[str], tuple[str, ...]]] = {}
+
+    def get(
+        self, conn: Connection, mailbox_id: int, kind: str
+    ) -> tuple[frozenset[str], tuple[str, ...]]:
+        cached = self._cache.get(mailbox_id)
+        if cached and time.monotonic() - cached[0] < self.seconds:
+            return cached[1], cached[2]
+        own = frozenset(
+            conn.scalars(select(EXCLUSIONS.c.entry).where(EXCLUSIONS.c.mailbox_id == mailbox_id))
+        )
+        queue = (
+            tuple(
+                conn.scalars(
+                    select(USERS.c.email)
+                    .join(QUEUE, QUEUE.c.user_id == USERS.c.id)
+                    .where(QUEUE.c.mailbox_id == mailbox_id)
+                    .order_by(QUEUE.c.position)
+                )
+            )
+            if kind == "company"
+            else ()
+        )
+        self._cache[mailbox_id] = (time.monotonic(), own, queue)
+        return own, queue
+
+    def invalidate(self) -> None:
+        self._cache.clear()
+
+
+def mailbox_view(conn: Connection, address: str, extras: MailboxExtras) -> tuple[int, MailboxView]:
+    """The settings of a mailbox (M3, M4) read fresh, its exclusions and queue from ``extras``;
+    row-locked on PostgreSQL so the round-robin cursor is exact across nodes."""
+    box = MAILBOXES.c
+    query = (
+        select(
+            box.id,
+            box.address,
+            box.kind,
+            box.linked,
+            box.create_leads,
+            box.vcard_contacts,
+            box.since,
+            box.linked_at,
+            box.queue_cursor,
+            USERS.c.email,
+        )
+        .outerjoin(USERS, USERS.c.id == box.owner_id)
+        .where(box.address == address.strip().lower())
+    )
+    if conn.dialect.name == "postgresql":
+        query = query.with_for_update(of=MAILBOXES)
+    row = conn.execute(query).one_or_none()
+    if row is None:
+        raise NotFound(f"no mailbox {address}: add it with `mailcrm mailbox add`")
+    own, queue = extras.get(conn, row.id, row.kind)
+    view = MailboxView(
+        address=row.address,
+        kind=row.kind,
+        linked=row.linked,
+        owner=row.email,
+        create_leads=row.create_leads,
+        vcard_contacts=row.vcard_contacts,
+        since=row.since,
+        linked_at=row.linked_at,
+        excluded=own,
+        queue=queue,
+        queue_cursor=row.queue_cursor or 0,
+    )
+    return row.id, view
+
+
+def known_entities(conn: Connection, addresses: Iterable[str]) -> dict[str, tuple[EntityRef, ...]]:
+    """Every CRM entity each address belongs to (with a contact's or lead's company)."""
+    wanted = sorted(set(addresses))
+    if not wanted:
+        return {}
+    rows = conn.execute(
+        select(
+            EMAILS.c.address,
+            EMAILS.c.entity_type,
+            EMAILS.c.entity_id,
+            CONTACTS.c.company_id,
+            LEADS.c.company_id.label("lead_company"),
+        )
+        .outerjoin(
+            CONTACTS, (EMAILS.c.entity_type == "contact") & (CONTACTS.c.id == EMAILS.c.entity_id)
+        )
+        .outerjoin(LEADS, (EMAILS.c.entity_type == "lead") & (LEADS.c.id == EMAILS.c.entity_id))
+        .where(EMAILS.c.address.in_(wanted))
+    )
+    found: dict[str, list[EntityRef]] = {}
+    for address, etype, eid, contact_company, lead_company in rows:
+        company = contact_company if etype == "contact" else lead_company
+        found.setdefault(address, []).append(EntityRef(EntityType(etype), eid, company))
+    return {a: tuple(refs) for a, refs in found.items()}
+
+
+def contact_names(conn: Connection, names: list[str]) -> frozenset[str]:
+    """Which of these names (case-folded) contacts have already."""
+    if not names:
+        return frozenset()
+    folded = [n.casefold() for n in names]
+    lowered = func.lower(CONTACTS.c.name)
+    return frozenset(conn.scalars(select(lowered).where(lowered.in_(folded))))
+
+
+def existing_activity(conn: Connection, key: str) -> list[int]:
+    """The activity already made from this message key (C9), if any."""
+    return list(conn.scalars(select(ACTIVITIES.c.id).where(ACTIVITIES.c.message_key == key)))
+
+
+def threads(conn: Connection, ids: tuple[str, ...]) -> dict[str, str]:
+    """B3: the thread of every referenced message already in the CRM (by either of its ids)."""
+    if not ids:
+        return {}
+    wanted = set(ids)
+    act = ACTIVITIES.c
+    rows = conn.execute(
+        select(act.message_id, act.alt_message_id, act.thread).where(
+            act.message_id.in_(wanted) | act.alt_message_id.in_(wanted)
+        )
+    )
+    found: dict[str, str] = {}
+    for mid, alt, thread in rows:
+        found.update({i: thread for i in (mid, alt) if i in wanted})
+    return found
+
+
+def remember_alias(conn: Connection, msg: ParsedMessage) -> None:
+    """A rewritten copy (Exchange, Gmail Sent) of a captured message: keep its id for B3."""
+    if msg.header_id:
+        conn.execute(
+            update(ACTIVITIES)
+            .where(ACTIVITIES.c.message_key == msg.key, ACTIVITIES.c.alt_message_id.is_(None))
+            .values(alt_message_id=msg.header_id)
+        )
+
+
+def record_location(
+    conn: Connection,
+    mailbox_id: int,
+    key: str,
+    folder: str,
+    uidvalidity: int,
+    uid: int,
+    seen: bool,
+    activities: list[int],
+) -> None:
+    """Where the poller found the message, for read-state and deletion sync (C10, C11)."""
+    loc = LOCATIONS.c
+    exists = conn.scalar(
+        select(loc.id).where(
+            loc.mailbox_id == mailbox_id,
+            loc.folder == folder,
+            loc.uidvalidity == uidvalidity,
+            loc.uid == uid,
+        )
+    )
+    if exists is None:
+        conn.execute(
+            LOCATIONS.insert().values(
+                mailbox_id=mailbox_id,
+                folder=folder,
+                uidvalidity=uidvalidity,
+                uid=uid,
+                message_key=key,
+                activity_id=activities[0] if activities else None,
+                seen=seen,
+            )
+        )
