@@ -11,7 +11,7 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import Connection, Table, func, select, update
+from sqlalchemy import Connection, Table, bindparam, func, select, update
 
 from .errors import NotFound
 from .message import ParsedMessage
@@ -44,6 +44,45 @@ LOCATIONS = _table(MessageLocation)
 MAILBOXES = _table(Mailbox)
 QUEUE = _table(QueueMember)
 USERS = _table(User)
+
+# Built once: the capture path runs these for every message.
+_box = MAILBOXES.c
+_MAILBOX_ROW = (
+    select(
+        _box.id,
+        _box.address,
+        _box.kind,
+        _box.linked,
+        _box.create_leads,
+        _box.vcard_contacts,
+        _box.since,
+        _box.linked_at,
+        _box.queue_cursor,
+        USERS.c.email,
+    )
+    .outerjoin(USERS, USERS.c.id == _box.owner_id)
+    .where(_box.address == bindparam("address"))
+)
+_MAILBOX_ROW_LOCKED = _MAILBOX_ROW.with_for_update(of=MAILBOXES)
+_KNOWN = (
+    select(
+        EMAILS.c.address,
+        EMAILS.c.entity_type,
+        EMAILS.c.entity_id,
+        CONTACTS.c.company_id,
+        LEADS.c.company_id.label("lead_company"),
+    )
+    .outerjoin(
+        CONTACTS, (EMAILS.c.entity_type == "contact") & (CONTACTS.c.id == EMAILS.c.entity_id)
+    )
+    .outerjoin(LEADS, (EMAILS.c.entity_type == "lead") & (LEADS.c.id == EMAILS.c.entity_id))
+    .where(EMAILS.c.address.in_(bindparam("addresses", expanding=True)))
+)
+_EXISTING = select(ACTIVITIES.c.id).where(ACTIVITIES.c.message_key == bindparam("key"))
+_THREADS = select(ACTIVITIES.c.message_id, ACTIVITIES.c.alt_message_id, ACTIVITIES.c.thread).where(
+    ACTIVITIES.c.message_id.in_(bindparam("ids", expanding=True))
+    | ACTIVITIES.c.alt_message_id.in_(bindparam("ids", expanding=True))
+)
 
 
 class MailboxExtras:
@@ -84,26 +123,8 @@ class MailboxExtras:
 def mailbox_view(conn: Connection, address: str, extras: MailboxExtras) -> tuple[int, MailboxView]:
     """The settings of a mailbox (M3, M4) read fresh, its exclusions and queue from ``extras``;
     row-locked on PostgreSQL so the round-robin cursor is exact across nodes."""
-    box = MAILBOXES.c
-    query = (
-        select(
-            box.id,
-            box.address,
-            box.kind,
-            box.linked,
-            box.create_leads,
-            box.vcard_contacts,
-            box.since,
-            box.linked_at,
-            box.queue_cursor,
-            USERS.c.email,
-        )
-        .outerjoin(USERS, USERS.c.id == box.owner_id)
-        .where(box.address == address.strip().lower())
-    )
-    if conn.dialect.name == "postgresql":
-        query = query.with_for_update(of=MAILBOXES)
-    row = conn.execute(query).one_or_none()
+    query = _MAILBOX_ROW_LOCKED if conn.dialect.name == "postgresql" else _MAILBOX_ROW
+    row = conn.execute(query, {"address": address.strip().lower()}).one_or_none()
     if row is None:
         raise NotFound(f"no mailbox {address}: add it with `mailcrm mailbox add`")
     own, queue = extras.get(conn, row.id, row.kind)
@@ -128,20 +149,7 @@ def known_entities(conn: Connection, addresses: Iterable[str]) -> dict[str, tupl
     wanted = sorted(set(addresses))
     if not wanted:
         return {}
-    rows = conn.execute(
-        select(
-            EMAILS.c.address,
-            EMAILS.c.entity_type,
-            EMAILS.c.entity_id,
-            CONTACTS.c.company_id,
-            LEADS.c.company_id.label("lead_company"),
-        )
-        .outerjoin(
-            CONTACTS, (EMAILS.c.entity_type == "contact") & (CONTACTS.c.id == EMAILS.c.entity_id)
-        )
-        .outerjoin(LEADS, (EMAILS.c.entity_type == "lead") & (LEADS.c.id == EMAILS.c.entity_id))
-        .where(EMAILS.c.address.in_(wanted))
-    )
+    rows = conn.execute(_KNOWN, {"addresses": wanted})
     found: dict[str, list[EntityRef]] = {}
     for address, etype, eid, contact_company, lead_company in rows:
         company = contact_company if etype == "contact" else lead_company
@@ -160,7 +168,7 @@ def contact_names(conn: Connection, names: list[str]) -> frozenset[str]:
 
 def existing_activity(conn: Connection, key: str) -> list[int]:
     """The activity already made from this message key (C9), if any."""
-    return list(conn.scalars(select(ACTIVITIES.c.id).where(ACTIVITIES.c.message_key == key)))
+    return list(conn.scalars(_EXISTING, {"key": key}))
 
 
 def threads(conn: Connection, ids: tuple[str, ...]) -> dict[str, str]:
@@ -168,12 +176,7 @@ def threads(conn: Connection, ids: tuple[str, ...]) -> dict[str, str]:
     if not ids:
         return {}
     wanted = set(ids)
-    act = ACTIVITIES.c
-    rows = conn.execute(
-        select(act.message_id, act.alt_message_id, act.thread).where(
-            act.message_id.in_(wanted) | act.alt_message_id.in_(wanted)
-        )
-    )
+    rows = conn.execute(_THREADS, {"ids": sorted(wanted)})
     found: dict[str, str] = {}
     for mid, alt, thread in rows:
         found.update({i: thread for i in (mid, alt) if i in wanted})

@@ -8,6 +8,7 @@ header that cannot be parsed is read leniently, a bad date becomes ``None``.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import re
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from .errors import MessageParseError
 from .robots import robot_reason
 
 _HEADER_PARSER = BytesParser(policy=policy.default)
+_DEFAULT_FACTORY: Any = policy.default.header_factory
 _SURROGATES = re.compile("[\udc80-\udcff]")
 _UNSAFE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
 _YEAR = re.compile(r"[A-Za-z]{3}\s+(\d{4})\b")
@@ -123,10 +125,17 @@ def message_ids(value: str | None) -> tuple[str, ...]:
 def _address_pairs(headers: EmailMessage, name: str, value: str) -> list[tuple[str, str]]:
     if len(value) > MAX_PARSED_ADDRESSES:  # a giant header: the fast lenient parser, capped
         return getaddresses([value[:MAX_PARSED_HEADER]])[:MAX_ADDRESSES]
+    return list(_parsed_addresses(name, value))
+
+
+@functools.lru_cache(maxsize=8192)
+def _parsed_addresses(name: str, value: str) -> tuple[tuple[str, str], ...]:
+    """policy.default's reading of an address header; correspondents repeat, so it is cached."""
     try:
-        return [(a.display_name, a.addr_spec) for a in _decoded(headers, name, value).addresses]
+        header = _DEFAULT_FACTORY(name, value)
+        return tuple((a.display_name, a.addr_spec) for a in header.addresses)
     except Exception:  # policy.default could not parse it: read it leniently
-        return getaddresses([value])
+        return tuple(getaddresses([value]))
 
 
 def _parties(headers: EmailMessage, name: str) -> tuple[Party, ...]:

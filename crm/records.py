@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, Table, func, insert, select, update
+from sqlalchemy import Connection, Table, bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from .domains import CompanyGuess
@@ -57,9 +57,22 @@ class CreatedRecords:
         return {"leads": self.leads, "contacts": self.contacts, "companies": self.companies}
 
 
+_INSERTS: dict[str, Any] = {}
+
+
 def _insert(conn: Connection, table: Table, **values: Any) -> int:
-    new_id: int = conn.execute(insert(table).values(**values).returning(table.c.id)).scalar_one()
+    """Insert one row and return its id; the statement is built once per table."""
+    statement = _INSERTS.get(table.name)
+    if statement is None:
+        statement = _INSERTS[table.name] = insert(table).returning(table.c.id)
+    new_id: int = conn.execute(statement, values).scalar_one()
     return new_id
+
+
+_COMPANY_BY_DOMAIN = select(COMPANIES.c.id).where(COMPANIES.c.domain == bindparam("domain"))
+_USER_BY_EMAIL = select(USERS.c.id).where(USERS.c.email == bindparam("email"))
+_BIND = insert(BINDINGS)
+_EMAIL = insert(EMAILS)
 
 
 def company_for(
@@ -69,7 +82,7 @@ def company_for(
     if guess is None:
         return None
     if guess.domain:
-        found = conn.scalar(select(COMPANIES.c.id).where(COMPANIES.c.domain == guess.domain))
+        found = conn.scalar(_COMPANY_BY_DOMAIN, {"domain": guess.domain})
     else:
         by_name = func.lower(COMPANIES.c.name) == guess.name.casefold()
         found = conn.scalar(select(COMPANIES.c.id).where(by_name).limit(1))
@@ -86,7 +99,7 @@ def add_emails(
     """Register the addresses of an entity in the address index."""
     if addresses:
         conn.execute(
-            insert(EMAILS),
+            _EMAIL,
             [
                 {"address": a, "entity_type": etype.value, "entity_id": eid, "position": i}
                 for i, a in enumerate(addresses)
@@ -97,7 +110,7 @@ def add_emails(
 def _user_id(conn: Connection, email: str | None) -> int | None:
     if email is None:
         return None
-    found = conn.scalar(select(USERS.c.id).where(USERS.c.email == email))
+    found = conn.scalar(_USER_BY_EMAIL, {"email": email})
     return None if found is None else int(found)
 
 
@@ -174,7 +187,7 @@ def apply_decision(
         completed=decision.completed,
     )
     conn.execute(
-        insert(BINDINGS),
+        _BIND,
         [
             {"activity_id": activity_id, "entity_type": etype, "entity_id": eid}
             for etype, eid in _bindings(decision, contacts, leads)
