@@ -1,17 +1,12 @@
 """The durable capture spool (B1, C2, C9): relayed mail waits here until the CRM has captured it.
 
-The relay writes each message with its whole envelope into the ``spool`` table before it answers
-the client's DATA, and marks it *delivered* once the upstream accepted it; only delivered entries
-are ever captured. When the database cannot take the entry, the relay keeps it in the local
+Once the upstream accepted a message, the relay writes it with its whole envelope into the
+``spool`` table as *delivered* before it answers the client's DATA; only delivered entries are
+ever captured. When the database cannot take the entry, the relay keeps it in the local
 :class:`FileSpool` (one fsync'd file per message under the data directory) instead, and delivery
-goes on. :func:`run_spool_worker` moves such files into the table when the database is back and
-runs every delivered entry through :class:`crm.capture.Capturer`.
-
-Exactly once: on PostgreSQL each worker claims an entry with ``SELECT ... FOR UPDATE SKIP LOCKED``
-and holds that lock until the entry is marked done, so several workers and nodes never take the
-same one, and a crashed worker's entry is simply taken again; the capture itself dedups by
-Message-ID (the relay adds one when missing), so a repeat after a crash creates nothing new. On
-SQLite one worker is expected (one node).
+goes on. :func:`run_spool_worker` (the ``spool`` component of ``mailcrm serve``) has the
+:mod:`crm.spoolworker` move such files into the table when the database is back and capture every
+delivered entry exactly once.
 """
 
 from __future__ import annotations
@@ -20,28 +15,26 @@ import asyncio
 import datetime as dt
 import json
 import logging
+import multiprocessing
 import os
-import time
 import uuid
 from collections.abc import Iterable
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import insert, select
 from sqlalchemy.exc import SQLAlchemyError
 
-from .capture import Capturer, CaptureResult
 from .config import Config, data_dir
 from .db import Database
-from .errors import MailcrmError, NotFound
+from .errors import MailcrmError
 from .models import Direction, SpoolEntry, utcnow
 
 log = logging.getLogger(__name__)
 MAGIC = b"MAILCRM-SPOOL 1 "
-MAX_ATTEMPTS = 5
-MISSING_MAILBOX_ATTEMPTS = 24  # about a day of retries with the delays below
-RETRY_BASE, RETRY_MAX = 30.0, 3600.0
 UNDELIVERED_MAX_AGE = dt.timedelta(days=1)
 PURGE_EVERY = 3600.0
 _wakeups: set[asyncio.Event] = set()
@@ -71,7 +64,7 @@ def kick() -> None:
 # --- the table ------------------------------------------------------------------------------
 
 
-def enqueue(db: Database, raw: bytes, env: Envelope, delivered: bool = False) -> int:
+def enqueue(db: Database, raw: bytes, env: Envelope, delivered: bool = True) -> int:
     """Store one message with its envelope; its id."""
     with db.session() as session:
         entry = SpoolEntry(
@@ -88,16 +81,26 @@ def enqueue(db: Database, raw: bytes, env: Envelope, delivered: bool = False) ->
         return entry.id
 
 
-def mark_delivered(db: Database, entry_id: int) -> None:
-    """The upstream accepted the message: from now on it will be captured."""
-    with db.session() as session:
-        session.execute(update(SpoolEntry).where(SpoolEntry.id == entry_id).values(delivered=True))
-
-
-def discard(db: Database, entry_id: int) -> None:
-    """The upstream refused the message: it is not the CRM's business."""
-    with db.session() as session:
-        session.execute(delete(SpoolEntry).where(SpoolEntry.id == entry_id))
+def enqueue_many(db: Database, items: Iterable[tuple[bytes, Envelope]]) -> int:
+    """Store delivered messages in one transaction (the relay's group commit); how many."""
+    rows = [
+        {
+            "raw": raw,
+            "mailbox_address": env.mailbox,
+            "direction": env.direction,
+            "envelope_from": env.envelope_from,
+            "envelope_to": list(env.envelope_to),
+            "delivered": True,
+            "state": "pending",
+            "attempts": 0,
+            "created_at": utcnow(),
+        }
+        for raw, env in items
+    ]
+    if rows:
+        with db.session() as session:
+            session.execute(insert(SpoolEntry), rows)
+    return len(rows)
 
 
 # --- the local fallback ---------------------------------------------------------------------
@@ -152,115 +155,7 @@ class FileSpool:
         return Envelope(**meta), raw
 
 
-# --- the worker -----------------------------------------------------------------------------
-
-
-class SpoolWorker:
-    """Moves fallback files into the table and captures delivered entries, one at a time."""
-
-    def __init__(self, db: Database, files: FileSpool, capturer: Capturer | None = None) -> None:
-        self.db = db
-        self.files = files
-        self.capturer = capturer or Capturer(db)
-        self.postgres = db.engine.dialect.name == "postgresql"
-        self._later: dict[int, float] = {}  # entry id -> when to try again (monotonic)
-
-    def import_files(self) -> int:
-        """Each waiting file becomes a delivered table entry (then the file goes)."""
-        count = 0
-        for path in self.files.paths():
-            try:
-                env, raw = self.files.read(path)
-            except (OSError, ValueError, TypeError, MailcrmError) as exc:
-                log.error("spool file %s unreadable, moved aside: %s", path, exc)
-                path.rename(path.with_suffix(".bad"))
-                continue
-            enqueue(self.db, raw, env, delivered=True)
-            path.unlink()
-            count += 1
-        return count
-
-    def capture_next(self) -> CaptureResult | None:
-        """Capture the oldest delivered entry nobody else holds; None when there is none."""
-        now = time.monotonic()
-        self._later = {i: t for i, t in self._later.items() if t > now}
-        with self.db.session() as session:
-            query = (
-                select(SpoolEntry)
-                .where(SpoolEntry.delivered.is_(True), SpoolEntry.state == "pending")
-                .order_by(SpoolEntry.id)
-                .limit(1)
-            )
-            if self._later:
-                query = query.where(SpoolEntry.id.not_in(list(self._later)))
-            if self.postgres:
-                query = query.with_for_update(skip_locked=True)
-            entry = session.scalars(query).first()
-            if entry is None:
-                return None
-            if self.postgres:  # keep the row locked until it is marked
-                return self._apply(entry)
-            session.expunge(entry)
-        result = self._apply(entry)
-        with self.db.session() as session:
-            session.merge(entry)
-        return result
-
-    def _apply(self, entry: SpoolEntry) -> CaptureResult:
-        source = f"spool:{entry.id}"
-        try:
-            result = self.capturer.capture(
-                entry.raw,
-                entry.mailbox_address,
-                Direction(entry.direction),
-                source=source,
-                envelope_from=entry.envelope_from,
-                envelope_to=entry.envelope_to,
-            )
-        except SQLAlchemyError:
-            raise
-        except NotFound as exc:  # not linked yet (e.g. sent while the CRM was away): wait
-            return self._retry(entry, str(exc), MISSING_MAILBOX_ATTEMPTS, "skipped")
-        except MailcrmError as exc:
-            result = CaptureResult(source, "skipped", str(exc))
-        except Exception as exc:
-            log.exception("capture of spool entry %s failed", entry.id)
-            return self._retry(entry, f"{exc.__class__.__name__}: {exc}", MAX_ATTEMPTS, "failed")
-        entry.attempts += 1
-        entry.state = "done" if result.action != "skipped" else "skipped"
-        entry.last_error = result.reason
-        entry.raw = b""
-        return result
-
-    def _retry(self, entry: SpoolEntry, why: str, limit: int, final: str) -> CaptureResult:
-        entry.attempts += 1
-        entry.last_error = why
-        if entry.attempts >= limit:
-            entry.state = final
-            log.warning("spool entry %s given up (%s): %s", entry.id, final, why)
-        else:
-            delay = min(RETRY_BASE * 2 ** (entry.attempts - 1), RETRY_MAX)
-            self._later[entry.id] = time.monotonic() + delay
-        return CaptureResult(f"spool:{entry.id}", "skipped", why)
-
-    def purge(self) -> None:
-        """Forget entries that were never delivered (the client got an error, or vanished)."""
-        cutoff = utcnow() - UNDELIVERED_MAX_AGE
-        with self.db.session() as session:
-            session.execute(
-                delete(SpoolEntry).where(
-                    SpoolEntry.delivered.is_(False), SpoolEntry.created_at < cutoff
-                )
-            )
-
-    def run_once(self, batch: int = 50) -> int:
-        """Import files, then capture up to ``batch`` entries; how much was done."""
-        done = self.import_files()
-        for _ in range(batch):
-            if self.capture_next() is None:
-                break
-            done += 1
-        return done
+# --- the worker component ---------------------------------------------------------------------
 
 
 async def _sleep(stop: asyncio.Event, wake: asyncio.Event, delay: float) -> None:
@@ -272,30 +167,83 @@ async def _sleep(stop: asyncio.Event, wake: asyncio.Event, delay: float) -> None
             waiter.cancel()
 
 
-async def run_spool_worker(config: Config, db: Database, stop: asyncio.Event) -> None:
-    """Component of ``mailcrm serve``: capture spooled mail until ``stop`` is set."""
-    worker = SpoolWorker(db, FileSpool(spool_dir(config)))
+class _ChildRunner:
+    """Runs worker rounds in one child process (spawned on first use, again if it dies)."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.pool: ProcessPoolExecutor | None = None
+
+    async def run(self, purge: bool) -> tuple[int, str | None]:
+        from .spoolworker import child_init, child_run
+
+        if self.pool is None:
+            self.pool = ProcessPoolExecutor(
+                1, mp_context=multiprocessing.get_context("spawn"),
+                initializer=child_init, initargs=(self.config,),
+            )
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self.pool, child_run, purge)
+        except BrokenProcessPool:
+            self.pool.shutdown(wait=False, cancel_futures=True)
+            self.pool = None
+            return 0, "the capture worker process died"
+
+    async def close(self) -> None:
+        if self.pool is not None:
+            await asyncio.to_thread(self.pool.shutdown, True, cancel_futures=True)
+
+
+class _ThreadRunner:
+    """Runs worker rounds in a thread of this process (``in_process=True``)."""
+
+    def __init__(self, config: Config, db: Database) -> None:
+        from .spoolworker import SpoolWorker
+
+        self.worker = SpoolWorker(db, FileSpool(spool_dir(config)))
+
+    async def run(self, purge: bool) -> tuple[int, str | None]:
+        try:
+            if purge:
+                await asyncio.to_thread(self.worker.purge)
+            return await asyncio.to_thread(self.worker.run_once), None
+        except (SQLAlchemyError, OSError) as exc:
+            return 0, f"{exc.__class__.__name__}: {exc}"
+
+    async def close(self) -> None:
+        return None
+
+
+async def run_spool_worker(
+    config: Config, db: Database, stop: asyncio.Event, *, in_process: bool = False
+) -> None:
+    """Component of ``mailcrm serve``: capture spooled mail until ``stop`` is set.
+
+    The capture runs in a child process at a lower CPU priority (``in_process`` runs it in a
+    thread here instead); this coroutine only paces it: at once after :func:`kick`, every
+    ``relay.spool_poll_interval`` seconds otherwise, backing off while the database fails.
+    """
+    runner = _ThreadRunner(config, db) if in_process else _ChildRunner(config)
     poll = max(config.relay.spool_poll_interval, 0.05)
     wake = asyncio.Event()
     _wakeups.add(wake)
-    delay, purged = poll, 0.0
+    delay, purged = poll, -PURGE_EVERY
     loop = asyncio.get_running_loop()
     try:
         while not stop.is_set():
             wake.clear()
-            try:
-                if loop.time() - purged > PURGE_EVERY:
-                    await asyncio.to_thread(worker.purge)
-                    purged = loop.time()
-                done = await asyncio.to_thread(worker.run_once)
-                delay = poll
-            except (SQLAlchemyError, OSError) as exc:
-                log.warning("spool worker: %s; retrying in %.1f s", exc.__class__.__name__, delay)
-                done, delay = 0, min(delay * 2, poll * 10)
+            purge = loop.time() - purged >= PURGE_EVERY
+            done, error = await runner.run(purge)
+            if error is None:
+                delay, purged = poll, loop.time() if purge else purged
+            else:
+                log.warning("spool worker: %s; retrying in %.1f s", error, delay)
+                delay = min(delay * 2, poll * 10)
             if not done:
                 await _sleep(stop, wake, delay)
     finally:
         _wakeups.discard(wake)
+        await runner.close()
 
 
 def pending(db: Database) -> list[dict[str, Any]]:

@@ -117,13 +117,18 @@ class MessageBuffer:
 
     async def chunks(self, size: int = CHUNK) -> AsyncIterator[bytes | bytearray]:
         """The wire form with the prefix, in pieces (file reads happen off the loop)."""
-        if self.prefix:
-            yield self.prefix
         if self._fd is None:
             data = self._mem
+            if len(data) + len(self.prefix) <= size:  # the usual small message: one piece
+                yield self.prefix + data
+                return
+            if self.prefix:
+                yield self.prefix
             for start in range(0, len(data), size):
                 yield data[start : start + size]
             return
+        if self.prefix:
+            yield self.prefix
         for start in range(0, self.size, size):
             yield await asyncio.to_thread(self._read, start, min(size, self.size - start))
 

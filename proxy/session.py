@@ -8,6 +8,8 @@ to the user (553), recipients are counted (452), each user has a message rate (4
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -192,24 +194,41 @@ class RelayConnection:
     def new_buffer(self) -> MessageBuffer:
         return MessageBuffer(self.relay.spill_at, self.relay.spill_dir)
 
-    async def deliver(self, envelope: Envelope, buffer: MessageBuffer) -> str:
+    def begin_data(self) -> asyncio.Task[Reply] | None:
+        """The client said DATA: say it upstream now, the 354 arrives while the client sends."""
+        if self.upstream is None or not self.upstream.in_transaction:
+            return None
+        return asyncio.create_task(self.upstream.start_data())
+
+    async def deliver(
+        self, envelope: Envelope, buffer: MessageBuffer, started: asyncio.Task[Reply] | None
+    ) -> str:
         """The reply to DATA: the upstream's, after the capture copy is safe."""
         view, upstream = self.view, self.upstream
-        if view is None or upstream is None or not upstream.in_transaction:
+        if view is None or upstream is None or started is None:
             return UNREACHABLE.line()
         sender = try_normalize(envelope.mail_from or "")
         buffer.ensure_message_id(domain_of(sender) if sender else self.relay.hostname)
         env = None
         if view.mailbox and view.linked:
             env = SpoolEnvelope(view.mailbox, envelope.mail_from, list(envelope.rcpt_tos))
-        reply = await self.relay.deliverer.deliver(upstream, buffer, env)
+        reply = await self.relay.deliverer.deliver(upstream, started, buffer, env)
         log.info("relay %s -> %s: %s (%d bytes)", envelope.mail_from,
                  ",".join(envelope.rcpt_tos), reply.line().splitlines()[-1], buffer.total)
         return reply.line()
 
-    async def abort(self) -> None:
-        """The client's transaction ended locally (e.g. too big): end the upstream's too."""
-        if self.upstream is not None and self.upstream.in_transaction:
+    async def abort(self, started: asyncio.Task[Reply] | None = None) -> None:
+        """The client's transaction ended locally (e.g. too big): end the upstream's too.
+
+        An upstream already in DATA cannot be told to forget the message but by hanging up.
+        """
+        if started is not None:
+            started.cancel()
+            with contextlib.suppress(BaseException):
+                await started
+            if self.upstream is not None:
+                self.upstream.close()
+        elif self.upstream is not None and self.upstream.in_transaction:
             await self.upstream.rset()
 
     async def handle_RSET(self, server: Any, session: Session, envelope: Envelope) -> str:

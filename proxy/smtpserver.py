@@ -87,18 +87,23 @@ class RelaySMTP(SMTP):
         if arg:
             await self.push("501 5.5.4 Syntax: DATA")
             return
+        started = self.relay_handler.begin_data()
         await self.push("354 End data with <CR><LF>.<CR><LF>")
         buffer = self.relay_handler.new_buffer()
-        result, rest = await read_data(self._reader, buffer, self.data_size_limit,
-                                       self._reset_timeout)
+        try:
+            result, rest = await read_data(self._reader, buffer, self.data_size_limit,
+                                           self._reset_timeout)
+        except BaseException:
+            await self.relay_handler.abort(started)
+            raise
         if rest:  # a client pipelining after the dot: give those commands back
             self._reader._buffer[0:0] = rest  # type: ignore[attr-defined]
         if result is DataResult.TOO_BIG:
             buffer.close()
-            await self.relay_handler.abort()
+            await self.relay_handler.abort(started)
             status = TOO_BIG
         else:
-            status = await self.relay_handler.deliver(envelope, buffer)
+            status = await self.relay_handler.deliver(envelope, buffer, started)
             buffer.close()
         self._set_post_data_state()  # type: ignore[no-untyped-call]
         await self.push(status)

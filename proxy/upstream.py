@@ -229,13 +229,21 @@ class UpstreamSession:
             return Reply(451, f"4.4.1 {text}")
         return Reply(code, text)
 
-    async def data(self, chunks: AsyncIterator[bytes | bytearray]) -> Reply:
-        """DATA: stream the wire form (already dot-stuffed) and return the final reply."""
+    async def start_data(self) -> Reply:
+        """DATA, sent as soon as the client sends its own (the 354 comes while it transmits)."""
         self.in_transaction = False
         try:
             start = await self.smtp.execute_command(b"DATA")
-            if start.code != 354:
-                return self._refused(start.code, start.message)
+        except TEMPORARY as exc:
+            self.close()
+            raise UpstreamUnavailable(f"{self.endpoint}: {exc}") from exc
+        if start.code != 354:
+            return self._refused(start.code, start.message)
+        return Reply(start.code, start.message)
+
+    async def send_body(self, chunks: AsyncIterator[bytes | bytearray]) -> Reply:
+        """After a 354: stream the wire form (already dot-stuffed); the final reply."""
+        try:
             final = await self._stream(chunks)
         except TEMPORARY as exc:
             self.close()
@@ -248,11 +256,14 @@ class UpstreamSession:
         protocol = self.smtp.protocol
         if protocol is None:
             raise aiosmtplib.SMTPServerDisconnected("connection lost")
+        held = b""  # the last piece goes out with the final dot, in one write
         async for chunk in chunks:
-            protocol.write(bytes(chunk))
-            async with asyncio.timeout(self.client.timeout):
-                await protocol._drain_helper()  # flow control: never buffer a whole message
-        protocol.write(b".\r\n")
+            if held:
+                protocol.write(held)
+                async with asyncio.timeout(self.client.timeout):
+                    await protocol._drain_helper()  # flow control: never buffer a whole message
+            held = bytes(chunk)
+        protocol.write(held + b".\r\n")
         return await protocol.read_response(timeout=self.client.timeout)
 
     async def quit(self) -> None:

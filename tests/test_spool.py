@@ -13,12 +13,13 @@ from typing import Any
 import pytest
 from sqlalchemy import select, update
 
-from crm import spool
+from crm import spool, spoolworker
 from crm.capture import Capturer
 from crm.config import Config, RelayConfig
 from crm.db import Database
 from crm.models import Activity, Direction, SpoolEntry
-from crm.spool import Envelope, FileSpool, SpoolWorker
+from crm.spool import Envelope, FileSpool
+from crm.spoolworker import SpoolWorker
 from tests.conftest import Cli
 from tests.relaykit import eventually, message
 
@@ -53,20 +54,16 @@ def _states(db: Database) -> list[tuple[str, bool, int]]:
 
 def test_only_delivered_entries_are_captured(db: Database, linked: str, tmp_path: Path) -> None:
     to = _customer()
-    delivered = spool.enqueue(db, message(OWNER, to, "Delivered"), _env(to))
-    refused = spool.enqueue(db, message(OWNER, to, "Refused"), _env(to))
-    waiting = spool.enqueue(db, message(OWNER, to, "Not yet"), _env(to))
-    spool.mark_delivered(db, delivered)
-    spool.discard(db, refused)
+    spool.enqueue_many(db, [(message(OWNER, to, "Delivered"), _env(to))])
+    spool.enqueue(db, message(OWNER, to, "Not delivered"), _env(to), delivered=False)
     worker = SpoolWorker(db, FileSpool(tmp_path))
     assert worker.run_once() == 1
     assert _states(db) == [("done", True, 1), ("pending", False, 0)]
     with db.session() as session:
         activity = session.scalars(select(Activity)).one()
         assert activity.subject == "Delivered" and activity.counterparts == [to]
-        raw = session.scalar(select(SpoolEntry.raw).where(SpoolEntry.id == delivered))
-        assert raw == b""  # the bulk is dropped once captured
-    assert waiting > delivered
+        raws = session.scalars(select(SpoolEntry.raw).order_by(SpoolEntry.id)).all()
+        assert raws[0] == b""  # the bulk is dropped once captured
 
 
 def test_file_spool_survives_and_is_imported(db: Database, linked: str, tmp_path: Path) -> None:
@@ -86,9 +83,9 @@ def test_file_spool_survives_and_is_imported(db: Database, linked: str, tmp_path
 def test_missing_mailbox_waits_for_the_link(
     db: Database, cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(spool, "RETRY_BASE", 0.2)
+    monkeypatch.setattr(spoolworker, "RETRY_BASE", 0.2)
     to = _customer()
-    entry = spool.enqueue(db, message(OWNER, to, "Before the link"), _env(to), delivered=True)
+    entry = spool.enqueue(db, message(OWNER, to, "Before the link"), _env(to))
     worker = SpoolWorker(db, FileSpool(tmp_path))
     worker.run_once()
     assert _states(db) == [("pending", True, 1)]
@@ -105,7 +102,7 @@ def test_missing_mailbox_waits_for_the_link(
 def test_failing_capture_is_retried_then_given_up(
     db: Database, linked: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(spool, "RETRY_BASE", 0.0)
+    monkeypatch.setattr(spoolworker, "RETRY_BASE", 0.0)
 
     def broken(*_args: Any, **_kwargs: Any) -> Any:
         raise RuntimeError("pipeline bug")
@@ -114,15 +111,15 @@ def test_failing_capture_is_retried_then_given_up(
     spool.enqueue(db, message(OWNER, to, "Poison"), _env(to), delivered=True)
     worker = SpoolWorker(db, FileSpool(tmp_path))
     monkeypatch.setattr(worker.capturer, "capture", broken)
-    for _ in range(spool.MAX_ATTEMPTS):
+    for _ in range(spoolworker.MAX_ATTEMPTS):
         worker.run_once()
-    assert _states(db) == [("failed", True, spool.MAX_ATTEMPTS)]
+    assert _states(db) == [("failed", True, spoolworker.MAX_ATTEMPTS)]
 
 
 def test_undelivered_leftovers_are_purged(db: Database, linked: str, tmp_path: Path) -> None:
     to = _customer()
-    old = spool.enqueue(db, message(OWNER, to, "Old"), _env(to))
-    spool.enqueue(db, message(OWNER, to, "In flight"), _env(to))
+    old = spool.enqueue(db, message(OWNER, to, "Old"), _env(to), delivered=False)
+    spool.enqueue(db, message(OWNER, to, "In flight"), _env(to), delivered=False)
     with db.session() as session:
         session.execute(update(SpoolEntry).where(SpoolEntry.id == old).values(
             created_at=dt.datetime.now(dt.UTC) - dt.timedelta(days=2)))

@@ -1,0 +1,423 @@
+"""Relay speed and memory: client -> mailcrm -> Postfix against client -> Postfix, same run.
+
+Run from the repository root, as root (the private Postfix/Dovecot of ``tests/servers.py``)::
+
+    .venv/bin/python bench/relay.py [--seconds 10] [--connections 16] [--size 5000] [--db URL]
+
+It prints figures and judges nothing (no assertions, no exit status for a missed target):
+
+1. Throughput and latency, 5 KB messages over 16 concurrent connections, each logged in once
+   and sending in a loop: directly to Postfix, then through the relay (capture on: every message
+   is spooled and captured by the worker), alternating for ``--rounds`` rounds; messages/s, p50
+   and p99 of each message's send time, the relay/direct throughput ratio (target >= 0.7) and the
+   added p50/p99 latency (target: p50 < 10 ms), and how long the capture worker lagged behind.
+2. Memory: a fresh relay process gets ten 20 MB messages at once (capture on); its peak RSS
+   (VmHWM) while relaying and capturing them (target < 400 MB).
+
+The relay runs in a child process (``run_relay`` + ``run_spool_worker``, as in ``mailcrm
+serve``) on a SQLite CRM by default (``--db`` for PostgreSQL); the clients are aiosmtplib. The
+CPU each message costs is shown per process (this client, the relay, its capture worker, Postfix):
+on a small machine the ratio is bound by CPU. ``BENCH_NO_WORKER=1`` runs the relay without the
+capture worker, ``BENCH_PROFILE=FILE`` writes a cProfile of the relay's event loop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import os
+import random
+import signal
+import socket
+import ssl
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import aiosmtplib  # noqa: E402
+from cryptography.fernet import Fernet  # noqa: E402
+from sqlalchemy import func, select  # noqa: E402
+
+from crm.config import load_config  # noqa: E402
+from crm.db import Database  # noqa: E402
+from crm.models import Activity  # noqa: E402
+from crm.spool import run_spool_worker  # noqa: E402
+from proxy.relay import run_relay  # noqa: E402
+from proxy.tls import write_selfsigned  # noqa: E402
+from tests.servers import Dovecot, Postfix  # noqa: E402
+
+HOST = "127.0.0.1"
+PASSWORD = "bench password"
+MB = 1024 * 1024
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def body_of(size: int, seed: int) -> bytes:
+    """Text lines of base64-looking data, about ``size`` bytes."""
+    rng = random.Random(seed)
+    line_count = max(1, size // 78)
+    chunk = base64.b64encode(rng.randbytes(57 * 64))
+    lines = [chunk[(i * 76) % (len(chunk) - 76) :][:76] for i in range(line_count)]
+    return b"\r\n".join(lines) + b"\r\n"
+
+
+def make_message(sender: str, to: str, subject: str, body: bytes) -> bytes:
+    head = (
+        f"From: {sender}\r\nTo: {to}\r\nSubject: {subject}\r\n"
+        f"Message-ID: <{os.urandom(12).hex()}@bench.example>\r\n"
+        "Date: Mon, 30 Nov 2026 10:00:00 +0000\r\nMIME-Version: 1.0\r\n"
+        "Content-Type: text/plain; charset=us-ascii\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+# --- the relay child ----------------------------------------------------------------------------
+
+
+def child(config_path: str) -> None:
+    """``--child``: the relay and the spool worker until SIGTERM (what ``serve`` runs)."""
+    config = load_config(config_path)
+    db = Database(config.database_url)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        parts = [run_relay(config, db, stop)]
+        if not os.environ.get("BENCH_NO_WORKER"):
+            parts.append(run_spool_worker(config, db, stop))
+        await asyncio.gather(*parts)
+
+    profile = os.environ.get("BENCH_PROFILE")
+    if not profile:
+        asyncio.run(main())
+        return
+    import cProfile
+
+    cProfile.runctx("asyncio.run(main())", globals(), {"main": main, "asyncio": asyncio},
+                    profile)
+
+
+class RelayProcess:
+    """A relay child on its own port and database."""
+
+    def __init__(self, work: Path, postfix: Postfix, db_url: str, key: str, tag: str) -> None:
+        self.port = free_port()
+        self.db_url = db_url
+        cert, keyfile = work / "relay.crt", work / "relay.key"
+        if not cert.exists():
+            write_selfsigned(cert, keyfile, ["localhost", HOST])
+        self.ca = ssl.create_default_context(cafile=str(cert))
+        config = work / f"relay-{tag}.toml"
+        config.write_text(
+            f'database_url = "{db_url}"\n[relay]\nhost = "{HOST}"\nport = {self.port}\n'
+            f'cert_file = "{cert}"\nkey_file = "{keyfile}"\nhostname = "relay.bench"\n'
+            f'upstream_host = "{HOST}"\nupstream_port = {postfix.port}\n'
+            f'upstream_ca_file = "{postfix.cert_path}"\nmax_messages_per_minute = 0\n'
+            f'spool_dir = "{work / ("spool-" + tag)}"\nspool_poll_interval = 0.5\n'
+            f"max_message_size = {64 * MB}\n"
+        )
+        env = dict(os.environ, MAILCRM_SECRET_KEY=key, XDG_DATA_HOME=str(work / "xdg"))
+        self.proc = subprocess.Popen([sys.executable, __file__, "--child", str(config)], env=env)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            with socket.socket() as sock:
+                if sock.connect_ex((HOST, self.port)) == 0:
+                    return
+            time.sleep(0.05)
+        raise RuntimeError("the relay child did not start")
+
+    def status(self, field: str) -> int:
+        """A /proc/<pid>/status figure in bytes (VmRSS, VmHWM)."""
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+        return 0
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def _stat(pid: int) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return []
+
+
+def tree_cpu(root: int) -> float:
+    """CPU seconds of a process, its reaped children and its live descendants."""
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (fields := _stat(int(entry.name))):
+            parents.setdefault(int(fields[1]), []).append(int(entry.name))
+    total, todo = 0, [root]
+    while todo:
+        pid = todo.pop()
+        fields = _stat(pid)
+        if fields:
+            total += sum(int(f) for f in fields[11:15])
+        todo.extend(parents.get(pid, []))
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu(pid: int) -> float:
+    fields = _stat(pid)
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK") if fields else 0.0
+
+
+class CpuMeter:
+    """CPU per message of the bench client, the relay, its capture worker and Postfix."""
+
+    def __init__(self, relay: RelayProcess, postfix: Postfix) -> None:
+        self.relay, self.postfix = relay, postfix
+        self.totals: dict[str, dict[str, float]] = {}
+
+    def snapshot(self) -> dict[str, float]:
+        relay_pid = self.relay.proc.pid
+        relay_tree = tree_cpu(relay_pid)
+        master = int((self.postfix.queue_dir / "pid" / "master.pid").read_text().split()[0])
+        usage = os.times()
+        return {
+            "client": usage.user + usage.system,
+            "relay": own_cpu(relay_pid),
+            "capture": relay_tree - own_cpu(relay_pid),
+            "postfix": tree_cpu(master),
+        }
+
+    def add(self, name: str, before: dict[str, float], messages: int) -> None:
+        after = self.snapshot()
+        bucket = self.totals.setdefault(name, {"messages": 0.0})
+        bucket["messages"] += messages
+        for key, value in after.items():
+            bucket[key] = bucket.get(key, 0.0) + value - before[key]
+
+    def show(self) -> None:
+        for name, bucket in self.totals.items():
+            n = bucket.pop("messages") or 1
+            parts = ", ".join(f"{k} {v / n * 1000:.1f}" for k, v in bucket.items())
+            print(f"  CPU ms per message, {name}: {parts}, total "
+                  f"{sum(bucket.values()) / n * 1000:.1f}")
+
+
+def activities(db_url: str) -> int:
+    db = Database(db_url)
+    try:
+        with db.session() as session:
+            return int(session.scalar(select(func.count(Activity.id))) or 0)
+    finally:
+        db.dispose()
+
+
+# --- load ---------------------------------------------------------------------------------------
+
+
+async def connection(port: int, ca: ssl.SSLContext, user: str, seconds: float, size: int,
+                     seed: int, latencies: list[float]) -> None:
+    smtp = aiosmtplib.SMTP(hostname=HOST, port=port, start_tls=True, tls_context=ca, timeout=60)
+    await smtp.connect()
+    await smtp.login(user, PASSWORD)
+    body = body_of(size, seed)
+    deadline = time.monotonic() + seconds
+    n = 0
+    while time.monotonic() < deadline:
+        to = f"customer{seed}-{n % 25}@client-{seed}.example"
+        raw = make_message(user, to, f"Bench {seed}/{n}", body)
+        start = time.perf_counter()
+        await smtp.sendmail(user, [to], raw)
+        latencies.append(time.perf_counter() - start)
+        n += 1
+    await smtp.quit()
+
+
+async def load(port: int, ca: ssl.SSLContext, users: list[str], seconds: float,
+               size: int) -> tuple[float, list[float]]:
+    latencies: list[float] = []
+    start = time.perf_counter()
+    await asyncio.gather(*(connection(port, ca, user, seconds, size, i, latencies)
+                           for i, user in enumerate(users)))
+    return len(latencies) / (time.perf_counter() - start), latencies
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
+
+
+def show(name: str, rate: float, lat: list[float]) -> None:
+    print(f"  {name:7} {rate:8.1f} msg/s   p50 {pct(lat, 0.5):7.2f} ms   "
+          f"p99 {pct(lat, 0.99):7.2f} ms   ({len(lat)} messages)")
+
+
+def wait_captured(db_url: str, count: int, timeout: float = 120.0) -> float:
+    """Seconds until ``count`` activities exist (or the timeout)."""
+    start = time.perf_counter()
+    while activities(db_url) < count and time.perf_counter() - start < timeout:
+        time.sleep(0.2)
+    return time.perf_counter() - start
+
+
+def throughput(args: argparse.Namespace, work: Path, postfix: Postfix, users: list[str],
+               key: str) -> None:
+    db_url = args.db or f"sqlite:///{work / 'bench.db'}"
+    prepare_crm(db_url, key, users)
+    relay = RelayProcess(work, postfix, db_url, key, "speed")
+    direct_ca = postfix.ssl_context()
+    print(f"\n1. {args.connections} connections, {args.size} byte messages, "
+          f"{args.seconds:.0f} s per measurement, capture on ({db_url.split(':')[0]})")
+    _, warm = asyncio.run(load(relay.port, relay.ca, users, 2.0, args.size))
+    asyncio.run(load(postfix.port, direct_ca, users, 2.0, args.size))
+    wait_captured(db_url, len(warm))
+    results: dict[str, list[tuple[float, list[float]]]] = {"direct": [], "relay": []}
+    sent, meter = len(warm), CpuMeter(relay, postfix)
+    for round_no in range(args.rounds):
+        print(f" round {round_no + 1}")
+        for name, port, ca in (("direct", postfix.port, direct_ca),
+                               ("relay", relay.port, relay.ca)):
+            before = meter.snapshot()
+            rate, lat = asyncio.run(load(port, ca, users, args.seconds, args.size))
+            results[name].append((rate, lat))
+            if name == "relay":
+                sent += len(lat)
+                lag = wait_captured(db_url, sent)
+            meter.add(name, before, len(lat))
+            show(name, rate, lat)
+    captured = activities(db_url)
+    relay.stop()
+    summarize(results, captured, sent, lag)
+    meter.show()
+
+
+def summarize(results: dict[str, list[tuple[float, list[float]]]], captured: int, sent: int,
+              lag: float) -> None:
+    direct_rate = statistics.median(r for r, _ in results["direct"])
+    relay_rate = statistics.median(r for r, _ in results["relay"])
+    direct_lat = [x for _, lat in results["direct"] for x in lat]
+    relay_lat = [x for _, lat in results["relay"] for x in lat]
+    print(" all rounds")
+    show("direct", direct_rate, direct_lat)
+    show("relay", relay_rate, relay_lat)
+    print(f"  throughput relay/direct: {relay_rate / direct_rate:.2f}  (target >= 0.7)")
+    print(f"  added latency: p50 {pct(relay_lat, 0.5) - pct(direct_lat, 0.5):+.2f} ms "
+          f"(target < 10 ms), p99 {pct(relay_lat, 0.99) - pct(direct_lat, 0.99):+.2f} ms")
+    print(f"  captured {captured} of {sent} relayed messages (warm-up included); the worker "
+          f"finished {lag:.1f} s after the last send")
+
+
+# --- memory -------------------------------------------------------------------------------------
+
+
+async def big_sends(port: int, ca: ssl.SSLContext, users: list[str], size: int) -> list[float]:
+    async def one(i: int, user: str) -> float:
+        smtp = aiosmtplib.SMTP(hostname=HOST, port=port, start_tls=True, tls_context=ca,
+                               timeout=300)
+        await smtp.connect()
+        await smtp.login(user, PASSWORD)
+        raw = make_message(user, f"big{i}@client-big.example", f"Big {i}", body_of(size, i))
+        start = time.perf_counter()
+        await smtp.sendmail(user, [f"big{i}@client-big.example"], raw)
+        await smtp.quit()
+        return time.perf_counter() - start
+
+    return await asyncio.gather(*(one(i, u) for i, u in enumerate(users)))
+
+
+def memory(args: argparse.Namespace, work: Path, postfix: Postfix, users: list[str],
+           key: str) -> None:
+    db_url = f"sqlite:///{work / 'bench-big.db'}" if not args.db else args.db
+    if not args.db:
+        prepare_crm(db_url, key, users)
+    before = activities(db_url)
+    relay = RelayProcess(work, postfix, db_url, key, "memory")
+    idle = relay.status("VmRSS")
+    print(f"\n2. ten {args.big_mb} MB messages at once through a fresh relay (capture on)")
+    peak = [0]
+    stop = [False]
+
+    async def sample() -> None:
+        while not stop[0]:
+            peak[0] = max(peak[0], relay.status("VmRSS"))
+            await asyncio.sleep(0.02)
+
+    async def run() -> list[float]:
+        sampler = asyncio.create_task(sample())
+        times = await big_sends(relay.port, relay.ca, users[:10], args.big_mb * MB)
+        deadline = time.monotonic() + 180
+        while activities(db_url) - before < 10 and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+        stop[0] = True
+        await sampler
+        return times
+
+    times = asyncio.run(run())
+    hwm = relay.status("VmHWM")
+    captured = activities(db_url) - before
+    relay.stop()
+    print(f"  relay RSS idle {idle / MB:.0f} MB, peak {max(hwm, peak[0]) / MB:.0f} MB "
+          f"(VmHWM; target < 400 MB)")
+    print(f"  send time per message: {min(times):.2f}-{max(times):.2f} s; "
+          f"captured {captured} of 10")
+
+
+# --- set-up -------------------------------------------------------------------------------------
+
+
+def prepare_crm(db_url: str, key: str, users: list[str]) -> None:
+    from crm import admin
+
+    db = Database(db_url)
+    with db.session() as session:
+        for user in users:
+            admin.add_user(session, user)
+    db.dispose()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--size", type=int, default=5000)
+    parser.add_argument("--big-mb", type=int, default=20)
+    parser.add_argument("--db", help="CRM database URL (default: a fresh SQLite file)")
+    parser.add_argument("--skip-memory", action="store_true")
+    args = parser.parse_args()
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+    if args.child:
+        child(args.child)
+        return
+    run(args)
+
+
+def run(args: argparse.Namespace) -> None:
+    key = Fernet.generate_key().decode()
+    with tempfile.TemporaryDirectory(prefix="mailcrm-bench-relay-") as tmp, \
+            Dovecot() as dovecot, Postfix(dovecot, message_size_limit=64 * MB) as postfix:
+        work = Path(tmp)
+        users = [dovecot.add_user(f"bench{i}", PASSWORD) for i in range(args.connections)]
+        print(f"mailcrm relay bench: Postfix {postfix.host}:{postfix.port}, "
+              f"{os.cpu_count()} CPUs, Python {sys.version.split()[0]}")
+        throughput(args, work, postfix, users, key)
+        if not args.skip_memory:
+            memory(args, work, postfix, users, key)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,201 @@
+"""The spool worker: captures delivered spool entries through :class:`crm.capture.Capturer`.
+
+:class:`SpoolWorker` first moves the relay's fallback files into the table, then claims entries a
+batch at a time and captures them. On PostgreSQL the batch is claimed with ``SELECT ... FOR UPDATE
+SKIP LOCKED`` and the rows stay locked until they are marked, so several workers and nodes never
+take the same entry and a crashed worker's entries are simply taken again; the capture dedups by
+Message-ID, so a repeat creates nothing new. On SQLite one worker is expected (one node).
+
+An entry whose mailbox does not exist yet (mail sent while the CRM was away, before the login
+that links the mailbox) is retried with growing delays for about a day; an entry the pipeline
+fails on is retried a few times and then marked failed. Nothing is deleted but the bulk of a
+captured message, and entries never delivered (after a day).
+
+In ``mailcrm serve`` the worker runs in a child process at a lower CPU priority (see
+:func:`child_init`), so capture work never competes with the relay for the event loop or the
+GIL: a flood of mail is relayed at full speed and captured right behind it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Row, delete, select, update
+from sqlalchemy.exc import SQLAlchemyError
+
+from .capture import Capturer, CaptureResult
+from .config import Config
+from .db import Database
+from .errors import MailcrmError, NotFound
+from .models import Direction, SpoolEntry, utcnow
+from .spool import UNDELIVERED_MAX_AGE, FileSpool, enqueue, spool_dir
+
+log = logging.getLogger(__name__)
+MAX_ATTEMPTS = 5
+MISSING_MAILBOX_ATTEMPTS = 24  # about a day of retries with the delays below
+RETRY_BASE, RETRY_MAX = 30.0, 3600.0
+CLAIM_PG, CLAIM_SQLITE = 10, 50
+CAPTURE_NICE = 10
+COLUMNS = (
+    SpoolEntry.id, SpoolEntry.raw, SpoolEntry.mailbox_address, SpoolEntry.direction,
+    SpoolEntry.envelope_from, SpoolEntry.envelope_to, SpoolEntry.attempts,
+)
+
+
+@dataclass
+class Outcome:
+    """What capturing one entry did, and the values its row gets."""
+
+    result: CaptureResult
+    values: dict[str, Any]
+
+
+class SpoolWorker:
+    """Moves fallback files into the table and captures delivered entries."""
+
+    def __init__(self, db: Database, files: FileSpool, capturer: Capturer | None = None) -> None:
+        self.db = db
+        self.files = files
+        self.capturer = capturer or Capturer(db)
+        self.postgres = db.engine.dialect.name == "postgresql"
+        self._later: dict[int, float] = {}  # entry id -> when to try again (monotonic)
+
+    def import_files(self) -> int:
+        """Each waiting file becomes a delivered table entry (then the file goes)."""
+        count = 0
+        for path in self.files.paths():
+            try:
+                env, raw = self.files.read(path)
+            except (OSError, ValueError, TypeError, MailcrmError) as exc:
+                log.error("spool file %s unreadable, moved aside: %s", path, exc)
+                path.rename(path.with_suffix(".bad"))
+                continue
+            enqueue(self.db, raw, env)
+            path.unlink()
+            count += 1
+        return count
+
+    def _query(self, limit: int) -> Any:
+        now = time.monotonic()
+        self._later = {i: t for i, t in self._later.items() if t > now}
+        query = (
+            select(*COLUMNS)
+            .where(SpoolEntry.delivered.is_(True), SpoolEntry.state == "pending")
+            .order_by(SpoolEntry.id)
+            .limit(limit)
+        )
+        if self._later:
+            query = query.where(SpoolEntry.id.not_in(list(self._later)))
+        if self.postgres:
+            query = query.with_for_update(skip_locked=True)
+        return query
+
+    def capture_batch(self, limit: int | None = None) -> list[CaptureResult]:
+        """Claim and capture up to ``limit`` entries; their results (empty: nothing waiting)."""
+        limit = limit or (CLAIM_PG if self.postgres else CLAIM_SQLITE)
+        with self.db.session() as session:
+            rows = session.execute(self._query(limit)).all()
+            if self.postgres:  # the rows stay locked until they are marked
+                outcomes = [self._capture(row) for row in rows]
+                self._mark(session, rows, outcomes)
+                return [o.result for o in outcomes]
+        outcomes = [self._capture(row) for row in rows]
+        with self.db.session() as session:
+            self._mark(session, rows, outcomes)
+        return [o.result for o in outcomes]
+
+    def capture_next(self) -> CaptureResult | None:
+        """Capture the oldest waiting entry; None when there is none."""
+        results = self.capture_batch(1)
+        return results[0] if results else None
+
+    @staticmethod
+    def _mark(session: Any, rows: Sequence[Row[Any]], outcomes: list[Outcome]) -> None:
+        for row, outcome in zip(rows, outcomes, strict=True):
+            session.execute(
+                update(SpoolEntry).where(SpoolEntry.id == row.id).values(**outcome.values)
+            )
+
+    def _capture(self, row: Row[Any]) -> Outcome:
+        source = f"spool:{row.id}"
+        try:
+            result = self.capturer.capture(
+                row.raw, row.mailbox_address, Direction(row.direction), source=source,
+                envelope_from=row.envelope_from, envelope_to=row.envelope_to,
+            )
+        except SQLAlchemyError:
+            raise
+        except NotFound as exc:  # not linked yet (e.g. sent while the CRM was away): wait
+            return self._retry(row, str(exc), MISSING_MAILBOX_ATTEMPTS, "skipped")
+        except MailcrmError as exc:
+            result = CaptureResult(source, "skipped", str(exc))
+        except Exception as exc:
+            log.exception("capture of spool entry %s failed", row.id)
+            return self._retry(row, f"{exc.__class__.__name__}: {exc}", MAX_ATTEMPTS, "failed")
+        state = "done" if result.action != "skipped" else "skipped"
+        values = {"attempts": row.attempts + 1, "state": state, "last_error": result.reason,
+                  "raw": b""}
+        return Outcome(result, values)
+
+    def _retry(self, row: Row[Any], why: str, limit: int, final: str) -> Outcome:
+        attempts = row.attempts + 1
+        values: dict[str, Any] = {"attempts": attempts, "last_error": why}
+        if attempts >= limit:
+            values["state"] = final
+            log.warning("spool entry %s given up (%s): %s", row.id, final, why)
+        else:
+            delay = min(RETRY_BASE * 2 ** (attempts - 1), RETRY_MAX)
+            self._later[row.id] = time.monotonic() + delay
+        return Outcome(CaptureResult(f"spool:{row.id}", "skipped", why), values)
+
+    def purge(self) -> None:
+        """Forget entries that were never delivered (older than a day)."""
+        cutoff = utcnow() - UNDELIVERED_MAX_AGE
+        with self.db.session() as session:
+            session.execute(
+                delete(SpoolEntry).where(
+                    SpoolEntry.delivered.is_(False), SpoolEntry.created_at < cutoff
+                )
+            )
+
+    def run_once(self, batch: int = 50) -> int:
+        """Import files, then capture up to about ``batch`` entries; how much was done."""
+        done = self.import_files()
+        while done < batch:
+            results = self.capture_batch()
+            if not results:
+                break
+            done += len(results)
+        return done
+
+
+# --- the child process ------------------------------------------------------------------------
+
+_child: SpoolWorker | None = None
+
+
+def child_init(config: Config) -> None:
+    """Initializer of the worker process: nicer CPU priority, own engine, Ctrl-C is the parent's."""
+    global _child
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    with contextlib.suppress(OSError):
+        os.nice(CAPTURE_NICE)
+    _child = SpoolWorker(Database(config.database_url, migrate=False), FileSpool(spool_dir(config)))
+
+
+def child_run(purge: bool) -> tuple[int, str | None]:
+    """One round in the worker process: (entries done, error text); never raises across."""
+    assert _child is not None
+    try:
+        if purge:
+            _child.purge()
+        return _child.run_once(), None
+    except (SQLAlchemyError, OSError) as exc:
+        return 0, f"{exc.__class__.__name__}: {exc}"
