@@ -140,10 +140,7 @@ class RelayProcess:
 
     def status(self, field: str) -> int:
         """A /proc/<pid>/status figure in bytes (VmRSS, VmHWM)."""
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-        return 0
+        return status_of(self.proc.pid, field)
 
     def stop(self) -> None:
         self.proc.send_signal(signal.SIGTERM)
@@ -161,19 +158,39 @@ def _stat(pid: int) -> list[str]:
         return []
 
 
-def tree_cpu(root: int) -> float:
-    """CPU seconds of a process, its reaped children and its live descendants."""
+def descendants(root: int) -> list[int]:
+    """Live processes below ``root``."""
     parents: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit() and (fields := _stat(int(entry.name))):
             parents.setdefault(int(fields[1]), []).append(int(entry.name))
-    total, todo = 0, [root]
+    found, todo = [], list(parents.get(root, []))
     while todo:
         pid = todo.pop()
+        found.append(pid)
+        todo.extend(parents.get(pid, []))
+    return found
+
+
+def status_of(pid: int, field: str) -> int:
+    """A /proc/<pid>/status figure in bytes (VmRSS, VmHWM); 0 when gone."""
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except OSError:
+        return 0
+    for line in lines:
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def tree_cpu(root: int) -> float:
+    """CPU seconds of a process, its reaped children and its live descendants."""
+    total = 0
+    for pid in [root, *descendants(root)]:
         fields = _stat(pid)
         if fields:
             total += sum(int(f) for f in fields[11:15])
-        todo.extend(parents.get(pid, []))
     return total / os.sysconf("SC_CLK_TCK")
 
 
@@ -365,14 +382,19 @@ def memory(args: argparse.Namespace, work: Path, postfix: Postfix, users: list[s
         await sampler
         return times
 
+    direct = asyncio.run(big_sends(postfix.port, postfix.ssl_context(), users[:10],
+                                   args.big_mb * MB))
     times = asyncio.run(run())
     hwm = relay.status("VmHWM")
+    worker_hwm = max((status_of(pid, "VmHWM") for pid in descendants(relay.proc.pid)),
+                     default=0)
     captured = activities(db_url) - before
     relay.stop()
     print(f"  relay RSS idle {idle / MB:.0f} MB, peak {max(hwm, peak[0]) / MB:.0f} MB "
-          f"(VmHWM; target < 400 MB)")
-    print(f"  send time per message: {min(times):.2f}-{max(times):.2f} s; "
-          f"captured {captured} of 10")
+          f"(VmHWM; target < 400 MB); its capture worker process peaked at "
+          f"{worker_hwm / MB:.0f} MB")
+    print(f"  send time per message: {min(times):.2f}-{max(times):.2f} s through the relay, "
+          f"{min(direct):.2f}-{max(direct):.2f} s directly; captured {captured} of 10")
 
 
 # --- set-up -------------------------------------------------------------------------------------

@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 MAGIC = b"MAILCRM-SPOOL 1 "
 UNDELIVERED_MAX_AGE = dt.timedelta(days=1)
 PURGE_EVERY = 3600.0
+CHILD_DEATHS = 3  # consecutive deaths of the capture process before capturing in-process
 _wakeups: set[asyncio.Event] = set()
 
 
@@ -170,6 +171,8 @@ async def _sleep(stop: asyncio.Event, wake: asyncio.Event, delay: float) -> None
 class _ChildRunner:
     """Runs worker rounds in one child process (spawned on first use, again if it dies)."""
 
+    DIED = "the capture worker process died"
+
     def __init__(self, config: Config) -> None:
         self.config = config
         self.pool: ProcessPoolExecutor | None = None
@@ -187,7 +190,7 @@ class _ChildRunner:
         except BrokenProcessPool:
             self.pool.shutdown(wait=False, cancel_futures=True)
             self.pool = None
-            return 0, "the capture worker process died"
+            return 0, self.DIED
 
     async def close(self) -> None:
         if self.pool is not None:
@@ -223,11 +226,12 @@ async def run_spool_worker(
     thread here instead); this coroutine only paces it: at once after :func:`kick`, every
     ``relay.spool_poll_interval`` seconds otherwise, backing off while the database fails.
     """
+    runner: _ChildRunner | _ThreadRunner
     runner = _ThreadRunner(config, db) if in_process else _ChildRunner(config)
     poll = max(config.relay.spool_poll_interval, 0.05)
     wake = asyncio.Event()
     _wakeups.add(wake)
-    delay, purged = poll, -PURGE_EVERY
+    delay, purged, deaths = poll, -PURGE_EVERY, 0
     loop = asyncio.get_running_loop()
     try:
         while not stop.is_set():
@@ -235,10 +239,16 @@ async def run_spool_worker(
             purge = loop.time() - purged >= PURGE_EVERY
             done, error = await runner.run(purge)
             if error is None:
-                delay, purged = poll, loop.time() if purge else purged
+                delay, purged, deaths = poll, loop.time() if purge else purged, 0
             else:
                 log.warning("spool worker: %s; retrying in %.1f s", error, delay)
                 delay = min(delay * 2, poll * 10)
+                deaths += error == _ChildRunner.DIED
+                if deaths >= CHILD_DEATHS:  # cannot run a child here: capture in a thread
+                    log.error("spool worker: the capture process keeps dying; capturing in "
+                              "this process instead")
+                    await runner.close()
+                    runner, deaths = _ThreadRunner(config, db), 0
             if not done:
                 await _sleep(stop, wake, delay)
     finally:

@@ -191,3 +191,21 @@ def test_capturer_dedups_a_repeat(db: Database, linked: str, tmp_path: Path) -> 
     assert result is not None and result.action == "duplicate"
     with db.session() as session:
         assert len(session.scalars(select(Activity.id)).all()) == 1
+
+
+async def test_worker_captures_in_process_when_its_child_keeps_dying(
+    db: Database, linked: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def dead(_self: Any, _purge: bool) -> tuple[int, str]:
+        return 0, spool._ChildRunner.DIED
+
+    monkeypatch.setattr(spool._ChildRunner, "run", dead)
+    config = Config(database_url=db.url,
+                    relay=RelayConfig(spool_dir=str(tmp_path), spool_poll_interval=0.05))
+    to = _customer()
+    spool.enqueue(db, message(OWNER, to, "Captured anyway"), _env(to))
+    stop = asyncio.Event()
+    task = asyncio.create_task(spool.run_spool_worker(config, db, stop))
+    await eventually(lambda: _states(db) == [("done", True, 1)], timeout=10)
+    stop.set()
+    await asyncio.wait_for(task, 5)
