@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The README's first command: installs mailcrm into ./.venv and runs its main job on the
-# embedded SQLite default. With no mail servers configured yet, the main job is the capture of
-# the sample mailbox shipped in examples/, then a look at what the CRM made of it.
+# embedded SQLite default: a demo CRM is filled from the sample mailboxes in examples/ and shown,
+# then `mailcrm serve` runs the relay, the pollers and the status page until Ctrl-C.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh
@@ -21,3 +21,8 @@ mailcrm leads list
 mailcrm contacts list
 mailcrm companies list
 mailcrm activities list
+echo
+echo "Starting the gateway: SMTP relay on 127.0.0.1:2587 (STARTTLS), status page and metrics on"
+echo "http://127.0.0.1:8025/ ; the demo mailboxes point at example.com servers, so they show red"
+echo "with the reason. Stop with Ctrl-C."
+exec mailcrm serve
