@@ -43,8 +43,8 @@ MISSING_MAILBOX_ATTEMPTS = 24  # about a day of retries with the delays below
 RETRY_BASE, RETRY_MAX = 30.0, 3600.0
 CLAIM_PG, CLAIM_SQLITE = 10, 50
 CAPTURE_NICE = 10
-COLUMNS = (
-    SpoolEntry.id, SpoolEntry.raw, SpoolEntry.mailbox_address, SpoolEntry.direction,
+COLUMNS = (  # the raw message is read one at a time, when its turn comes (memory)
+    SpoolEntry.id, SpoolEntry.mailbox_address, SpoolEntry.direction,
     SpoolEntry.envelope_from, SpoolEntry.envelope_to, SpoolEntry.attempts,
 )
 
@@ -123,11 +123,16 @@ class SpoolWorker:
                 update(SpoolEntry).where(SpoolEntry.id == row.id).values(**outcome.values)
             )
 
+    def _raw(self, entry_id: int) -> bytes:
+        with self.db.session() as session:
+            raw = session.scalar(select(SpoolEntry.raw).where(SpoolEntry.id == entry_id))
+        return raw or b""
+
     def _capture(self, row: Row[Any]) -> Outcome:
         source = f"spool:{row.id}"
         try:
             result = self.capturer.capture(
-                row.raw, row.mailbox_address, Direction(row.direction), source=source,
+                self._raw(row.id), row.mailbox_address, Direction(row.direction), source=source,
                 envelope_from=row.envelope_from, envelope_to=row.envelope_to,
             )
         except SQLAlchemyError:

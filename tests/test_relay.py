@@ -19,6 +19,7 @@ import aiosmtplib
 import pytest
 from sqlalchemy import select
 
+from crm.models import SpoolEntry
 from tests.conftest import Cli
 from tests.relaykit import PASSWORD, RelayEnv, eventually, lf, message, running
 from tests.servers import Postfix
@@ -317,3 +318,21 @@ async def test_user_without_crm_access_relays_but_links_nothing(env: RelayEnv) -
     assert env.cli.json("mailbox", "list") == []
     assert env.spool_entries() == [] and env.activities() == []
 
+
+
+async def test_mail_only_to_colleagues_or_excluded_creates_nothing(env: RelayEnv) -> None:
+    alice, bob, lawyer = env.user("alice"), env.user("bob"), external("lawyer")
+    env.cli.ok("exclude", "add", "@" + lawyer.split("@")[1])
+    smtp = await env.login(alice)
+    await smtp.sendmail(alice, [bob], message(alice, bob, "Internal"))
+    await smtp.sendmail(alice, [lawyer], message(alice, lawyer, "Privileged"))
+    await smtp.quit()
+    await env.delivered(bob)
+    await env.delivered(lawyer)
+    def settled() -> list[SpoolEntry] | None:
+        done = [e for e in env.spool_entries() if e.state != "pending"]
+        return done if len(done) == 2 else None
+
+    entries = await eventually(settled)
+    assert {e.state for e in entries} == {"skipped"}  # captured nothing, with a reason
+    assert env.cli.json("activities", "list") == [] and env.cli.json("leads", "list") == []

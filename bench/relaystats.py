@@ -1,0 +1,93 @@
+"""Process figures for ``bench/relay.py`` from /proc: CPU per process tree, peak memory.
+
+Role: bench support. :class:`CpuMeter` splits the CPU a message costs between the bench client
+(this process), the relay, the relay's capture worker process and Postfix (master, its reaped
+children and its live ones).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def _stat(pid: int) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return []
+
+
+def descendants(root: int) -> list[int]:
+    """Live processes below ``root``."""
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (fields := _stat(int(entry.name))):
+            parents.setdefault(int(fields[1]), []).append(int(entry.name))
+    found, todo = [], list(parents.get(root, []))
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo.extend(parents.get(pid, []))
+    return found
+
+
+def status_of(pid: int, field: str) -> int:
+    """A /proc/<pid>/status figure in bytes (VmRSS, VmHWM); 0 when gone."""
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except OSError:
+        return 0
+    for line in lines:
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def tree_cpu(root: int) -> float:
+    """CPU seconds of a process, its reaped children and its live descendants."""
+    total = 0
+    for pid in [root, *descendants(root)]:
+        fields = _stat(pid)
+        if fields:
+            total += sum(int(f) for f in fields[11:15])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu(pid: int) -> float:
+    fields = _stat(pid)
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK") if fields else 0.0
+
+
+class CpuMeter:
+    """CPU per message of the bench client, the relay, its capture worker and Postfix."""
+
+    def __init__(self, relay_pid: int, postfix_pid_file: Path) -> None:
+        self.relay_pid, self.postfix_pid_file = relay_pid, postfix_pid_file
+        self.totals: dict[str, dict[str, float]] = {}
+
+    def snapshot(self) -> dict[str, float]:
+        relay_pid = self.relay_pid
+        relay_tree = tree_cpu(relay_pid)
+        master = int(self.postfix_pid_file.read_text().split()[0])
+        usage = os.times()
+        return {
+            "client": usage.user + usage.system,
+            "relay": own_cpu(relay_pid),
+            "capture": relay_tree - own_cpu(relay_pid),
+            "postfix": tree_cpu(master),
+        }
+
+    def add(self, name: str, before: dict[str, float], messages: int) -> None:
+        after = self.snapshot()
+        bucket = self.totals.setdefault(name, {"messages": 0.0})
+        bucket["messages"] += messages
+        for key, value in after.items():
+            bucket[key] = bucket.get(key, 0.0) + value - before[key]
+
+    def show(self) -> None:
+        for name, bucket in self.totals.items():
+            n = bucket.pop("messages") or 1
+            parts = ", ".join(f"{k} {v / n * 1000:.1f}" for k, v in bucket.items())
+            print(f"  CPU ms per message, {name}: {parts}, total "
+                  f"{sum(bucket.values()) / n * 1000:.1f}")
