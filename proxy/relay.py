@@ -179,6 +179,9 @@ async def run_relay(config: Config, db: Database, stop: asyncio.Event) -> None:
         log.info("relay disabled in the config")
         await stop.wait()
         return
+    mail_log = logging.getLogger("mail.log")  # aiosmtpd logs every command at INFO
+    if mail_log.level == logging.NOTSET:
+        mail_log.setLevel(logging.WARNING)
     hostname = config.relay.hostname or await asyncio.to_thread(socket.getfqdn, "")
     relay = Relay(config, db, hostname or "localhost")
     await relay.start()
