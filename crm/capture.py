@@ -9,7 +9,6 @@ raises for bad mail, and a database error rolls the whole message back.
 from __future__ import annotations
 
 import logging
-import re
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -39,7 +38,7 @@ from .vcards import VCardContact, may_contain_vcard, parse_vcards, vcard_parts
 
 log = logging.getLogger(__name__)
 CACHE_SECONDS = 5.0
-_VCARD_HINT = re.compile(rb"(?i)vcard|\.vcf|text/directory|message/rfc822|filename\*")
+_VCARD_HINTS = (b"vcard", b".vcf", b"text/directory", b"message/rfc822", b"filename*")
 
 
 @dataclass(frozen=True)
@@ -175,9 +174,10 @@ class Capturer:
         return result
 
     def _vcards(self, msg: ParsedMessage, box: MailboxView) -> tuple[VCardContact, ...]:
-        if not box.vcard_contacts or not may_contain_vcard(msg.headers):
+        if not box.vcard_contacts:
             return ()
-        if not _VCARD_HINT.search(msg.raw):  # no vCard type, .vcf name or forwarded message
+        raw = msg.raw.lower()  # cheapest first: no vCard type, .vcf name or forwarded message
+        if not any(hint in raw for hint in _VCARD_HINTS) or not may_contain_vcard(msg.headers):
             return ()
         cards: list[VCardContact] = []
         for part in vcard_parts(parse_full(msg.raw)):

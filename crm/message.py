@@ -71,8 +71,14 @@ class ParsedMessage:
 
 
 def _raw_values(headers: EmailMessage, name: str) -> list[str]:
-    wanted = name.lower()
-    return [_unescape(str(v)) for key, v in headers.raw_items() if key.lower() == wanted]
+    """The raw values of one header, from an index built once per message."""
+    index: dict[str, list[str]] | None = vars(headers).get("_mailcrm_index")
+    if index is None:
+        index = {}
+        for key, value in headers.raw_items():
+            index.setdefault(key.lower(), []).append(str(value))
+        vars(headers)["_mailcrm_index"] = index
+    return [_unescape(v) for v in index.get(name.lower(), ())]
 
 
 def _unescape(value: str) -> str:
