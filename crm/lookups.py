@@ -9,41 +9,26 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
-from typing import Any
 
-from sqlalchemy import Connection, Table, bindparam, func, select, update
+from sqlalchemy import Connection, bindparam, func, select, update
 
 from .errors import NotFound
 from .message import ParsedMessage
 from .models import (
-    Activity,
-    Contact,
-    EntityEmail,
     EntityType,
-    Exclusion,
-    Lead,
-    Mailbox,
-    MessageLocation,
-    QueueMember,
-    User,
 )
 from .pipeline import EntityRef, MailboxView
-
-
-def _table(model: Any) -> Table:
-    table: Table = model.__table__
-    return table
-
-
-ACTIVITIES = _table(Activity)
-CONTACTS = _table(Contact)
-EMAILS = _table(EntityEmail)
-EXCLUSIONS = _table(Exclusion)
-LEADS = _table(Lead)
-LOCATIONS = _table(MessageLocation)
-MAILBOXES = _table(Mailbox)
-QUEUE = _table(QueueMember)
-USERS = _table(User)
+from .tables import (
+    ACTIVITIES,
+    CONTACTS,
+    EMAILS,
+    EXCLUSIONS,
+    LEADS,
+    LOCATIONS,
+    MAILBOXES,
+    QUEUE,
+    USERS,
+)
 
 # Built once: the capture path runs these for every message.
 _box = MAILBOXES.c

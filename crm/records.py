@@ -15,33 +15,11 @@ from sqlalchemy.orm import Session
 from .domains import CompanyGuess
 from .message import ParsedMessage
 from .models import (
-    Activity,
-    ActivityBinding,
-    Company,
-    Contact,
-    EntityEmail,
     EntityType,
-    Lead,
-    Mailbox,
-    User,
     utcnow,
 )
 from .pipeline import Decision, EntityRef, NewContact, NewLead
-
-
-def _table(model: Any) -> Table:
-    table: Table = model.__table__
-    return table
-
-
-ACTIVITIES = _table(Activity)
-BINDINGS = _table(ActivityBinding)
-COMPANIES = _table(Company)
-CONTACTS = _table(Contact)
-EMAILS = _table(EntityEmail)
-LEADS = _table(Lead)
-MAILBOXES = _table(Mailbox)
-USERS = _table(User)
+from .tables import ACTIVITIES, BINDINGS, COMPANIES, CONTACTS, EMAILS, LEADS, MAILBOXES, USERS
 
 
 @dataclass
