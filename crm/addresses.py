@@ -47,7 +47,7 @@ MAX_ADDRESS_LENGTH = 254
 """Longest accepted address, in UTF-8 octets of the stored form (RFC 5321 path limit)."""
 
 _MAX_INPUT_LENGTH = 1024  # longer input is refused before any work is done
-_CACHE_SIZE = 1 << 16
+_CACHE_SIZE = 8192  # bounded: a long import must not grow memory with every new address
 
 # An ASCII domain made of LDH labels only (lower-cased already); those need no IDNA work.
 # Labels with "--" (A-labels such as xn--..., or invalid R-LDH labels) go through idna.

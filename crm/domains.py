@@ -62,7 +62,7 @@ FREE_MAIL_DOMAINS: frozenset[str] = frozenset(_PACKAGE_FREE_MAIL) | SUPPLEMENTAR
 """Every domain treated as free mail (exact domains; subdomains match via their registrable
 domain only)."""
 
-_CACHE_SIZE = 1 << 16
+_CACHE_SIZE = 8192  # bounded: a long import must not grow memory with every new address
 _DNS_NAME = re.compile(r"[a-z0-9_-]{1,63}(?:\.[a-z0-9_-]{1,63})*")
 
 
