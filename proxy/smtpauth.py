@@ -46,16 +46,20 @@ def _failed(message: str | None = None) -> AuthResult:
     return AuthResult(success=False, handled=False, message=message)
 
 
-async def auth_plain(server: Any, args: list[str], check: Check) -> AuthResult:
-    """``AUTH PLAIN [initial-response]``: authzid NUL authcid NUL password."""
+async def _first_step(server: Any, args: list[str], prompt: str) -> bytes | AuthResult:
+    """The first client step: the initial response given with AUTH, else asked for with a 334."""
     if len(args) > 1:
         blob = _b64(args[1])
-        if blob is None:
-            return _failed(BAD_BASE64)
-    else:
-        blob = await _challenge(server, "")
-        if blob is None:
-            return _failed()
+        return _failed(BAD_BASE64) if blob is None else blob
+    blob = await _challenge(server, prompt)
+    return _failed() if blob is None else blob
+
+
+async def auth_plain(server: Any, args: list[str], check: Check) -> AuthResult:
+    """``AUTH PLAIN [initial-response]``: authzid NUL authcid NUL password."""
+    blob = await _first_step(server, args, "")
+    if isinstance(blob, AuthResult):
+        return blob
     parts = blob.split(b"\x00")
     if len(parts) != 3:
         return _failed(BAD_SYNTAX)
@@ -67,14 +71,9 @@ async def auth_plain(server: Any, args: list[str], check: Check) -> AuthResult:
 
 async def auth_login(server: Any, args: list[str], check: Check) -> AuthResult:
     """``AUTH LOGIN [user]``: user name and password in two base64 steps."""
-    if len(args) > 1:
-        raw_login = _b64(args[1])
-        if raw_login is None:
-            return _failed(BAD_BASE64)
-    else:
-        raw_login = await _challenge(server, "Username:")
-        if raw_login is None:
-            return _failed()
+    raw_login = await _first_step(server, args, "Username:")
+    if isinstance(raw_login, AuthResult):
+        return raw_login
     raw_password = await _challenge(server, "Password:")
     if raw_password is None:
         return _failed()
