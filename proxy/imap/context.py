@@ -11,7 +11,7 @@ import asyncio
 import functools
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ParamSpec, TypeVar
 
 from crm.capture import Capturer
@@ -45,3 +45,12 @@ class PollerContext:
     db: Database
     run: DbThread
     capturer: Capturer
+    #: Called on the loop as an import goes: ``("found", n)`` when a UID SEARCH found ``n`` new
+    #: messages, ``("done", n)`` when ``n`` more were stored (captured, duplicate or skipped).
+    #: ``mailcrm mailbox import`` draws its progress bar from it.
+    progress: Callable[[str, int], None] | None = field(default=None, compare=False)
+
+    def report(self, event: str, count: int) -> None:
+        """Tell :attr:`progress`, if anyone listens."""
+        if self.progress is not None and count:
+            self.progress(event, count)

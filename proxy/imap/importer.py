@@ -153,6 +153,7 @@ class Importer:
                 sync.recorded, self.ctx.db, self.plan.id, self.folder.name, self.uidvalidity, part
             )
         todo = [u for u in uids if u not in done]
+        self.ctx.report("found", len(todo))
         for chunk in chunks(todo, self.ctx.config.chunk_size):
             wanted = await self._remap(chunk) if remapping else list(chunk)
             for batch in await self._batches(wanted):
@@ -202,6 +203,7 @@ class Importer:
         self.stats.captured += stats.captured
         self.stats.duplicate += stats.duplicate
         self.stats.skipped += stats.skipped
+        self.ctx.report("done", stats.captured + stats.duplicate + stats.skipped)
 
     async def _remap(self, uids: Sequence[int]) -> list[int]:
         """UIDVALIDITY changed: re-map known messages by Message-ID; the rest is imported."""
