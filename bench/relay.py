@@ -25,9 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import os
-import random
 import signal
 import socket
 import ssl
@@ -54,10 +52,10 @@ from proxy.tls import write_selfsigned  # noqa: E402
 from tests.servers import Dovecot, Postfix  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "bench"))
+from relayload import PASSWORD, body_of, load, make_message, paced  # noqa: E402
 from relaystats import CpuMeter, descendants, status_of  # noqa: E402
 
 HOST = "127.0.0.1"
-PASSWORD = "bench password"
 MB = 1024 * 1024
 
 
@@ -65,25 +63,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind((HOST, 0))
         return int(sock.getsockname()[1])
-
-
-def body_of(size: int, seed: int) -> bytes:
-    """Text lines of base64-looking data, about ``size`` bytes."""
-    rng = random.Random(seed)
-    line_count = max(1, size // 78)
-    chunk = base64.b64encode(rng.randbytes(57 * 64))
-    lines = [chunk[(i * 76) % (len(chunk) - 76) :][:76] for i in range(line_count)]
-    return b"\r\n".join(lines) + b"\r\n"
-
-
-def make_message(sender: str, to: str, subject: str, body: bytes) -> bytes:
-    head = (
-        f"From: {sender}\r\nTo: {to}\r\nSubject: {subject}\r\n"
-        f"Message-ID: <{os.urandom(12).hex()}@bench.example>\r\n"
-        "Date: Mon, 30 Nov 2026 10:00:00 +0000\r\nMIME-Version: 1.0\r\n"
-        "Content-Type: text/plain; charset=us-ascii\r\n\r\n"
-    )
-    return head.encode() + body
 
 
 # --- the relay child ----------------------------------------------------------------------------
@@ -166,33 +145,6 @@ def activities(db_url: str) -> int:
 # --- load ---------------------------------------------------------------------------------------
 
 
-async def connection(port: int, ca: ssl.SSLContext, user: str, seconds: float, size: int,
-                     seed: int, latencies: list[float]) -> None:
-    smtp = aiosmtplib.SMTP(hostname=HOST, port=port, start_tls=True, tls_context=ca, timeout=60)
-    await smtp.connect()
-    await smtp.login(user, PASSWORD)
-    body = body_of(size, seed)
-    deadline = time.monotonic() + seconds
-    n = 0
-    while time.monotonic() < deadline:
-        to = f"customer{seed}-{n % 25}@client-{seed}.example"
-        raw = make_message(user, to, f"Bench {seed}/{n}", body)
-        start = time.perf_counter()
-        await smtp.sendmail(user, [to], raw)
-        latencies.append(time.perf_counter() - start)
-        n += 1
-    await smtp.quit()
-
-
-async def load(port: int, ca: ssl.SSLContext, users: list[str], seconds: float,
-               size: int) -> tuple[float, list[float]]:
-    latencies: list[float] = []
-    start = time.perf_counter()
-    await asyncio.gather(*(connection(port, ca, user, seconds, size, i, latencies)
-                           for i, user in enumerate(users)))
-    return len(latencies) / (time.perf_counter() - start), latencies
-
-
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
@@ -211,6 +163,13 @@ def wait_captured(db_url: str, count: int, timeout: float = 120.0) -> float:
     return time.perf_counter() - start
 
 
+def settle(postfix: Postfix, timeout: float = 120.0) -> None:
+    """Wait until Postfix delivered everything queued, so no phase pays for the one before."""
+    deadline = time.monotonic() + timeout
+    while "Mail queue is empty" not in postfix.queue() and time.monotonic() < deadline:
+        time.sleep(0.2)
+
+
 def throughput(args: argparse.Namespace, work: Path, postfix: Postfix, users: list[str],
                key: str) -> None:
     db_url = args.db or f"sqlite:///{work / 'bench.db'}"
@@ -221,42 +180,58 @@ def throughput(args: argparse.Namespace, work: Path, postfix: Postfix, users: li
           f"{args.seconds:.0f} s per measurement, capture on ({db_url.split(':')[0]})")
     _, warm = asyncio.run(load(relay.port, relay.ca, users, 2.0, args.size))
     asyncio.run(load(postfix.port, direct_ca, users, 2.0, args.size))
-    wait_captured(db_url, len(warm))
-    results: dict[str, list[tuple[float, list[float]]]] = {"direct": [], "relay": []}
     sent = len(warm)
+    wait_captured(db_url, sent)
+    results: dict[str, list[tuple[float, list[float]]]] = {"direct": [], "relay": []}
     meter = CpuMeter(relay.proc.pid, postfix.queue_dir / "pid" / "master.pid")
+    targets = (("direct", postfix.port, direct_ca), ("relay", relay.port, relay.ca))
+    lag = 0.0
     for round_no in range(args.rounds):
-        print(f" round {round_no + 1}")
-        for name, port, ca in (("direct", postfix.port, direct_ca),
-                               ("relay", relay.port, relay.ca)):
+        print(f" round {round_no + 1}: flat out")
+        for name, port, ca in targets:
+            settle(postfix)
             before = meter.snapshot()
             rate, lat = asyncio.run(load(port, ca, users, args.seconds, args.size))
             results[name].append((rate, lat))
             if name == "relay":
                 sent += len(lat)
                 lag = wait_captured(db_url, sent)
+            settle(postfix)  # the deliveries this phase queued are part of its cost
             meter.add(name, before, len(lat))
             show(name, rate, lat)
+    summarize(results)
+    offered = args.load * statistics.median(r for r, _ in results["relay"])
+    paced_lat: dict[str, list[float]] = {"direct": [], "relay": []}
+    print(f" paced: {offered:.1f} msg/s offered over {len(users)} connections "
+          f"({args.load:.0%} of the relay's flat-out rate), same load both ways")
+    for _ in range(args.rounds):
+        for name, port, ca in targets:
+            settle(postfix)
+            rate, lat = asyncio.run(paced(port, ca, users, args.seconds, args.size, offered))
+            paced_lat[name].extend(lat)
+            sent += len(lat) if name == "relay" else 0
+    show("direct", offered, paced_lat["direct"])
+    show("relay", offered, paced_lat["relay"])
+    direct_lat, relay_lat = paced_lat["direct"], paced_lat["relay"]
+    print(f"  added latency: p50 {pct(relay_lat, 0.5) - pct(direct_lat, 0.5):+.2f} ms "
+          f"(target < 10 ms), p99 {pct(relay_lat, 0.99) - pct(direct_lat, 0.99):+.2f} ms")
+    lag = max(lag, wait_captured(db_url, sent))
     captured = activities(db_url)
     relay.stop()
-    summarize(results, captured, sent, lag)
+    print(f"  captured {captured} of {sent} relayed messages (warm-up included); the worker "
+          f"finished {lag:.1f} s after the last send")
     meter.show()
 
 
-def summarize(results: dict[str, list[tuple[float, list[float]]]], captured: int, sent: int,
-              lag: float) -> None:
+def summarize(results: dict[str, list[tuple[float, list[float]]]]) -> None:
     direct_rate = statistics.median(r for r, _ in results["direct"])
     relay_rate = statistics.median(r for r, _ in results["relay"])
     direct_lat = [x for _, lat in results["direct"] for x in lat]
     relay_lat = [x for _, lat in results["relay"] for x in lat]
-    print(" all rounds")
+    print(" flat out, all rounds (latency here is queueing at saturation)")
     show("direct", direct_rate, direct_lat)
     show("relay", relay_rate, relay_lat)
     print(f"  throughput relay/direct: {relay_rate / direct_rate:.2f}  (target >= 0.7)")
-    print(f"  added latency: p50 {pct(relay_lat, 0.5) - pct(direct_lat, 0.5):+.2f} ms "
-          f"(target < 10 ms), p99 {pct(relay_lat, 0.99) - pct(direct_lat, 0.99):+.2f} ms")
-    print(f"  captured {captured} of {sent} relayed messages (warm-up included); the worker "
-          f"finished {lag:.1f} s after the last send")
 
 
 # --- memory -------------------------------------------------------------------------------------
@@ -341,6 +316,8 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=5000)
     parser.add_argument("--big-mb", type=int, default=20)
     parser.add_argument("--db", help="CRM database URL (default: a fresh SQLite file)")
+    parser.add_argument("--load", type=float, default=0.5,
+                        help="paced phase: offered rate as a share of the relay's flat-out rate")
     parser.add_argument("--skip-memory", action="store_true")
     args = parser.parse_args()
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
