@@ -23,6 +23,8 @@ from crm.spool import FileSpool, spool_dir
 from .dbgate import DbGate
 from .delivery import Deliverer
 from .directory import Directory
+from .proxyproto import ProxyPolicy
+from .proxytls import PreTLSListener
 from .session import RelayConnection
 from .smtpserver import RelaySMTP
 from .tls import relay_context
@@ -79,8 +81,9 @@ class Relay:
         self.spill_at = SPILL_AT
         self.spill_dir: Path | None = spool_dir(config) / "tmp"
         self.tls_context = relay_context(config.relay)
+        self.proxy = ProxyPolicy.from_config(config.relay)  # None: PROXY protocol off
         self.connections = 0
-        self.servers: list[asyncio.Server] = []
+        self.servers: list[asyncio.Server | PreTLSListener] = []
         self._probe: asyncio.Task[Caps] | None = None
         self._warmup: asyncio.Task[Caps] | None = None
         self._probe_failed = -PROBE_RETRY
@@ -120,6 +123,7 @@ class Relay:
             RelayConnection(self),
             plaintext_auth_on_loopback=self.config.allow_plaintext_auth_on_loopback,
             on_close=self._closed,
+            proxy=self.proxy,
             hostname=self.hostname,
             ident="mailcrm relay",
             tls_context=self.tls_context,
@@ -143,7 +147,10 @@ class Relay:
         loop = asyncio.get_running_loop()
         cfg = self.config
         self.servers.append(await loop.create_server(self._protocol, cfg.host, cfg.port))
-        if cfg.tls_port is not None:
+        if cfg.tls_port is not None and self.proxy is not None:  # PROXY header before TLS
+            listener = PreTLSListener(self._protocol, self.proxy, self.tls_context)
+            self.servers.append(await listener.listen(cfg.host, cfg.tls_port))
+        elif cfg.tls_port is not None:
             self.servers.append(
                 await loop.create_server(self._protocol, cfg.host, cfg.tls_port,
                                          ssl=self.tls_context)

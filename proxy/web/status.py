@@ -22,6 +22,7 @@ from crm.db import Database
 from crm.leases import lease_owners
 from crm.models import Activity, EntityEmail, Lead, Mailbox, Node, utcnow
 from crm.views import iso, mailbox_json
+from proxy.proxyproto import LOCAL_HEADER
 
 GREEN, RED = "green", "red"
 PROBE_TIMEOUT = 2.0
@@ -80,27 +81,44 @@ async def probe_relay(config: Config) -> list[Check]:
     relay = config.relay
     if not relay.enabled:
         return []
-    host = _loopback_for(relay.host)
-    checks = [await probe_smtp("SMTP relay (STARTTLS)", host, relay.port, key="relay")]
+    host, proxy = _loopback_for(relay.host), relay.proxy_protocol
+    checks = [await probe_smtp("SMTP relay (STARTTLS)", host, relay.port, key="relay",
+                               proxy=proxy)]
     if relay.tls_port:
         name = "SMTP relay (implicit TLS)"
-        checks.append(await probe_smtp(name, host, relay.tls_port, tls=True, key="relay_tls"))
+        checks.append(await probe_smtp(name, host, relay.tls_port, tls=True, key="relay_tls",
+                                       proxy=proxy))
     return checks
 
 
-async def probe_smtp(name: str, host: str, port: int, tls: bool = False, key: str = "") -> Check:
-    """Connect, read the greeting and say QUIT; green on a 220 greeting."""
-    address = f"{host}:{port}"
+async def _connect(host: str, port: int, tls: bool,
+                   proxy: bool) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """With PROXY protocol on, a v2 LOCAL header (a load balancer's check) goes before TLS."""
     ssl_context = None
     if tls:
         import ssl
 
         ssl_context = ssl.create_default_context()
         ssl_context.check_hostname, ssl_context.verify_mode = False, ssl.CERT_NONE
+    if not proxy:
+        return await asyncio.open_connection(host, port, ssl=ssl_context)
+    reader, writer = await asyncio.open_connection(host, port)
+    writer.write(LOCAL_HEADER)
     try:
-        reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(host, port, ssl=ssl_context), PROBE_TIMEOUT
-        )
+        if ssl_context is not None:
+            await writer.start_tls(ssl_context)
+    except BaseException:
+        writer.close()
+        raise
+    return reader, writer
+
+
+async def probe_smtp(name: str, host: str, port: int, tls: bool = False, key: str = "",
+                     proxy: bool = False) -> Check:
+    """Connect, read the greeting and say QUIT; green on a 220 greeting."""
+    address = f"{host}:{port}"
+    try:
+        reader, writer = await asyncio.wait_for(_connect(host, port, tls, proxy), PROBE_TIMEOUT)
     except (OSError, TimeoutError) as exc:
         return Check(name, RED, f"not answering: {_first_line(exc)}", address, key)
     try:
