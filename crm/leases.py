@@ -22,6 +22,13 @@ The poller's loop::
     async for mine in keeper.watch(stop):   # a frozenset of mailbox ids, every lease/3 seconds
         reconcile_workers(mine)              # start the new ones, stop the ones no longer mine
     # watch() releases every lease when stop is set (stop the workers before it returns)
+
+A foreground import (``mailcrm mailbox import``) holds one mailbox with :meth:`LeaseKeeper.take`
+under a node name of its own. It never heartbeats, so it counts in no node's fair share; it takes
+the row by the same rule (free, expired or already its own, judged by the database clock, in one
+conditional UPDATE), renews it every third of a period and believes it no longer than a serve
+node would (:mod:`proxy.imap.hold`). A serve node never takes a row that has not expired, so the
+two never sync one mailbox at once.
 """
 
 from __future__ import annotations
@@ -64,9 +71,13 @@ class LeaseKeeper:
         """How often to call :meth:`claim`: a third of a lease period."""
         return self.lease_seconds / 3
 
-    def owned(self) -> frozenset[int]:
-        """The mailboxes this node may sync right now (leases not past their local deadline)."""
-        now = time.monotonic()
+    def owned(self, margin: float = 0.0) -> frozenset[int]:
+        """The mailboxes this node may sync right now (leases not past their local deadline).
+
+        With ``margin``, only those it may sync for that many seconds more: a syncer stops that
+        early, so it has ended before another node can take the row.
+        """
+        now = time.monotonic() + margin
         return frozenset(box for box, deadline in self._held.items() if deadline > now)
 
     def heartbeat(self) -> None:
@@ -101,6 +112,36 @@ class LeaseKeeper:
         self._log_changes(set(mine))
         self._held = dict.fromkeys(mine, deadline)
         return frozenset(mine)
+
+    def take(self, mailbox_id: int) -> str | None:
+        """Take or renew one mailbox's lease outside any fair share (a foreground import).
+
+        Returns None when this node now holds it, else the name of the node that does.
+        """
+        started = time.monotonic()
+        with self.db.session() as session:
+            session.execute(
+                self._insert(Lease)
+                .values(mailbox_id=mailbox_id)
+                .on_conflict_do_nothing(index_elements=[Lease.mailbox_id])
+            )
+            now = self._now(session)
+            free = or_(
+                Lease.node.is_(None),
+                Lease.node == self.node,
+                Lease.expires_at.is_(None),
+                Lease.expires_at <= now,
+            )
+            taken = session.execute(
+                update(Lease)
+                .where(Lease.mailbox_id == mailbox_id, free)
+                .values(node=self.node, expires_at=now + dt.timedelta(seconds=self.lease_seconds))
+            )
+            if not taken.rowcount:  # type: ignore[attr-defined]
+                holder = session.scalar(select(Lease.node).where(Lease.mailbox_id == mailbox_id))
+                return holder or "another node"
+        self._held[mailbox_id] = started + self.lease_seconds
+        return None
 
     def release_all(self) -> None:
         """Give up every lease of this node at once (on shutdown, after its syncs stopped)."""

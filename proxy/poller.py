@@ -8,8 +8,12 @@ hold activities completed or reopened in the CRM and wakes their workers (C10). 
 fails alone: one slow or broken server never delays another mailbox.
 
 Several gateway nodes (B7): only mailboxes this node holds a lease on are synced
-(:class:`crm.leases.LeaseKeeper`, renewed every third of a lease period); a mailbox whose lease
-is lost is stopped at the next tick, and every lease is released on shutdown after the workers
+(:class:`crm.leases.LeaseKeeper`). The leases are renewed every third of a lease period on a
+thread of their own, never queued behind capture work on the database thread (an import of many
+mailboxes would make them lapse). A guard checks every :data:`GUARD_S` which mailboxes are still
+safely ours, a third of a lease period before their deadline, and tells the workers of every
+other one to stop at once, all together, without waiting on the database: a worker has ended
+before another node may take its row. Every lease is released on shutdown after the workers
 stopped. With one node (SQLite) the node simply holds every lease.
 """
 
@@ -38,6 +42,7 @@ from .imap.worker import MailboxWorker
 
 log = logging.getLogger(__name__)
 STOP_GRACE_S = 10.0
+GUARD_S = 0.25  # how often the guard checks the leases (never waits on the database)
 
 
 def fingerprint(plan: MailboxPlan) -> tuple[object, ...]:
@@ -66,41 +71,65 @@ class Poller:
         self.config = config
         self.ctx = PollerContext(config.poller, db, DbThread(), Capturer(db))
         self.keeper = LeaseKeeper(db, config.cluster.node_name, config.cluster.lease_seconds)
+        self.lease_run = DbThread()  # the leases' own thread: never behind capture work
         self.workers: dict[int, tuple[MailboxWorker, asyncio.Task[None]]] = {}
         self.problems: dict[int, str] = {}
         self.mine: frozenset[int] = frozenset()
+        self.changed = asyncio.Event()  # the leases changed: reconcile now
 
     async def run(self, stop: asyncio.Event) -> None:
         """Reconcile and push-check until ``stop``; then stop every worker, release the leases."""
-        next_refresh = next_claim = 0.0
+        helpers = [asyncio.create_task(self._renew(stop), name="poller:leases"),
+                   asyncio.create_task(self._guard(stop), name="poller:guard")]
+        next_refresh = 0.0
         try:
             while not stop.is_set():
-                if time.monotonic() >= next_claim:
-                    next_claim = time.monotonic() + self.keeper.renew_interval
-                    await self._claim()
-                mine = self.keeper.owned()
-                if time.monotonic() >= next_refresh or mine != self.mine:
-                    self.mine = mine
+                self.changed.clear()
+                if time.monotonic() >= next_refresh or self._safe() != self.mine:
                     await self.refresh()
                     next_refresh = time.monotonic() + self.ctx.config.refresh_s
                 pause = await self.check_pushes()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), pause)
+                await _first(stop, self.changed, pause)
         finally:
+            for helper in helpers:
+                helper.cancel()
+            await asyncio.gather(*helpers, return_exceptions=True)
             await asyncio.gather(*(self._stop(mid) for mid in list(self.workers)))
             with contextlib.suppress(SQLAlchemyError):
-                await self.ctx.run(self.keeper.release_all)
+                await self.lease_run(self.keeper.release_all)
+            await self.lease_run.close()
             await self.ctx.run.close()
 
-    async def _claim(self) -> None:
-        try:
-            await self.ctx.run(self.keeper.claim)
-        except SQLAlchemyError as exc:  # owned() shrinks as the held leases run out
-            log.warning("poller: lease renewal failed: %s", exc)
+    def _safe(self) -> frozenset[int]:
+        """The mailboxes still ours for at least a third of a lease period."""
+        return self.keeper.owned(margin=self.keeper.renew_interval)
+
+    async def _renew(self, stop: asyncio.Event) -> None:
+        """Claim every third of a lease period, on the leases' own thread."""
+        while not stop.is_set():
+            due = time.monotonic() + self.keeper.renew_interval
+            try:
+                await self.lease_run(self.keeper.claim)
+            except SQLAlchemyError as exc:  # owned() shrinks as the held leases run out
+                log.warning("poller: lease renewal failed: %s", exc)
+            self.changed.set()
+            await _first(stop, None, due - time.monotonic())
+
+    async def _guard(self, stop: asyncio.Event) -> None:
+        """Stop the workers of mailboxes no longer safely ours, at once and all together."""
+        while not stop.is_set():
+            mine = self._safe()
+            for mailbox_id, (worker, _task) in self.workers.items():
+                if mailbox_id not in mine:
+                    worker.stop.set()
+            if mine != self.mine:
+                self.changed.set()
+            await _first(stop, None, GUARD_S)
 
     async def refresh(self) -> None:
         """Start, update, restart or stop workers to match the mailboxes in the database."""
         plans = await self.ctx.run(load_plans, self.ctx.db, _secrets(self.config), self.ctx.config)
+        self.mine = self._safe()  # after the wait for the plans: nothing starts that is not ours
         wanted: dict[int, MailboxPlan] = {}
         for plan in plans:
             if plan.id not in self.mine or not mode_for(plan, utcnow(), self.ctx.config).check:
@@ -109,8 +138,7 @@ class Poller:
                 await self._problem(plan)
                 continue
             wanted[plan.id] = plan
-        for mailbox_id in [m for m in self.workers if m not in wanted]:
-            await self._stop(mailbox_id)
+        await asyncio.gather(*(self._stop(m) for m in list(self.workers) if m not in wanted))
         for mailbox_id, plan in wanted.items():
             running = self.workers.get(mailbox_id)
             if running is not None and running[1].done():
@@ -162,6 +190,17 @@ class Poller:
             if running is not None:
                 running[0].request_push(folders)
         return pause
+
+
+async def _first(stop: asyncio.Event, other: asyncio.Event | None, timeout: float) -> None:
+    """Wait until ``stop`` or ``other`` is set, or ``timeout`` seconds have passed."""
+    events = [stop] if other is None else [stop, other]
+    waits = [asyncio.ensure_future(event.wait()) for event in events]
+    try:
+        await asyncio.wait(waits, timeout=max(timeout, 0.0), return_when="FIRST_COMPLETED")
+    finally:
+        for wait in waits:
+            wait.cancel()
 
 
 async def run_poller(config: Config, db: Database, stop: asyncio.Event) -> None:
