@@ -361,6 +361,40 @@ def mailbox_check(address: str, as_json: JsonOpt = False) -> None:
         fail(f"check of {plan.address} failed: {'; '.join(report.problems)}")
 
 
+@mailbox_app.command("import")
+def mailbox_import(
+    address: str,
+    since: Annotated[
+        str | None, Opt(help="Import window, stored as the mailbox's: 3d or all.")
+    ] = None,
+    wait: Annotated[bool, Opt("--wait", help="Wait while a serve node holds the mailbox.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Import a mailbox now, in the foreground, with a progress bar; Ctrl-C stops, run again
+    to resume."""
+    import asyncio
+
+    from proxy.imap.foreground import ForegroundImport, prepare
+    from proxy.imap.importview import make_view
+    from proxy.imap.plan import load_plan
+
+    config = STATE.config
+    plan = load_plan(STATE.db, address, STATE.secrets(), config.poller)
+    window = prepare(plan, since, config.poller)
+    resume = f"mailcrm mailbox import {plan.address}" + (f" --since {since}" if since else "")
+    job = ForegroundImport(config, STATE.db, plan, window, make_view(plan.address))
+    try:
+        summary = asyncio.run(job.run(wait))
+    except KeyboardInterrupt:
+        fail(f"import of {plan.address} interrupted; run `{resume}` to resume", 130)
+    if as_json:
+        print_json(summary.as_json())
+    if summary.exit_code:
+        fail(summary.stop_line(resume), summary.exit_code)
+    if not as_json:
+        out.print(summary.done_line(), markup=False)
+
+
 @mailbox_app.command("remove")
 def mailbox_remove(address: str) -> None:
     """Remove a mailbox (its activities stay in the CRM)."""

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import ColumnElement, and_, select, update
+from sqlalchemy import ColumnElement, and_, delete, select, update
 
 from .db import Database
 from .models import (
@@ -27,6 +27,7 @@ from .models import (
     MessageLocation,
     utcnow,
 )
+from .pipeline import WINDOWS
 
 INCOMING = Direction.INCOMING.value
 
@@ -247,6 +248,33 @@ def remap(
                 old.uidvalidity, old.uid = uidvalidity, uid
                 done.add(uid)
     return done
+
+
+def set_window(db: Database, mailbox_id: int, since: str) -> bool:
+    """Store ``since`` as the mailbox's import window (M3, C12); True when it widened.
+
+    Widening forgets, in the same transaction, the locations of messages that were captured as
+    nothing (skipped, perhaps only for being before the old window), so that an import from the
+    first UID looks at them again; captured and duplicate messages keep their locations.
+    """
+    with db.session() as s:
+        box = s.get(Mailbox, mailbox_id)
+        if box is None:
+            return False
+        old, box.since = box.since, since
+        wider = _days(since) > _days(old)
+        if wider:
+            s.execute(
+                delete(MessageLocation).where(
+                    MessageLocation.mailbox_id == mailbox_id, MessageLocation.activity_id.is_(None)
+                )
+            )
+        return wider
+
+
+def _days(since: str) -> float:
+    span = WINDOWS.get(since)
+    return float("inf") if span is None else span.total_seconds() / 86400
 
 
 def record_status(db: Database, mailbox_id: int, error: str | None) -> None:

@@ -41,8 +41,14 @@ async def sync_folder(
     client: ImapClient,
     folder: FolderPlan,
     scan: bool = True,
+    from_start: bool = False,
 ) -> PassReport:
-    """Run one pass; ``scan`` False skips the flag/deletion scan (new mail only)."""
+    """Run one pass; ``scan`` False skips the flag/deletion scan (new mail only).
+
+    ``from_start`` imports every message of the window that is not recorded yet, not only those
+    above the checkpoint (a foreground import, whose window may be wider than the one the
+    checkpoint was made with); the checkpoint itself never moves back.
+    """
     info = await client.select(folder.name)
     client.changed.clear()
     stored = await ctx.run(sync.load_checkpoint, ctx.db, plan.id, folder.name)
@@ -59,7 +65,8 @@ async def sync_folder(
         await ctx.run(sync.save_checkpoint, ctx.db, plan.id, folder.name, info.uidvalidity, 0, 0)
         stored = sync.Checkpoint(info.uidvalidity, 0, 0)
     importer = Importer(ctx, plan, client, folder, info.uidvalidity)
-    report = PassReport(folder.name, await importer.run(stored.last_uid, info.uidnext, remapping))
+    start = 0 if from_start else stored.last_uid
+    report = PassReport(folder.name, await importer.run(start, info.uidnext, remapping))
     flags = FlagSync(ctx, plan, client, folder, info)
     if scan or stored.highest_modseq == 0:
         await flags.scan(stored)

@@ -47,6 +47,11 @@ class Discovery:
     folders: list[FolderPlan] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
 
+    @property
+    def problem(self) -> str | None:
+        """The status reason when configured folders are missing (M5)."""
+        return f"folders not found: {', '.join(self.missing)}" if self.missing else None
+
     def add(self, name: str, direction: Direction) -> None:
         """Add a folder once (the first direction wins)."""
         if all(f.name.casefold() != name.casefold() for f in self.folders):

@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Coroutine
+from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 
 from crm import metrics, sync
@@ -28,13 +28,33 @@ from .backoff import Backoff, throttle_hint
 from .client import ImapClient
 from .context import PollerContext
 from .folder import sync_folder
-from .folders import discover
+from .folders import Discovery, discover
 from .idle import idle
 from .plan import FolderPlan, MailboxPlan
 from .schedule import mode_for
 
 log = logging.getLogger(__name__)
 STOP_GRACE_S = 2.0
+
+
+@contextlib.asynccontextmanager
+async def open_session(
+    ctx: PollerContext, plan: MailboxPlan
+) -> AsyncIterator[tuple[ImapClient, Discovery]]:
+    """Connect, log in, enable QRESYNC and resolve the folders; log out at the end.
+
+    Every sync session starts here: the poller's and ``mailcrm mailbox import``'s.
+    """
+    assert plan.endpoint is not None
+    client = ImapClient(plan.endpoint, ctx.config.timeout_s)
+    try:
+        await client.connect()
+        await client.login()
+        if ctx.config.use_qresync:
+            await client.enable("QRESYNC")
+        yield client, await discover(client, plan.folders)
+    finally:
+        await client.logout()
 
 
 class MailboxWorker:
@@ -118,19 +138,9 @@ class MailboxWorker:
 
     async def _session(self) -> float:
         """One connection; returns how long to sleep before the next."""
-        assert self.plan.endpoint is not None
-        client = ImapClient(self.plan.endpoint, self.ctx.config.timeout_s)
-        try:
-            await client.connect()
-            await client.login()
-            if self.ctx.config.use_qresync:
-                await client.enable("QRESYNC")
-            found = await discover(client, self.plan.folders)
+        async with open_session(self.ctx, self.plan) as (client, found):
             self.folders = sorted(found.folders, key=lambda f: f.name.upper() == "INBOX")
-            problem = f"folders not found: {', '.join(found.missing)}" if found.missing else None
-            return await self._watch(client, problem)
-        finally:
-            await client.logout()
+            return await self._watch(client, found.problem)
 
     async def _watch(self, client: ImapClient, problem: str | None) -> float:
         while not self.stop.is_set():
