@@ -1,14 +1,19 @@
 """Scale figures for the company-wide gateway (issue 5, B6/B7), printed, never asserted.
 
     .venv/bin/python bench/scale.py [--mailboxes 1000] [--nodes 3] [--lease 5] [--db URL]
+        [--phases claims,cluster,http,idle] [--idle-mailboxes 1000] [--burst 100]
+        [--idle-seconds 40] [--idle-db sqlite|pg] [--tls ssl|none] [--ca system|private]
 
 On the PostgreSQL of the tests (a private schema, dropped afterwards) it measures:
 - lease claims over N mailboxes by one node: the first claim and the p50/p95 of renewals;
 - N node processes: time until the mailboxes are spread within one, then SIGKILL one node and
   time until the survivors hold all of them again (the contract: within two lease periods);
 - the HTTP listener with N mailboxes: p50/p95 of ``/metrics`` and of the status page.
-The IDLE figures of the issue (RSS and CPU of one node holding 1,000 mailboxes in IDLE, delivery
-to activity p95) belong to the poller and are to be added here when it lands.
+The ``idle`` phase (:mod:`idlescale`, also runnable alone; needs root for the test Dovecot): one
+node (``mailcrm serve``) holding ``--idle-mailboxes`` linked mailboxes in IDLE on a real Dovecot,
+on a SQLite CRM (``--idle-db pg``: a private schema at ``--db``): its peak RSS and CPU while idle
+(targets < 600 MB, < 5 % of a core) against the same node with 0 mailboxes, then ``--burst``
+mailboxes receiving one message each at once: delivery-to-activity p50/p95/max (target p95 < 3 s).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
+import idlescale
 from sqlalchemy import create_engine, text
 
 from crm.config import Config
@@ -159,7 +165,19 @@ def main() -> None:
     parser.add_argument("--nodes", type=int, default=3)
     parser.add_argument("--lease", type=float, default=5.0)
     parser.add_argument("--db", default=PG, help="PostgreSQL URL (a private schema is used)")
+    parser.add_argument("--phases", default="claims,cluster,http,idle")
+    parser.add_argument("--idle-db", choices=("sqlite", "pg"), default="sqlite")
+    idlescale.add_arguments(parser)
     args = parser.parse_args()
+    phases = set(args.phases.split(","))
+    if phases - {"idle"}:
+        leases(args, phases)
+    if "idle" in phases:
+        idlescale.run(idlescale.options(args, args.db if args.idle_db == "pg" else "sqlite"))
+
+
+def leases(args: argparse.Namespace, phases: set[str]) -> None:
+    """The lease and HTTP phases, on a private schema of the PostgreSQL at ``--db``."""
     schema = "bench_" + uuid.uuid4().hex[:10]
     admin = create_engine(args.db, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
@@ -170,9 +188,12 @@ def main() -> None:
     db = Database(url)
     try:
         fill(db, args.mailboxes)
-        bench_claims(db)
-        bench_cluster(url, db, args.mailboxes, args.nodes, args.lease, tmp)
-        asyncio.run(bench_http(db, args.mailboxes))
+        if "claims" in phases:
+            bench_claims(db)
+        if "cluster" in phases:
+            bench_cluster(url, db, args.mailboxes, args.nodes, args.lease, tmp)
+        if "http" in phases:
+            asyncio.run(bench_http(db, args.mailboxes))
     finally:
         db.dispose()
         with admin.connect() as conn:

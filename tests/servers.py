@@ -514,12 +514,17 @@ class Dovecot:
 
     Users log in as ``name@domain`` (or just ``name``: ``auth_default_realm`` adds the
     domain). All mailboxes are Maildirs under :attr:`base_dir` owned by the ``mail`` user.
+    ``extra_config`` is appended to the generated dovecot.conf (e.g. raised process and client
+    limits for a benchmark; a repeated ``service`` block extends the one above).
     """
 
     host: str = HOST
 
-    def __init__(self, domain: str = DEFAULT_DOMAIN, *, keep: bool | None = None) -> None:
+    def __init__(
+        self, domain: str = DEFAULT_DOMAIN, *, keep: bool | None = None, extra_config: str = ""
+    ) -> None:
         self.domain = domain.lower()
+        self.extra_config = extra_config
         self.keep = _keep_default() if keep is None else keep
         self.token = f"mailcrm-dovecot-{uuid.uuid4().hex[:12]}"
         self.base_dir = Path(tempfile.mkdtemp(prefix="mailcrm-dovecot-"))
@@ -670,7 +675,7 @@ class Dovecot:
             imap_port=self.imap_port,
             imaps_port=self.imaps_port,
         )
-        self.config_path.write_text(text)
+        self.config_path.write_text(text + self.extra_config)
         self.config_path.chmod(0o644)
         self.dict_conf_path.write_text(_DOVECOT_DICT_CONF.format(auth_dir=self.auth_dir))
         self.dict_conf_path.chmod(0o644)

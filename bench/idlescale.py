@@ -1,0 +1,477 @@
+"""IDLE at scale (issue 5): one node holding N linked mailboxes in IDLE on a real Dovecot.
+
+Run from the repository root, as root (the test Dovecot drops privileges)::
+
+    .venv/bin/python bench/idlescale.py [--idle-mailboxes 1000] [--burst 100] [--idle-seconds 40]
+        [--tls ssl|none] [--deliver lmtp|maildir] [--db sqlite|URL]
+
+Also run by ``bench/scale.py`` (its ``idle`` phase). A private Dovecot (``tests/servers.py``, its
+limits raised for N sessions) gets N users; a fresh CRM (a SQLite file, or a private schema of the
+PostgreSQL at ``--db``) gets N linked company mailboxes on it; one node runs ``mailcrm serve`` with
+the relay off (poller, spool worker and status page, as deployed). Once every mailbox is green in
+the CRM and Dovecot counts N IMAP sessions, it measures over ``--idle-seconds``: the node's peak RSS
+(VmHWM of its processes, start-up included) and its CPU (% of one core), Dovecot's CPU alongside;
+then one message each for ``--burst`` mailboxes, delivered at once, and the delay from each one's
+delivery to its activity in the CRM (p50/p95/max). The same node with 0 mailboxes is the baseline.
+Figures are printed next to the targets (< 600 MB, < 5 % of a core, p95 < 3 s), never asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import email.utils
+import os
+import smtplib
+import socket
+import ssl
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.fernet import Fernet
+from sqlalchemy import create_engine, func, select, text
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from crm.admin import MailboxSettings, add_mailbox  # noqa: E402
+from crm.db import Database  # noqa: E402
+from crm.models import Activity, Mailbox  # noqa: E402
+from crm.secrets import SecretBox  # noqa: E402
+from tests.servers import Dovecot  # noqa: E402
+
+PASSWORD = "bench password"
+TICK = os.sysconf("SC_CLK_TCK")
+TARGETS = "targets: RSS < 600 MB, CPU < 5 % of a core, p95 < 3 s"
+
+
+@dataclass
+class Options:
+    """What one IDLE run does."""
+
+    mailboxes: int = 1000
+    burst: int = 100
+    seconds: float = 40.0
+    tls: str = "ssl"
+    deliver: str = "lmtp"
+    db: str = "sqlite"
+    ca: str = "system"
+    baseline_seconds: float = 15.0
+
+
+@dataclass
+class Usage:
+    """A process tree over a window: CPU % of one core, summed RSS now and peak (VmHWM)."""
+
+    cpu: float
+    rss_mb: float
+    hwm_mb: float
+    processes: int
+
+
+# ------------------------------------------------------------------------------- processes
+
+
+def _stat(pid: int) -> list[str]:
+    """/proc/PID/stat fields after the command name (state is [0], ppid [1], utime [11])."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
+def tree(root: int) -> list[int]:
+    """``root`` and its living descendants."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError):
+                children.setdefault(int(_stat(int(entry.name))[1]), []).append(int(entry.name))
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo += children.get(pid, [])
+    return found
+
+
+def _ticks(pid: int) -> int:
+    fields = _stat(pid)
+    return int(fields[11]) + int(fields[12])
+
+
+def _kib(pid: int, key: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def usage(root: int, seconds: float, every: float = 0.5) -> Usage:
+    """Sample the tree of ``root`` for ``seconds``: CPU from utime+stime deltas per process."""
+    last: dict[int, int] = {}
+    spent, rss = 0, 0
+    started = time.monotonic()
+    while True:
+        now = 0
+        for pid in tree(root):
+            with contextlib.suppress(OSError):
+                ticks = _ticks(pid)
+                spent += ticks - last.get(pid, ticks)
+                last[pid] = ticks
+                now += _kib(pid, "VmRSS")
+        rss = max(rss, now)
+        if time.monotonic() - started >= seconds:
+            break
+        time.sleep(every)
+    wall = time.monotonic() - started
+    hwm = sum(_kib(pid, "VmHWM") for pid in last if Path(f"/proc/{pid}").exists())
+    return Usage(100 * spent / TICK / wall, rss / 1024, hwm / 1024, len(last))
+
+
+def show(usage: Usage) -> str:
+    """One line of figures."""
+    return (f"peak RSS {usage.hwm_mb:.0f} MB (now {usage.rss_mb:.0f} MB, {usage.processes} "
+            f"processes), CPU {usage.cpu:.2f} % of a core")
+
+
+def breakdown(root: int) -> str:
+    """Peak RSS of each process of the tree of ``root``."""
+    parts = []
+    for pid in tree(root):
+        with contextlib.suppress(OSError):
+            role = "main" if pid == root else _cmdline(pid)
+            parts.append(f"{role} {_kib(pid, 'VmHWM') / 1024:.0f} MB")
+    return ", ".join(parts)
+
+
+def _cmdline(pid: int) -> str:
+    line = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    if "resource_tracker" in line:
+        return "resource tracker"
+    return "spawned child" if "spawn_main" in line else "child"
+
+
+# ------------------------------------------------------------------------------- the CRM
+
+
+@contextlib.contextmanager
+def crm_url(kind: str, work: Path, name: str) -> Iterator[str]:
+    """A fresh CRM: a SQLite file in ``work``, or a private schema of the PostgreSQL ``kind``."""
+    if kind == "sqlite":
+        yield f"sqlite:///{work / name}.db"
+        return
+    schema = f"bench_{name}_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(kind, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f"CREATE SCHEMA {schema}"))
+    try:
+        yield f"{kind}{'&' if '?' in kind else '?'}options=-csearch_path%3D{schema}"
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+        admin.dispose()
+
+
+def seed(url: str, key: str, addresses: list[str], port: int, tls: str) -> None:
+    """A migrated CRM with one linked company mailbox per address, its password stored."""
+    db = Database(url)
+    box = SecretBox(key.encode())
+    with db.session() as s:
+        for address in addresses:
+            settings = MailboxSettings(imap_host="127.0.0.1", imap_port=port, imap_tls=tls,
+                                       password=PASSWORD)
+            add_mailbox(s, box, address, None, settings)
+    db.dispose()
+
+
+def green(url: str) -> int:
+    """Mailboxes whose last check worked."""
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            query = select(func.count()).where(Mailbox.last_ok_at.is_not(None),
+                                               Mailbox.last_error.is_(None))
+            return int(conn.scalar(query) or 0)
+    finally:
+        engine.dispose()
+
+
+# ------------------------------------------------------------------------------- the node
+
+
+def free_port() -> int:
+    """A loopback port that was free a moment ago (for the node's status page)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class Node:
+    """``mailcrm serve`` (relay off) in a child process, on one CRM."""
+
+    def __init__(self, work: Path, url: str, key: str, ca_file: Path, name: str) -> None:
+        self.log = work / f"{name}.log"
+        config = work / f"{name}.toml"
+        config.write_text(
+            f'[poller]\nca_file = "{ca_file}"\n\n[relay]\nenabled = false\n\n'
+            f"[http]\nport = {free_port()}\n"
+        )
+        env = {**os.environ, "MAILCRM_SECRET_KEY": key, "MAILCRM_NODE_NAME": name,
+               "XDG_DATA_HOME": str(work / name)}
+        command = [sys.executable, "-c", "import cli; cli.main()", "--config", str(config),
+                   "--db", url, "serve"]
+        with self.log.open("ab") as sink:
+            self.proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=sink, stderr=sink,
+                                         stdin=subprocess.DEVNULL)
+
+    def check(self) -> None:
+        """Stop the bench when the node died."""
+        if self.proc.poll() is not None:
+            tail = self.log.read_text(errors="replace")[-3000:]
+            raise SystemExit(f"the node exited with {self.proc.returncode}:\n{tail}")
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL after 60 s (this process only: it ends its own children)."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+
+
+@contextlib.contextmanager
+def node(work: Path, url: str, key: str, ca_file: Path, name: str) -> Iterator[Node]:
+    """A running node, always stopped afterwards."""
+    running = Node(work, url, key, ca_file, name)
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+def baseline(work: Path, opts: Options, key: str, ca_file: Path) -> None:
+    """The same node on an empty CRM: what 0 mailboxes cost."""
+    with crm_url(opts.db, work, "empty") as url:
+        Database(url).dispose()  # migrated before the node starts, as with the full CRM
+        with node(work, url, key, ca_file, "baseline") as empty:
+            time.sleep(5.0)
+            empty.check()
+            print(f"baseline, node with 0 mailboxes over {opts.baseline_seconds:.0f} s: "
+                  f"{show(usage(empty.proc.pid, opts.baseline_seconds))}")
+            print(f"  by process: {breakdown(empty.proc.pid)}")
+
+
+# ------------------------------------------------------------------------------- Dovecot
+
+
+def tuning(count: int) -> str:
+    """Dovecot limits for ``count`` IDLE sessions from one address (defaults: ~100)."""
+    clients = count + 100
+    return f"""
+# bench/idlescale.py: room for {count} IDLE sessions. One imap process serves 50 of them, so
+# the mail user stays within fs.inotify.max_user_instances (128): IDLE is told by inotify.
+default_client_limit = {clients * 2}
+default_vsz_limit = 1G
+service imap-login {{
+  service_count = 0
+  client_limit = {clients}
+  process_min_avail = 2
+}}
+service imap {{
+  service_count = 0
+  client_limit = 50
+  process_limit = {clients // 50 + 10}
+}}
+service lmtp {{
+  process_limit = 200
+}}
+"""
+
+
+def sessions(dovecot: Dovecot) -> int:
+    """IMAP sessions Dovecot counts (``doveadm who -1``)."""
+    done = subprocess.run(["doveadm", "-c", str(dovecot.config_path), "who", "-1"],
+                          capture_output=True, text=True, check=False, timeout=60)
+    return sum(1 for line in done.stdout.splitlines()[1:] if " imap " in f" {line} ")
+
+
+def dovecot_pid(dovecot: Dovecot) -> int:
+    """The master process of this Dovecot."""
+    return int(dovecot.pid_file.read_text().strip())
+
+
+def wait_idle(running: Node, dovecot: Dovecot, url: str, count: int) -> float:
+    """Seconds until every mailbox is green and Dovecot holds a session for each."""
+    started = time.monotonic()
+    ok = open_ = 0
+    while ok < count or open_ < count:
+        running.check()
+        if time.monotonic() - started > 30 + count:
+            raise SystemExit(f"after {30 + count} s: {ok} green, {open_} sessions; see "
+                             f"{running.log} and {dovecot.log_path}")
+        time.sleep(1.0)
+        ok, open_ = green(url), sessions(dovecot)
+    return time.monotonic() - started
+
+
+# ------------------------------------------------------------------------------- the burst
+
+
+def mail(address: str, index: int) -> tuple[str, bytes]:
+    """A customer's enquiry to ``address``: its Message-ID (no brackets) and raw bytes."""
+    mid = f"{uuid.uuid4().hex}@firm{index}.example"
+    raw = (f"From: Kim Buyer {index} <kim.buyer@firm{index}.example>\r\nTo: <{address}>\r\n"
+           f"Subject: Offer request {index}\r\nDate: {email.utils.formatdate()}\r\n"
+           f"Message-ID: <{mid}>\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8"
+           "\r\n\r\nHello,\r\nplease send us an offer for 20 units.\r\n\r\nKim\r\n")
+    return mid, raw.encode()
+
+
+def deliver(dovecot: Dovecot, how: str, address: str, raw: bytes) -> float:
+    """One message into one INBOX (LMTP, or a Maildir file); when it was done (monotonic)."""
+    if how == "maildir":
+        dovecot.deliver(address, raw)
+    else:
+        with smtplib.LMTP(str(dovecot.lmtp_socket)) as lmtp:
+            lmtp.sendmail("kim.buyer@firm.example", [address], raw)
+    return time.monotonic()
+
+
+def seen_at(url: str, mids: list[str], timeout: float = 120.0) -> dict[str, float]:
+    """When each Message-ID first shows as an activity (polled every 20 ms)."""
+    engine = create_engine(url)
+    found: dict[str, float] = {}
+    deadline = time.monotonic() + timeout
+    try:
+        while len(found) < len(mids) and time.monotonic() < deadline:
+            pending = [m for m in mids if m not in found]
+            with engine.connect() as conn:
+                rows = conn.scalars(select(Activity.message_id)
+                                    .where(Activity.message_id.in_(pending)))
+                now = time.monotonic()
+                found.update((str(mid), now) for mid in rows)
+            time.sleep(0.02)
+    finally:
+        engine.dispose()
+    return found
+
+
+def burst(dovecot: Dovecot, opts: Options, url: str, addresses: list[str]) -> None:
+    """One message to each of ``opts.burst`` mailboxes at once; delivery-to-activity delays."""
+    step = max(1, len(addresses) // opts.burst)
+    chosen = addresses[::step][: opts.burst]
+    mails = [mail(address, i) for i, address in enumerate(chosen)]
+    started = time.monotonic()
+    with ThreadPoolExecutor(max_workers=min(len(chosen), 25)) as pool:
+        watching = pool.submit(seen_at, url, [mid for mid, _ in mails])
+        done = list(pool.map(lambda pair: deliver(dovecot, opts.deliver, *pair),
+                             [(a, raw) for a, (_, raw) in zip(chosen, mails, strict=True)]))
+        seen = watching.result()
+    spread = max(done) - started
+    delays = [seen[mid] - at for (mid, _), at in zip(mails, done, strict=True) if mid in seen]
+    print(f"burst: {len(chosen)} messages delivered ({opts.deliver}) within {spread:.2f} s; "
+          f"{len(delays)} became activities")
+    if delays:
+        ordered = sorted(max(d, 0.0) for d in delays)
+        p95 = ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
+        print(f"delivery -> activity: p50 {statistics.median(ordered):.2f} s, p95 {p95:.2f} s, "
+              f"max {ordered[-1]:.2f} s (target p95 < 3 s); last activity "
+              f"{max(seen.values()) - started:.2f} s after the burst began")
+
+
+# ------------------------------------------------------------------------------- the run
+
+
+def trust(work: Path, dovecot: Dovecot, ca: str) -> Path:
+    """The node's CA file: Dovecot's certificate, after the system's CAs for ``system``."""
+    if ca == "private":
+        return dovecot.cert_path
+    bundle = work / "ca-bundle.pem"
+    system = Path(ssl.get_default_verify_paths().openssl_cafile)
+    bundle.write_bytes(system.read_bytes() + b"\n" + dovecot.cert_path.read_bytes())
+    return bundle
+
+
+def measure(dovecot: Dovecot, opts: Options, work: Path, key: str, url: str,
+            ca_file: Path) -> None:
+    """Seed, start the node, wait for IDLE, measure idle, then the burst."""
+    names = [f"box{i:04d}" for i in range(opts.mailboxes)]
+    addresses = dovecot.add_users(dict.fromkeys(names, PASSWORD))
+    port = dovecot.imaps_port if opts.tls == "ssl" else dovecot.imap_port
+    seed(url, key, addresses, port, opts.tls)
+    with node(work, url, key, ca_file, "node") as running:
+        took = wait_idle(running, dovecot, url, opts.mailboxes)
+        print(f"all {opts.mailboxes} mailboxes green, {opts.mailboxes} IMAP sessions at Dovecot "
+              f"after {took:.1f} s")
+        time.sleep(5.0)
+        fds = len(list(Path(f"/proc/{running.proc.pid}/fd").iterdir()))
+        master = dovecot_pid(dovecot)
+        with ThreadPoolExecutor(1) as pool:
+            theirs = pool.submit(usage, master, opts.seconds)
+            mine = usage(running.proc.pid, opts.seconds)
+        print(f"idle {opts.seconds:.0f} s, node: {show(mine)}; {fds} open files")
+        print(f"  by process: {breakdown(running.proc.pid)}")
+        dove = theirs.result()
+        print(f"idle {opts.seconds:.0f} s, Dovecot (baseline): CPU {dove.cpu:.2f} % of a core, "
+              f"{dove.processes} processes")
+        burst(dovecot, opts, url, addresses)
+        running.check()
+        print(f"after the burst, node: {show(usage(running.proc.pid, 1.0))}")
+
+
+def run(opts: Options) -> None:
+    """The whole IDLE scale run; prints figures."""
+    print(f"IDLE at scale: {opts.mailboxes} linked company mailboxes, "
+          f"{'IMAPS' if opts.tls == 'ssl' else 'plaintext IMAP'} to a local Dovecot, "
+          f"{'SQLite' if opts.db == 'sqlite' else 'PostgreSQL'} CRM, {opts.ca} CAs, one node "
+          f"({TARGETS})")
+    key = Fernet.generate_key().decode()
+    with (
+        tempfile.TemporaryDirectory(prefix="mailcrm-idlescale-") as tmp,
+        Dovecot(extra_config=tuning(opts.mailboxes)) as dovecot,
+    ):
+        work = Path(tmp)
+        ca_file = trust(work, dovecot, opts.ca)
+        baseline(work, opts, key, ca_file)
+        with crm_url(opts.db, work, "crm") as url:
+            measure(dovecot, opts, work, key, url, ca_file)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of this run (shared with ``bench/scale.py``)."""
+    parser.add_argument("--idle-mailboxes", type=int, default=1000)
+    parser.add_argument("--burst", type=int, default=100)
+    parser.add_argument("--idle-seconds", type=float, default=40.0)
+    parser.add_argument("--tls", choices=("ssl", "none"), default="ssl")
+    parser.add_argument("--deliver", choices=("lmtp", "maildir"), default="lmtp")
+    parser.add_argument("--ca", choices=("system", "private"), default="system",
+                        help="the node's ca_file: the system trust store plus Dovecot's "
+                             "certificate (as many public CAs as a public server needs), or "
+                             "Dovecot's certificate alone (a private CA)")
+
+
+def options(args: argparse.Namespace, db: str) -> Options:
+    """Options from parsed arguments."""
+    return Options(args.idle_mailboxes, args.burst, args.idle_seconds, args.tls, args.deliver, db,
+                   args.ca)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    parser.add_argument("--db", default="sqlite", help="sqlite, or a PostgreSQL URL")
+    args = parser.parse_args()
+    run(options(args, args.db))
+
+
+if __name__ == "__main__":
+    main()
