@@ -13,15 +13,18 @@ captured message, and entries never delivered (after a day).
 
 In ``mailcrm serve`` the worker runs in a child process at a lower CPU priority (see
 :func:`child_init`), so capture work never competes with the relay for the event loop or the
-GIL: a flood of mail is relayed at full speed and captured right behind it.
+GIL: a flood of mail is relayed at full speed and captured right behind it. The child ends when
+its parent does, even by ``kill -9`` (an orphan would idle forever, holding a database connection).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import multiprocessing
 import os
 import signal
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -186,9 +189,23 @@ class SpoolWorker:
 _child: SpoolWorker | None = None
 
 
+def _exit_with_parent() -> None:
+    """Wait for the parent's end (its sentinel pipe closes, even on SIGKILL), then end too.
+
+    An open capture transaction is simply rolled back: its entry stays pending, unlocked, and
+    another worker captures it (a repeat creates nothing new).
+    """
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+        parent.join()
+        os._exit(0)
+
+
 def child_init(config: Config) -> None:
-    """Initializer of the worker process: nicer CPU priority, own engine, Ctrl-C is the parent's."""
+    """Initializer of the worker process: nicer CPU priority, own engine, Ctrl-C is the parent's;
+    it ends with its parent."""
     global _child
+    threading.Thread(target=_exit_with_parent, name="mailcrm-parent-watch", daemon=True).start()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     with contextlib.suppress(OSError):
         os.nice(CAPTURE_NICE)

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -209,3 +214,49 @@ async def test_worker_captures_in_process_when_its_child_keeps_dying(
     await eventually(lambda: _states(db) == [("done", True, 1)], timeout=10)
     stop.set()
     await asyncio.wait_for(task, 5)
+
+
+_PARENT = """
+import asyncio, multiprocessing, sys, time
+from crm import spool
+from crm.config import Config, RelayConfig
+config = Config(database_url=sys.argv[1], relay=RelayConfig(spool_dir=sys.argv[2]))
+print(asyncio.run(spool._ChildRunner(config).run(False)), flush=True)
+print(*(p.pid for p in multiprocessing.active_children()), flush=True)
+time.sleep(120)
+"""
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def test_the_capture_process_ends_with_its_parent_even_on_kill_9(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    """kill -9 of ``mailcrm serve`` leaves no capture process (and its helpers) behind."""
+    Database(sqlite_url).dispose()
+    parent = subprocess.Popen(
+        [sys.executable, "-c", _PARENT, sqlite_url, str(tmp_path / "spool")],
+        cwd=Path(__file__).resolve().parent.parent, stdout=subprocess.PIPE, text=True,
+    )
+    children: list[int] = []
+    try:
+        assert parent.stdout is not None
+        assert parent.stdout.readline().strip() == "(0, None)"  # one round ran in the child
+        children = [int(pid) for pid in parent.stdout.readline().split()]
+        assert children and not any(_gone(pid) for pid in children)
+        parent.kill()
+        parent.wait(10)
+        deadline = time.monotonic() + 15
+        while not all(_gone(pid) for pid in children) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert all(_gone(pid) for pid in children), "orphans left running"
+    finally:
+        for pid in [parent.pid, *children]:
+            with contextlib.suppress(ProcessLookupError):
+                if not _gone(pid):
+                    os.kill(pid, signal.SIGKILL)
