@@ -24,6 +24,7 @@ from aioimaplib import aioimaplib as aio
 from crm.errors import UpstreamAuthError, UpstreamError
 
 from . import parse, utf7
+from .tlsconn import shared_context
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -51,12 +52,9 @@ class Endpoint:
     insecure: bool = False
 
     def ssl_context(self) -> ssl.SSLContext:
-        """Certificates are checked unless the admin said ``insecure``."""
-        context = ssl.create_default_context(cafile=self.ca_file)
-        if self.insecure:
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE
-        return context
+        """Certificates are checked unless the admin said ``insecure``; the context is shared
+        with every endpoint of the same CA file and mode (:mod:`.tlsconn`)."""
+        return shared_context(self.ca_file, self.insecure)
 
 
 def is_loopback(host: str) -> bool:

@@ -1,0 +1,47 @@
+"""TLS of the poller's connections: shared SSL contexts (and their checks) per CA file and mode."""
+
+from __future__ import annotations
+
+import os
+import ssl
+from pathlib import Path
+
+import pytest
+
+from proxy.imap.client import Endpoint
+from tests.servers import _make_cert
+
+
+def _endpoint(ca_file: Path | None = None, insecure: bool = False, host: str = "a") -> Endpoint:
+    return Endpoint(host, 993, "ssl", "login", "pw", str(ca_file) if ca_file else None, insecure)
+
+
+def test_one_context_per_ca_file_and_mode(tmp_path: Path) -> None:
+    cert, _ = _make_cert(tmp_path, "test CA", [])
+    first = _endpoint(cert, host="imap1.example.com").ssl_context()
+    assert _endpoint(cert, host="imap2.example.com").ssl_context() is first
+    assert first.check_hostname and first.verify_mode == ssl.CERT_REQUIRED
+    loose = _endpoint(cert, insecure=True).ssl_context()
+    assert loose is not first
+    assert not loose.check_hostname and loose.verify_mode == ssl.CERT_NONE
+    system = _endpoint().ssl_context()
+    assert system is _endpoint(host="b").ssl_context() and system is not first
+    assert system.check_hostname and system.verify_mode == ssl.CERT_REQUIRED
+
+
+def test_a_changed_ca_file_is_loaded_again(tmp_path: Path) -> None:
+    cert, _ = _make_cert(tmp_path, "old CA", [])
+    before = _endpoint(cert).ssl_context()
+    assert [c["subject"] for c in before.get_ca_certs()] == [((("commonName", "old CA"),),)]
+    (tmp_path / "new").mkdir()
+    fresh, _ = _make_cert(tmp_path / "new", "new CA", [])
+    fresh.replace(cert)
+    os.utime(cert, ns=(1, 1))  # another mtime, whatever the clock's resolution
+    after = _endpoint(cert).ssl_context()
+    assert after is not before
+    assert [c["subject"] for c in after.get_ca_certs()] == [((("commonName", "new CA"),),)]
+
+
+def test_an_unreadable_ca_file_fails_like_before(tmp_path: Path) -> None:
+    with pytest.raises(OSError):
+        _endpoint(tmp_path / "missing.pem").ssl_context()
