@@ -1,15 +1,19 @@
-"""TLS of the poller's connections: shared SSL contexts (and their checks) per CA file and mode."""
+"""TLS of the poller's connections: shared SSL contexts (and their checks) per CA file and mode,
+and small receive buffers that still carry a large message intact (against the real Dovecot).
+"""
 
 from __future__ import annotations
 
 import os
 import ssl
+import uuid
 from pathlib import Path
 
 import pytest
 
-from proxy.imap.client import Endpoint
-from tests.servers import _make_cert
+from proxy.imap import tlsconn
+from proxy.imap.client import Endpoint, ImapClient
+from tests.servers import Dovecot, _make_cert
 
 
 def _endpoint(ca_file: Path | None = None, insecure: bool = False, host: str = "a") -> Endpoint:
@@ -45,3 +49,26 @@ def test_a_changed_ca_file_is_loaded_again(tmp_path: Path) -> None:
 def test_an_unreadable_ca_file_fails_like_before(tmp_path: Path) -> None:
     with pytest.raises(OSError):
         _endpoint(tmp_path / "missing.pem").ssl_context()
+
+
+@pytest.mark.servers
+@pytest.mark.parametrize("tls", ["ssl", "starttls"])
+async def test_tls_reads_through_a_small_buffer(dovecot: Dovecot, tls: str) -> None:
+    login = dovecot.add_user("t" + uuid.uuid4().hex[:10], "pw")
+    body = b"".join(b"line %06d of a long message, with some text to fill it up\r\n" % i
+                    for i in range(40_000))  # 2.5 MB: many TLS records, many reads
+    raw = b"From: a@example.org\r\nSubject: big\r\nMessage-ID: <big@x>\r\n\r\n" + body
+    dovecot.deliver(login, raw)
+    port = dovecot.imaps_port if tls == "ssl" else dovecot.imap_port
+    client = ImapClient(Endpoint("127.0.0.1", port, tls, login, "pw", str(dovecot.cert_path)), 10)
+    try:
+        await client.connect()
+        await client.login()
+        assert client.protocol is not None
+        ssl_protocol = getattr(client.protocol.transport, "_ssl_protocol", None)
+        assert ssl_protocol is not None and len(ssl_protocol._ssl_buffer) == tlsconn.READ_BUFFER
+        await client.select("INBOX")
+        records = await client.uid_fetch([1], "(UID BODY.PEEK[])")
+        assert [bytes(r.body or b"") for r in records] == [raw]
+    finally:
+        await client.logout()

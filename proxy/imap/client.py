@@ -24,7 +24,7 @@ from aioimaplib import aioimaplib as aio
 from crm.errors import UpstreamAuthError, UpstreamError
 
 from . import parse, utf7
-from .tlsconn import shared_context
+from .tlsconn import shared_context, slim
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -145,6 +145,7 @@ class ImapClient:
             )
         except (OSError, TimeoutError) as exc:
             raise UpstreamError(f"cannot connect to {ep.host}:{ep.port}: {_why(exc)}") from exc
+        slim(self.protocol.transport)
         await self.guard(self.protocol.wait("AUTH|NONAUTH"), "greeting")
         if ep.tls == "starttls":
             await self._starttls()
@@ -171,6 +172,7 @@ class ImapClient:
         except (OSError, TimeoutError, ssl.SSLError) as exc:
             raise UpstreamError(f"STARTTLS with {self.endpoint.host} failed: {_why(exc)}") from exc
         proto.transport = transport
+        slim(transport)
         await self.guard(proto.capability(), "CAPABILITY")
 
     async def login(self) -> None:
