@@ -12,9 +12,10 @@ Several gateway nodes (B7): only mailboxes this node holds a lease on are synced
 thread of their own, never queued behind capture work on the database thread (an import of many
 mailboxes would make them lapse). A guard checks every :data:`GUARD_S` which mailboxes are still
 safely ours, a third of a lease period before their deadline, and tells the workers of every
-other one to stop at once, all together, without waiting on the database: a worker has ended
-before another node may take its row. Every lease is released on shutdown after the workers
-stopped. With one node (SQLite) the node simply holds every lease.
+other one to stop at once, all together, without waiting on the database; a worker's polite end
+is cut short after a twelfth of a lease period: it has ended before another node may take its
+row. Every lease is released on shutdown after the workers stopped. With one node (SQLite) the
+node simply holds every lease.
 """
 
 from __future__ import annotations
@@ -162,6 +163,7 @@ class Poller:
     def _start(self, plan: MailboxPlan) -> None:
         self.problems.pop(plan.id, None)
         worker = MailboxWorker(self.ctx, plan)
+        worker.grace = min(worker.grace, self.keeper.renew_interval / 4)  # ends inside the margin
         task = asyncio.create_task(worker.run(), name=f"imap:{plan.address}")
         self.workers[plan.id] = (worker, task)
         log.info("watching mailbox %s", plan.address)

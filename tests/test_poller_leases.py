@@ -20,9 +20,10 @@ from cryptography.fernet import Fernet
 from crm import admin
 from crm.config import Config
 from crm.db import Database
-from crm.leases import LeaseKeeper
+from crm.leases import LeaseKeeper, lease_owners
 from crm.secrets import SecretBox
 from proxy import poller as poller_module
+from proxy.imap.worker import MailboxWorker
 from proxy.poller import GUARD_S, Poller
 from tests.pollerkit import until
 
@@ -38,6 +39,7 @@ class StandInWorker:
     def __init__(self, _ctx: Any, plan: Any) -> None:
         self.plan = plan
         self.stop = asyncio.Event()
+        self.grace = 2.0
 
     async def run(self) -> None:
         await self.stop.wait()
@@ -78,6 +80,25 @@ async def running(poller: Poller) -> AsyncIterator[None]:
     finally:
         stop.set()
         await asyncio.wait_for(task, 30)
+
+
+@contextlib.asynccontextmanager
+async def node_alive(db: Database, name: str) -> AsyncIterator[None]:
+    """Another node heartbeating (it takes nothing) until the block ends."""
+    keeper = LeaseKeeper(db, name, LEASE)
+
+    async def beat() -> None:
+        while True:
+            await asyncio.to_thread(keeper.heartbeat)
+            await asyncio.sleep(LEASE / 5)
+
+    task = asyncio.create_task(beat())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 async def test_renewals_do_not_wait_for_the_database_thread(poller: Poller) -> None:
@@ -125,3 +146,21 @@ async def test_a_late_renewal_stops_the_workers_before_the_deadline(poller: Poll
             hang.set()
     deadline = started[0] + LEASE  # the local deadline of the last renewal that worked
     assert latest < deadline - LEASE / 3 + GUARD_S + 0.1, (latest - started[0], deadline)
+
+
+async def test_a_worker_waiting_on_the_database_ends_before_its_row_can_expire(
+    poller: Poller, db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def stuck(self: MailboxWorker) -> float:  # a session queued on the busy database thread
+        await self.ctx.run(time.sleep, 3 * LEASE)
+        return 60.0
+
+    monkeypatch.setattr(poller_module, "MailboxWorker", MailboxWorker)
+    monkeypatch.setattr(MailboxWorker, "_session", stuck)
+    async with running(poller), node_alive(db, "b"):  # half must go to b
+        tasks = {box: task for box, (_worker, task) in poller.workers.items()}
+        while sum(task.done() for task in tasks.values()) < 2:
+            await asyncio.sleep(0.02)
+        owners = await asyncio.to_thread(lease_owners, db)
+    ended = [box for box, task in tasks.items() if task.done()]
+    assert all(owners.get(box) == "a" for box in ended), "the row expired before the worker ended"

@@ -64,6 +64,7 @@ class MailboxWorker:
         self.ctx = ctx
         self.plan = plan
         self.stop = asyncio.Event()
+        self.grace = STOP_GRACE_S  # how long a session may take to end politely once stopped
         self.wake = asyncio.Event()
         self.push_folders: set[str] = set()
         self.folders: list[FolderPlan] = []
@@ -106,7 +107,7 @@ class MailboxWorker:
         try:
             await asyncio.wait([task, stopping], return_when="FIRST_COMPLETED")
             if not task.done():
-                await asyncio.wait([task], timeout=STOP_GRACE_S)
+                await asyncio.wait([task], timeout=self.grace)
             if not task.done():
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
