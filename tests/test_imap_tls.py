@@ -4,6 +4,7 @@ and small receive buffers that still carry a large message intact (against the r
 
 from __future__ import annotations
 
+import asyncio
 import os
 import ssl
 import uuid
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from crm.errors import UpstreamError
 from proxy.imap import tlsconn
 from proxy.imap.client import Endpoint, ImapClient
 from tests.servers import Dovecot, _make_cert
@@ -72,3 +74,29 @@ async def test_tls_reads_through_a_small_buffer(dovecot: Dovecot, tls: str) -> N
         assert [bytes(r.body or b"") for r in records] == [raw]
     finally:
         await client.logout()
+
+
+@pytest.mark.parametrize("tls", ["ssl", "starttls"])
+async def test_a_server_silent_in_the_handshake_times_out_and_is_hung_up_on(tls: str) -> None:
+    closed = asyncio.Event()
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if tls == "starttls":
+            writer.write(b"* OK hi\r\n")
+            while (line := await reader.readline()) and b"STARTTLS" not in line:
+                tag = line.split()[0]
+                writer.write(b"* CAPABILITY IMAP4rev1 STARTTLS\r\n%s OK done\r\n" % tag)
+            writer.write(line.split(b" ")[0] + b" OK begin TLS\r\n")
+        await reader.read()  # the ClientHello, then EOF once the client gives up
+        closed.set()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    client = ImapClient(Endpoint("127.0.0.1", port, tls, "login", "pw"), 0.5)
+    try:
+        with pytest.raises(UpstreamError, match="timed out"):
+            await client.connect()
+        await asyncio.wait_for(closed.wait(), 5)
+    finally:
+        client.abort()
+        server.close()

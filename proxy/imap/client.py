@@ -24,7 +24,7 @@ from aioimaplib import aioimaplib as aio
 from crm.errors import UpstreamAuthError, UpstreamError
 
 from . import parse, utf7
-from .tlsconn import shared_context, slim
+from .tlsconn import open_connection, shared_context, start_tls
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -140,12 +140,10 @@ class ImapClient:
         context = ep.ssl_context() if ep.tls == "ssl" else None
         try:
             await asyncio.wait_for(
-                loop.create_connection(lambda: self.protocol, ep.host, ep.port, ssl=context),
-                self.timeout,
+                open_connection(loop, self.protocol, ep.host, ep.port, context), self.timeout
             )
         except (OSError, TimeoutError) as exc:
             raise UpstreamError(f"cannot connect to {ep.host}:{ep.port}: {_why(exc)}") from exc
-        slim(self.protocol.transport)
         await self.guard(self.protocol.wait("AUTH|NONAUTH"), "greeting")
         if ep.tls == "starttls":
             await self._starttls()
@@ -161,18 +159,14 @@ class ImapClient:
         loop = asyncio.get_running_loop()
         try:
             transport = await asyncio.wait_for(
-                loop.start_tls(
-                    proto.transport,
-                    proto,
-                    self.endpoint.ssl_context(),
-                    server_hostname=self.endpoint.host,
+                start_tls(
+                    loop, proto.transport, proto, self.endpoint.ssl_context(), self.endpoint.host
                 ),
                 self.timeout,
             )
         except (OSError, TimeoutError, ssl.SSLError) as exc:
             raise UpstreamError(f"STARTTLS with {self.endpoint.host} failed: {_why(exc)}") from exc
         proto.transport = transport
-        slim(transport)
         await self.guard(proto.capability(), "CAPABILITY")
 
     async def login(self) -> None:

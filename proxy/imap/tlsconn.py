@@ -7,9 +7,11 @@ connection (an :class:`ssl.SSLContext` may serve many connections at once); a CA
 changes on disk (the admin's file, or the system's) is loaded afresh for the next connection.
 
 asyncio gives every TLS connection a 256 KiB receive buffer (``sslproto.SSLProtocol.max_size``),
-allocated and zeroed up front: 250 MB for 1,000 idle mailboxes. :func:`slim` swaps it for a
-:data:`READ_BUFFER` one once the connection is up; a TLS record holds at most 16 KiB, and a long
-FETCH is read in more, smaller steps.
+allocated and zeroed when the connection starts: 250 MB for 1,000 mailboxes, and freeing it after
+the handshake is too late (1,000 mailboxes connect at once, and the freed memory stays with the
+process). :func:`open_connection` and :func:`start_tls` do what ``loop.create_connection(ssl=)``
+and ``loop.start_tls`` do, with a :data:`READ_BUFFER` one; a TLS record holds at most 16 KiB,
+and a long FETCH is read in more, smaller steps (no slower).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import asyncio
 import functools
 import os
 import ssl
+from asyncio import sslproto
 
 READ_BUFFER = 32 * 1024
 
@@ -50,16 +53,56 @@ def shared_context(ca_file: str | None, insecure: bool) -> ssl.SSLContext:
     return _context(ca_file, insecure, _stamp(ca_file))
 
 
-def slim(transport: asyncio.BaseTransport | None) -> None:
-    """Give a TLS transport of asyncio a :data:`READ_BUFFER` receive buffer (no-op otherwise).
 
-    Safe between two reads: the socket transport asks ``get_buffer`` before every read, and the
-    protocol copies what it got out of the buffer at once.
-    """
-    proto = getattr(transport, "_ssl_protocol", None)
-    buffer = getattr(proto, "_ssl_buffer", None)
-    if proto is None or not isinstance(buffer, bytearray) or len(buffer) <= READ_BUFFER:
+class _SlimSSLProtocol(sslproto.SSLProtocol):
+    """asyncio's TLS layer with a :data:`READ_BUFFER` receive buffer."""
+
+    max_size = READ_BUFFER
+
+
+async def start_tls(
+    loop: asyncio.AbstractEventLoop,
+    raw: asyncio.Transport,
+    app: asyncio.BaseProtocol,
+    context: ssl.SSLContext,
+    host: str,
+    *,
+    made: bool = False,
+) -> asyncio.Transport:
+    """TLS over the connected ``raw`` transport for ``app``; its transport once the handshake is
+    done. ``made``: tell ``app`` ``connection_made`` (it has not seen the plain connection)."""
+    waiter = loop.create_future()
+    tls = _SlimSSLProtocol(
+        loop, app, context, waiter, server_hostname=host, call_connection_made=made
+    )
+    raw.pause_reading()  # as loop.start_tls: no data before the TLS layer is in place
+    raw.set_protocol(tls)
+    begin = loop.call_soon(tls.connection_made, raw)
+    resume = loop.call_soon(raw.resume_reading)
+    try:
+        await waiter
+    except BaseException:
+        raw.close()
+        begin.cancel()
+        resume.cancel()
+        raise
+    return tls._app_transport
+
+
+async def open_connection(
+    loop: asyncio.AbstractEventLoop,
+    app: asyncio.BaseProtocol,
+    host: str,
+    port: int,
+    context: ssl.SSLContext | None,
+) -> None:
+    """Connect ``app`` to ``host:port``, over implicit TLS when a ``context`` is given."""
+    if context is None:
+        await loop.create_connection(lambda: app, host, port)
         return
-    proto.max_size = READ_BUFFER
-    proto._ssl_buffer = bytearray(READ_BUFFER)
-    proto._ssl_buffer_view = memoryview(proto._ssl_buffer)
+    raw, _ = await loop.create_connection(asyncio.Protocol, host, port)
+    try:
+        await start_tls(loop, raw, app, context, host, made=True)
+    except BaseException:
+        raw.close()
+        raise
