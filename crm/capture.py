@@ -2,15 +2,21 @@
 
 ``Capturer.capture`` parses the headers, gathers the context the rules need with a few indexed
 queries, asks the pure pipeline (:mod:`crm.pipeline`) for a decision and applies it in one
-transaction. A message that cannot be captured is skipped with a logged reason; nothing here
-raises for bad mail, and a database error rolls the whole message back.
+transaction. ``Capturer.capture_many`` does the same for a batch (the poller's fetched chunk) in
+one transaction with a SAVEPOINT per message, so a batch costs one commit and a failing message
+rolls back only itself. A message that cannot be captured is skipped with a logged reason;
+nothing here raises for bad mail, and a database error rolls the whole message back.
+
+A capture that raced with another writer (the relay's spool, another node: both saw the message
+as new, the other committed first) fails on a unique key; it is rolled back and tried once more,
+when it sees the other writer's rows (a duplicate, or a known sender) and records its location.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from sqlalchemy import Connection, select
@@ -50,6 +56,20 @@ class Location:
     uid: int
 
 
+@dataclass(frozen=True)
+class Incoming:
+    """One message to capture, with what its caller knows about it."""
+
+    raw: bytes
+    mailbox: str
+    direction: Direction
+    source: str = ""
+    seen: bool = False
+    envelope_from: str | None = None
+    envelope_to: tuple[str, ...] = ()
+    location: Location | None = None
+
+
 @dataclass
 class CaptureResult:
     """What capturing one message did; the ``capture --json`` fields."""
@@ -71,6 +91,9 @@ class CaptureResult:
             "created": self.created.as_json(),
             "message_key": self.message_key,
         }
+
+
+_Run = Callable[[ParsedMessage, Incoming], CaptureResult]
 
 
 class _Staff:
@@ -116,61 +139,79 @@ class Capturer:
         envelope_to: Iterable[str] = (),
         location: Location | None = None,
     ) -> CaptureResult:
-        """Capture one message seen in ``mailbox``; never raises for bad mail."""
+        """Capture one message seen in ``mailbox`` in a transaction of its own; never raises
+        for bad mail."""
+        item = Incoming(
+            raw, mailbox, direction, source, seen, envelope_from, tuple(envelope_to), location
+        )
+        return self._attempts(item, self._own_transaction)
+
+    def capture_many(self, items: Sequence[Incoming]) -> list[CaptureResult]:
+        """Capture ``items`` in order in one transaction, each in a SAVEPOINT of its own.
+
+        A message the database refuses, or that raced, rolls back to its savepoint only; any
+        other error rolls the whole batch back and propagates. On SQLite the write lock is taken
+        first (``BEGIN IMMEDIATE``), so no other writer can slip in between the batch's reads and
+        writes. The results are counted in the metrics once the batch is committed.
+        """
+        with self.db.engine.begin() as conn:
+            if conn.dialect.name == "sqlite":
+                conn.exec_driver_sql("BEGIN IMMEDIATE")  # pysqlite would only begin at a write
+
+            def saved(msg: ParsedMessage, item: Incoming) -> CaptureResult:
+                with conn.begin_nested():
+                    return self._capture_parsed(conn, msg, item)
+
+            results = [self._attempts(item, saved) for item in items]
+        for result in results:
+            _count(result)
+        return results
+
+    def _own_transaction(self, msg: ParsedMessage, item: Incoming) -> CaptureResult:
+        with self.db.engine.begin() as conn:
+            return self._capture_parsed(conn, msg, item)
+
+    def _attempts(self, item: Incoming, run: _Run) -> CaptureResult:
+        """Parse, then ``run`` the capture; a race is tried once more, a refused value skipped."""
         try:
-            msg = parse_message(raw, envelope_from)
+            msg = parse_message(item.raw, item.envelope_from)
         except MessageParseError as exc:
-            log.info("capture skipped %s: %s", source or "message", exc)
-            return CaptureResult(source, "skipped", str(exc))
-        try:
-            return self._capture_parsed(
-                msg, mailbox, direction, source, seen, _addresses(envelope_to), location
-            )
-        except IntegrityError:
-            log.info("capture of %s raced with another writer; counted as duplicate", msg.key)
-            return CaptureResult(source, "duplicate", "already captured", message_key=msg.key)
-        except DataError as exc:  # a value the database refuses: this message only, skipped
-            reason = f"cannot store: {str(exc.orig).splitlines()[0][:200]}"
-            log.warning("capture of %s skipped: %s", source or msg.key, reason)
-            return CaptureResult(source, "skipped", reason, message_key=msg.key)
+            log.info("capture skipped %s: %s", item.source or "message", exc)
+            return CaptureResult(item.source, "skipped", str(exc))
+        for attempt in (1, 2):
+            try:
+                return run(msg, item)
+            except IntegrityError:
+                log.info("capture of %s raced with another writer (try %d)", msg.key, attempt)
+            except DataError as exc:  # a value the database refuses: this message only, skipped
+                reason = f"cannot store: {str(exc.orig).splitlines()[0][:200]}"
+                log.warning("capture of %s skipped: %s", item.source or msg.key, reason)
+                return CaptureResult(item.source, "skipped", reason, message_key=msg.key)
+        return CaptureResult(item.source, "duplicate", "already captured", message_key=msg.key)
 
     def _capture_parsed(
-        self,
-        msg: ParsedMessage,
-        mailbox: str,
-        direction: Direction,
-        source: str,
-        seen: bool,
-        envelope_to: tuple[str, ...],
-        location: Location | None,
+        self, conn: Connection, msg: ParsedMessage, item: Incoming
     ) -> CaptureResult:
-        with self.db.engine.begin() as session:
-            box_id, view = mailbox_view(session, mailbox, self.extras)
-            self.staff.refresh(session)
-            cards = self._vcards(msg, view)
-            ctx = self._context(session, msg, view, direction, seen, envelope_to, cards)
-            decision = decide(msg, ctx)
-            result = CaptureResult(source, decision.action, decision.reason, message_key=msg.key)
-            if decision.action == "captured":
-                folder = location.folder if location else None
-                activity_id, result.created = apply_decision(session, msg, box_id, decision, folder)
-                result.activities = [activity_id]
-            elif decision.action == "duplicate":
-                result.activities = _existing_activity(session, msg.key)
-                remember_alias(session, msg)
-            if location is not None:
-                record_location(
-                    session,
-                    box_id,
-                    msg.key,
-                    location.folder,
-                    location.uidvalidity,
-                    location.uid,
-                    seen,
-                    result.activities,
-                )
+        box_id, view = mailbox_view(conn, item.mailbox, self.extras)
+        self.staff.refresh(conn)
+        cards = self._vcards(msg, view)
+        decision = decide(msg, self._context(conn, msg, view, item, cards))
+        result = CaptureResult(item.source, decision.action, decision.reason, message_key=msg.key)
+        where = item.location
+        if decision.action == "captured":
+            folder = where.folder if where else None
+            activity_id, result.created = apply_decision(conn, msg, box_id, decision, folder)
+            result.activities = [activity_id]
+        elif decision.action == "duplicate":
+            result.activities = _existing_activity(conn, msg.key)
+            remember_alias(conn, msg)
+        if where is not None:
+            record_location(
+                conn, box_id, msg.key, where.folder, where.uidvalidity, where.uid, item.seen,
+                result.activities,
+            )  # fmt: skip
         if decision.action == "skipped":
-            log.info("capture skipped %s: %s", source or msg.key, decision.reason)
+            log.info("capture skipped %s: %s", item.source or msg.key, decision.reason)
         return result
 
     def _vcards(self, msg: ParsedMessage, box: MailboxView) -> tuple[VCardContact, ...]:
@@ -189,32 +230,40 @@ class Capturer:
 
     def _context(
         self,
-        session: Connection,
+        conn: Connection,
         msg: ParsedMessage,
         view: MailboxView,
-        direction: Direction,
-        seen: bool,
-        envelope_to: tuple[str, ...],
+        item: Incoming,
         cards: tuple[VCardContact, ...],
     ) -> Context:
+        envelope_to = _addresses(item.envelope_to)
         wanted = {p.address for p in msg.recipients} | set(envelope_to)
         if msg.sender:
             wanted.add(msg.sender.address)
         wanted.update(_addresses(e for c in cards for e in c.emails))
         return Context(
             mailbox=view,
-            direction=direction,
+            direction=item.direction,
             now=utcnow(),
-            seen=seen,
+            seen=item.seen,
             employees=self.staff.employees,
             excluded=self.staff.excluded,
-            known=known_entities(session, wanted),
-            known_contact_names=contact_names(session, [c.name for c in cards if not c.emails]),
-            duplicate=bool(_existing_activity(session, msg.key)),
-            threads=threads(session, msg.in_reply_to + msg.references),
+            known=known_entities(conn, wanted),
+            known_contact_names=contact_names(conn, [c.name for c in cards if not c.emails]),
+            duplicate=bool(_existing_activity(conn, msg.key)),
+            threads=threads(conn, msg.in_reply_to + msg.references),
             envelope_to=envelope_to,
             vcards=cards,
         )
+
+
+def _count(result: CaptureResult) -> None:
+    if result.action == "captured":
+        metrics.captured()
+    elif result.action == "duplicate":
+        metrics.duplicate()
+    else:
+        metrics.skipped(result.reason)
 
 
 def _addresses(values: Iterable[str]) -> tuple[str, ...]:

@@ -10,7 +10,8 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 
-from sqlalchemy import Connection, bindparam, func, select, update
+from sqlalchemy import Connection, Executable, bindparam, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 
 from .errors import NotFound
 from .message import ParsedMessage
@@ -64,6 +65,12 @@ _KNOWN = (
     .where(EMAILS.c.address.in_(bindparam("addresses", expanding=True)))
 )
 _EXISTING = select(ACTIVITIES.c.id).where(ACTIVITIES.c.message_key == bindparam("key"))
+_ALIAS = (
+    update(ACTIVITIES)
+    .where(ACTIVITIES.c.message_key == bindparam("key"), ACTIVITIES.c.alt_message_id.is_(None))
+    .values(alt_message_id=bindparam("alias"))
+)
+_LOCATE: dict[str, Executable] = {}
 _THREADS = select(ACTIVITIES.c.message_id, ACTIVITIES.c.alt_message_id, ACTIVITIES.c.thread).where(
     ACTIVITIES.c.message_id.in_(bindparam("ids", expanding=True))
     | ACTIVITIES.c.alt_message_id.in_(bindparam("ids", expanding=True))
@@ -171,11 +178,7 @@ def threads(conn: Connection, ids: tuple[str, ...]) -> dict[str, str]:
 def remember_alias(conn: Connection, msg: ParsedMessage) -> None:
     """A rewritten copy (Exchange, Gmail Sent) of a captured message: keep its id for B3."""
     if msg.header_id:
-        conn.execute(
-            update(ACTIVITIES)
-            .where(ACTIVITIES.c.message_key == msg.key, ACTIVITIES.c.alt_message_id.is_(None))
-            .values(alt_message_id=msg.header_id)
-        )
+        conn.execute(_ALIAS, {"key": msg.key, "alias": msg.header_id})
 
 
 def record_location(
@@ -188,25 +191,27 @@ def record_location(
     seen: bool,
     activities: list[int],
 ) -> None:
-    """Where the poller found the message, for read-state and deletion sync (C10, C11)."""
-    loc = LOCATIONS.c
-    exists = conn.scalar(
-        select(loc.id).where(
-            loc.mailbox_id == mailbox_id,
-            loc.folder == folder,
-            loc.uidvalidity == uidvalidity,
-            loc.uid == uid,
-        )
+    """Where the poller found the message, for read-state and deletion sync (C10, C11); a
+    location already recorded is left as it is."""
+    statement = _LOCATE.get(conn.dialect.name)
+    if statement is None:
+        statement = _LOCATE[conn.dialect.name] = _insert_once(conn.dialect.name)
+    conn.execute(
+        statement,
+        {
+            "mailbox_id": mailbox_id,
+            "folder": folder,
+            "uidvalidity": uidvalidity,
+            "uid": uid,
+            "message_key": key,
+            "activity_id": activities[0] if activities else None,
+            "seen": seen,
+        },
     )
-    if exists is None:
-        conn.execute(
-            LOCATIONS.insert().values(
-                mailbox_id=mailbox_id,
-                folder=folder,
-                uidvalidity=uidvalidity,
-                uid=uid,
-                message_key=key,
-                activity_id=activities[0] if activities else None,
-                seen=seen,
-            )
-        )
+
+
+def _insert_once(dialect: str) -> Executable:
+    """``INSERT ... ON CONFLICT DO NOTHING`` into the locations, in the dialect's words."""
+    if dialect == "postgresql":
+        return postgresql.insert(LOCATIONS).on_conflict_do_nothing()
+    return sqlite.insert(LOCATIONS).on_conflict_do_nothing()

@@ -51,6 +51,20 @@ _COMPANY_BY_DOMAIN = select(COMPANIES.c.id).where(COMPANIES.c.domain == bindpara
 _USER_BY_EMAIL = select(USERS.c.id).where(USERS.c.email == bindparam("email"))
 _BIND = insert(BINDINGS)
 _EMAIL = insert(EMAILS)
+_CURSOR = (
+    update(MAILBOXES)
+    .where(MAILBOXES.c.id == bindparam("box"))
+    .values(queue_cursor=bindparam("cursor"))
+)
+_ANSWERED = (
+    update(ACTIVITIES)
+    .where(
+        ACTIVITIES.c.message_id.in_(bindparam("ids", expanding=True))
+        | ACTIVITIES.c.alt_message_id.in_(bindparam("ids", expanding=True)),
+        ACTIVITIES.c.direction == "incoming",
+    )
+    .values(answered=True)
+)
 
 
 def company_for(
@@ -172,19 +186,7 @@ def apply_decision(
         ],
     )
     if decision.queue_cursor is not None:
-        conn.execute(
-            update(MAILBOXES)
-            .where(MAILBOXES.c.id == mailbox_id)
-            .values(queue_cursor=decision.queue_cursor)
-        )
+        conn.execute(_CURSOR, {"box": mailbox_id, "cursor": decision.queue_cursor})
     if decision.answers:
-        act = ACTIVITIES.c
-        conn.execute(
-            update(ACTIVITIES)
-            .where(
-                act.message_id.in_(decision.answers) | act.alt_message_id.in_(decision.answers),
-                act.direction == "incoming",
-            )
-            .values(answered=True)
-        )
+        conn.execute(_ANSWERED, {"ids": list(decision.answers)})
     return activity_id, created

@@ -176,13 +176,18 @@ def test_schedule_t1_t3_and_company_intervals() -> None:
     assert _plan(since="all").window_start(NOW) is None
 
 
-def test_a_duplicate_that_raced_is_captured_again_for_its_location(sqlite_url: str) -> None:
-    """capture() rolls a racing duplicate back whole; store_batch records its location anyway."""
+def test_a_duplicate_that_raced_is_captured_again_for_its_location(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A capture that raced is rolled back to its savepoint; store_batch still records its
+    location, captures the rest of the batch, and only then moves the checkpoint."""
     from cryptography.fernet import Fernet
 
+    import crm.capture
     from crm import admin, sync
-    from crm.capture import Capturer, CaptureResult
+    from crm.capture import Capturer
     from crm.db import Database
+    from crm.lookups import existing_activity
     from crm.models import Direction
     from crm.secrets import SecretBox
     from proxy.imap.importer import store_batch
@@ -197,21 +202,23 @@ def test_a_duplicate_that_raced_is_captured_again_for_its_location(sqlite_url: s
         box = admin.add_mailbox(s, SecretBox(Fernet.generate_key()), "me@example.com",
                                 "me@example.com", settings)  # fmt: skip
         box_id = box.id
-
-    class Racing(Capturer):
-        calls = 0
-
-        def capture(self, raw: bytes, *args: object, **kwargs: object) -> CaptureResult:
-            self.calls += 1
-            if self.calls == 1:
-                return CaptureResult("raced", "duplicate", "already captured")
-            return super().capture(raw, *args, **kwargs)  # type: ignore[arg-type]
-
-    capturer = Racing(db)
     raw = message("Ann <ann@acme.example>", "me@example.com", "hello")
+    other = Capturer(db).capture(raw, "me@example.com", Direction.INCOMING)  # the relay, say
+    early = [True]
+
+    def looked_before_the_other_commit(conn: object, key: str) -> list[int]:
+        if early and key == other.message_key:
+            early.clear()
+            return []
+        return existing_activity(conn, key)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(crm.capture, "_existing_activity", looked_before_the_other_commit)
+    later = message("Bo <bo@beta.example>", "me@example.com", "hi")
+    records = [FetchRecord(seq=1, uid=7, body=raw), FetchRecord(seq=2, uid=8, body=later)]
     plan = _plan(id=box_id, address="me@example.com", since="all")
-    records = [FetchRecord(seq=1, uid=7, body=raw)]
-    store_batch(capturer, plan, FolderPlan("INBOX", Direction.INCOMING), 5, records, 7)
-    assert sync.recorded(db, box_id, "INBOX", 5, [7]) == {7}
-    assert sync.load_checkpoint(db, box_id, "INBOX") == sync.Checkpoint(5, 7, 0)
+    stats = store_batch(Capturer(db), plan, FolderPlan("INBOX", Direction.INCOMING), 5, records, 8)
+    assert (stats.captured, stats.duplicate, stats.skipped) == (1, 1, 0)
+    assert not early
+    assert sync.recorded(db, box_id, "INBOX", 5, [7, 8]) == {7, 8}
+    assert sync.load_checkpoint(db, box_id, "INBOX") == sync.Checkpoint(5, 8, 0)
     db.dispose()

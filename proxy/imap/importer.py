@@ -5,10 +5,13 @@ at most ``chunk_size`` messages and ``fetch_bytes`` bytes (sizes are asked first
 two chunks are in memory (one being captured on the database thread while the next is fetched).
 Messages are read with ``BODY.PEEK[]``, so capture never changes the user's read state.
 
-The checkpoint (last UID done) is written after the captures it covers are committed; a crash
-in between only repeats work that capture recognises (location and message key), so nothing is
-missed and nothing doubled. After a UIDVALIDITY change, messages are first matched to the old
-ones by Message-ID (headers only) and re-mapped instead of imported again.
+A fetched batch is captured in one transaction with a SAVEPOINT per message
+(:meth:`crm.capture.Capturer.capture_many`): one commit per batch, and a message the database
+refuses, or that raced with another writer, rolls back only itself. The checkpoint (last UID
+done) is written after the captures it covers are committed; a crash in between only repeats
+work that capture recognises (location and message key), so nothing is missed and nothing
+doubled. After a UIDVALIDITY change, messages are first matched to the old ones by Message-ID
+(headers only) and re-mapped instead of imported again.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from crm import sync
-from crm.capture import Capturer, Location
+from crm.capture import Capturer, Incoming, Location
 from crm.errors import MessageParseError
 from crm.message import parse_message
 from crm.models import utcnow
@@ -60,20 +63,6 @@ def uid_windows(first: int, last: int, span: int) -> Iterator[tuple[int, int]]:
         low = high + 1
 
 
-def _capture(
-    capturer: Capturer, plan: MailboxPlan, folder: FolderPlan, uidvalidity: int, record: FetchRecord
-) -> str:
-    assert record.uid is not None and record.body is not None
-    return capturer.capture(
-        record.body,
-        plan.address,
-        folder.direction,
-        source=f"imap:{plan.address}/{folder.name}/{uidvalidity}/{record.uid}",
-        seen=record.seen,
-        location=Location(folder.name, uidvalidity, record.uid),
-    ).action
-
-
 def store_batch(
     capturer: Capturer,
     plan: MailboxPlan,
@@ -82,32 +71,38 @@ def store_batch(
     records: Sequence[FetchRecord],
     checkpoint: int,
 ) -> ImportStats:
-    """Capture fetched messages in UID order, then advance the checkpoint (database thread).
+    """Capture fetched messages in UID order in one transaction, then advance the checkpoint
+    (database thread).
 
-    A duplicate that raced with another writer (the relay's spool, another node) was rolled
-    back whole, location included: it is captured once more, now as a plain duplicate, so its
-    location is recorded before the checkpoint moves past it.
+    Each message has a SAVEPOINT of its own (:meth:`Capturer.capture_many`): one the database
+    refuses is skipped alone, and one that raced with another writer (the relay's spool, another
+    node) is rolled back and captured once more as a plain duplicate, so its location is
+    recorded before the checkpoint moves past it.
     """
-    stats = ImportStats()
     wanted = sorted((r for r in records if r.uid is not None and r.body is not None),
                     key=lambda r: r.uid or 0)  # fmt: skip
-    raced: list[FetchRecord] = []
-    for record in wanted:
-        action = _capture(capturer, plan, folder, uidvalidity, record)
-        stats.captured += action == "captured"
-        stats.skipped += action == "skipped"
-        if action == "duplicate":
-            stats.duplicate += 1
-            raced.append(record)
-    if raced:
-        done = sync.recorded(
-            capturer.db, plan.id, folder.name, uidvalidity, [r.uid or 0 for r in raced]
-        )
-        for record in raced:
-            if record.uid not in done:
-                _capture(capturer, plan, folder, uidvalidity, record)
+    items = [_incoming(plan, folder, uidvalidity, r) for r in wanted]
+    stats = ImportStats()
+    for result in capturer.capture_many(items) if items else []:
+        stats.captured += result.action == "captured"
+        stats.duplicate += result.action == "duplicate"
+        stats.skipped += result.action == "skipped"
     sync.save_checkpoint(capturer.db, plan.id, folder.name, uidvalidity, last_uid=checkpoint)
     return stats
+
+
+def _incoming(
+    plan: MailboxPlan, folder: FolderPlan, uidvalidity: int, record: FetchRecord
+) -> Incoming:
+    assert record.uid is not None and record.body is not None
+    return Incoming(
+        record.body,
+        plan.address,
+        folder.direction,
+        source=f"imap:{plan.address}/{folder.name}/{uidvalidity}/{record.uid}",
+        seen=record.seen,
+        location=Location(folder.name, uidvalidity, record.uid),
+    )
 
 
 class Importer:

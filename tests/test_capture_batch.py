@@ -1,0 +1,120 @@
+"""``Capturer.capture_many`` (the poller's batches): one transaction, a SAVEPOINT per message.
+
+A message the database refuses rolls back only itself; one that raced with another writer is
+rolled back and captured again as a duplicate with its location; any other error rolls the
+whole batch back. On SQLite and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.exc import DataError
+
+import crm.capture
+from crm.capture import Capturer, Incoming, Location
+from crm.db import Database
+from crm.lookups import existing_activity
+from crm.models import Activity, Direction, MessageLocation
+from crm.records import apply_decision
+from tests.pollerkit import message
+from tests.test_bad_input import SALES, capturer, crm_state
+
+__all__ = ["capturer"]  # the fixture
+IN = Direction.INCOMING
+
+
+def _batch(*subjects: str) -> list[Incoming]:
+    return [
+        Incoming(
+            message(f"Sender {n} <s{n}@client{n}.example>", SALES, subject),
+            SALES,
+            IN,
+            source=subject,
+            location=Location("INBOX", 9, n),
+        )
+        for n, subject in enumerate(subjects, start=1)
+    ]
+
+
+def _locations(db: Database) -> dict[int, int | None]:
+    with db.session() as s:
+        rows = s.execute(select(MessageLocation.uid, MessageLocation.activity_id))
+        return {uid: activity for uid, activity in rows}
+
+
+def test_a_batch_is_captured_in_order_with_its_locations(capturer: Capturer, db: Database) -> None:
+    results = capturer.capture_many(_batch("one", "two", "three"))
+    assert [r.action for r in results] == ["captured"] * 3
+    assert _locations(db) == {n: r.activities[0] for n, r in enumerate(results, start=1)}
+    assert len(crm_state(db)["leads"]) == 3
+
+
+def test_a_refused_message_rolls_back_only_itself(
+    capturer: Capturer, db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refuse_two(conn: Any, msg: Any, *args: Any, **kwargs: Any) -> Any:
+        made = apply_decision(conn, msg, *args, **kwargs)  # its lead and activity are written...
+        if msg.subject == "two":  # ... then the database refuses a value
+            raise DataError("INSERT ...", {}, Exception("value too long for type"))
+        return made
+
+    monkeypatch.setattr(crm.capture, "apply_decision", refuse_two)
+    results = capturer.capture_many(_batch("one", "two", "three"))
+    assert [r.action for r in results] == ["captured", "skipped", "captured"]
+    assert results[1].reason == "cannot store: value too long for type"
+    assert sorted(_locations(db)) == [1, 3]
+    state = crm_state(db)
+    assert sorted(a["subject"] for a in state["activities"]) == ["one", "three"]
+    emails = sorted(e for lead in state["leads"] for e in lead["emails"])
+    assert emails == ["s1@client1.example", "s3@client3.example"]
+
+
+def test_a_race_in_a_batch_is_captured_again_with_its_location(
+    capturer: Capturer,
+    db: Database,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    batch = _batch("one", "two", "three")
+    other = Capturer(db).capture(batch[1].raw, SALES, IN)  # another writer committed "two"...
+    assert other.action == "captured"
+    stale = {"two": 1}
+
+    def read_too_early(conn: Any, key: str) -> list[int]:
+        if stale and key == other.message_key:  # ... after this batch had looked for it
+            stale.clear()
+            return []
+        return existing_activity(conn, key)
+
+    monkeypatch.setattr(crm.capture, "_existing_activity", read_too_early)
+    caplog.set_level(logging.INFO, "crm.capture")
+    results = capturer.capture_many(batch)
+    assert "raced with another writer (try 1)" in caplog.text
+    assert [r.action for r in results] == ["captured", "duplicate", "captured"]
+    assert results[1].activities == other.activities
+    assert _locations(db)[2] == other.activities[0]
+    assert len(crm_state(db)["activities"]) == 3
+    assert len(crm_state(db)["leads"]) == 3
+
+
+def test_any_other_error_rolls_the_whole_batch_back(
+    capturer: Capturer, db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def fail_on_two(conn: Any, msg: Any, *args: Any, **kwargs: Any) -> Any:
+        if msg.subject == "two":
+            raise OSError("disk full")
+        return apply_decision(conn, msg, *args, **kwargs)
+
+    monkeypatch.setattr(crm.capture, "apply_decision", fail_on_two)
+    with pytest.raises(OSError):
+        capturer.capture_many(_batch("one", "two", "three"))
+    assert crm_state(db) == {"leads": [], "contacts": [], "companies": [], "activities": []}
+    assert _locations(db) == {}
+    monkeypatch.setattr(crm.capture, "apply_decision", apply_decision)
+    assert [r.action for r in capturer.capture_many(_batch("one", "two"))] == ["captured"] * 2
+    with db.session() as s:
+        assert len(s.scalars(select(Activity.id)).all()) == 2
