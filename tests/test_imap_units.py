@@ -74,6 +74,42 @@ def test_fetch_records_with_literals_and_uid_after_the_body() -> None:
     assert (third.uid, third.answered) == (None, True)
 
 
+def test_fetch_command_knows_when_a_response_is_complete_as_upstream_does() -> None:
+    """Our incremental "more data to come" test answers as aioimaplib's rescanning one."""
+    import asyncio
+
+    from aioimaplib import aioimaplib as aio
+
+    from proxy.imap.protocol import FetchCommand
+
+    lines: list[bytes | bytearray] = [
+        b"1 FETCH (UID 5 FLAGS (\\Seen \\Recent) BODY[] {12}",
+        bytearray(b"a ( b ((( c\r\n"),
+        b")",
+        b"2 FETCH (UID 6 BODY[HEADER.FIELDS (MESSAGE-ID)] {9}",
+        bytearray(b"ID: <x>\r\n"),
+        b" FLAGS ())",
+        b"3 FETCH (FLAGS (\\Answered) UID 7)",
+        b"4 FETCH (UID 8 BODY[] {3}",
+        bytearray(b")))"),
+        b" FLAGS (\\Seen",
+        b"))",
+    ]
+    loop = asyncio.new_event_loop()
+    try:
+        ours = FetchCommand("A1", "1:8", "(UID FLAGS BODY.PEEK[])", prefix="UID", loop=loop)
+        theirs = aio.FetchCommand("A1", "1:8", "(UID FLAGS BODY.PEEK[])", prefix="UID", loop=loop)
+        answers = []
+        for line in lines:
+            ours.append_to_resp(line)
+            theirs.append_to_resp(line)
+            answers.append(ours.wait_data())
+            assert ours.wait_data() == theirs.wait_data(), line
+    finally:
+        loop.close()
+    assert answers == [True, True, False, True, True, False, False, True, True, True, False]
+
+
 def test_select_list_and_search_responses() -> None:
     info = parse_select(
         [

@@ -3,10 +3,10 @@
 aioimaplib 2.0.x leaves a command waiting forever when the server closes the connection (its
 issue #110), has no STARTTLS, drops untagged responses no command asked for (VANISHED, EXISTS),
 and parses with one recursion per response line (issue #118). :class:`ImapClient` wraps its
-protocol object: every command races a connection-lost future and a timeout, STARTTLS upgrades
-the transport in place, unsolicited responses are observed (:attr:`ImapClient.changed`,
-:meth:`ImapClient.take_vanished`), and the parser runs as a loop. The sync code still asks for
-everything in bounded UID chunks, which keeps responses and memory small.
+protocol object (:mod:`.protocol`): every command races a connection-lost future and a timeout,
+STARTTLS upgrades the transport in place, unsolicited responses are observed
+(:attr:`ImapClient.changed`, :meth:`ImapClient.take_vanished`), and the parser runs as a loop. The
+sync code still asks for everything in bounded UID chunks, which keeps responses and memory small.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from aioimaplib import aioimaplib as aio
 from crm.errors import UpstreamAuthError, UpstreamError
 
 from . import parse, utf7
+from .protocol import FetchCommand, Protocol
 from .tlsconn import open_connection, shared_context, start_tls
 
 log = logging.getLogger(__name__)
@@ -67,59 +68,13 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-class _Protocol(aio.IMAP4ClientProtocol):  # type: ignore[misc]
-    """aioimaplib's protocol, reporting unsolicited responses to its owner."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, owner: ImapClient) -> None:
-        super().__init__(loop, owner.connection_lost)
-        self.owner = owner
-
-    def _untagged_response(self, line: bytes) -> Any:
-        self.owner.observe(line[2:] if line.startswith(b"* ") else line)
-        return super()._untagged_response(line)
-
-    def _handle_responses(self, data: bytes, line_handler: Any, current_cmd: Any = None) -> None:
-        """aioimaplib's parser with its tail recursion turned into a loop (issue #118).
-
-        Our own commands are chunked, but unsolicited responses cannot be: another client
-        marking 3,000 messages read sends 3,000 FETCH lines to our IDLE, and the recursive
-        original dies at Python's recursion limit. Same steps, same order, as upstream PRs
-        #119/#130 do.
-        """
-        while True:
-            if not data:
-                if self.pending_sync_command is not None:
-                    self.pending_sync_command.flush()
-                if current_cmd is not None and current_cmd.wait_data():
-                    raise aio.IncompleteRead(current_cmd)
-                return
-            if current_cmd is not None and current_cmd.wait_literal_data():
-                data = current_cmd.append_literal_data(data)
-                if current_cmd.wait_literal_data():
-                    raise aio.IncompleteRead(current_cmd)
-            line, separator, tail = data.partition(aio.CRLF)
-            if not separator:
-                raise aio.IncompleteRead(current_cmd, data)
-            cmd = line_handler(line, current_cmd)
-            literal = aio.literal_data_re.match(line)
-            if literal:
-                if cmd is None:
-                    cmd = aio.Command("NIL", "unused")
-                cmd.begin_literal_data(int(literal.group("size")))
-                data, current_cmd = tail, cmd
-            elif cmd is not None and cmd.wait_data():
-                data, current_cmd = tail, cmd
-            else:
-                data, current_cmd = tail, None
-
-
 class ImapClient:
     """An IMAP session on one connection; every method raises UpstreamError subclasses."""
 
     def __init__(self, endpoint: Endpoint, timeout: float = 30.0) -> None:
         self.endpoint = endpoint
         self.timeout = timeout
-        self.protocol: _Protocol | None = None
+        self.protocol: Protocol | None = None
         self.lost: asyncio.Future[None] | None = None
         self.changed = asyncio.Event()
         self.selected: str | None = None
@@ -136,7 +91,7 @@ class ImapClient:
             raise UpstreamError(f"plaintext IMAP to {ep.host} refused: use ssl or starttls")
         loop = asyncio.get_running_loop()
         self.lost = loop.create_future()
-        self.protocol = _Protocol(loop, self)
+        self.protocol = Protocol(loop, self)
         context = ep.ssl_context() if ep.tls == "ssl" else None
         try:
             await asyncio.wait_for(
@@ -288,9 +243,10 @@ class ImapClient:
         parts = f"{items} {modifiers}".strip()
         self._fetching = True
         try:
-            response = await self.guard(
-                proto.fetch(uid_set, parts, by_uid=True, timeout=self.timeout), "UID FETCH", 0
+            command = FetchCommand(
+                proto.new_tag(), uid_set, parts, prefix="UID", loop=proto.loop, timeout=self.timeout
             )
+            response = await self.guard(proto.execute(command), "UID FETCH", 0)
         finally:
             self._fetching = False
         return parse.parse_fetch(_check(response, "UID FETCH").lines[:-1])
@@ -309,7 +265,7 @@ class ImapClient:
 
     # -- plumbing ------------------------------------------------------------------------------
 
-    def _proto(self) -> _Protocol:
+    def _proto(self) -> Protocol:
         if self.protocol is None or self.is_lost:
             raise ConnectionLost(f"not connected to {self.endpoint.host}")
         return self.protocol
