@@ -179,7 +179,8 @@ async def test_wrong_password_shows_red_with_the_reason(env: MailEnv) -> None:
     env.link(password="not the password")
     env.deliver(message(CUSTOMER, env.address, "unseen by the CRM"))
     async with env.poller():
-        await until(lambda: env.mailbox()["status"] == "red", what="red status")
+        # "red, not checked yet" comes first: wait for the login's own verdict
+        await until(lambda: "login" in (env.mailbox()["status_reason"] or ""), what="login error")
     status = (await asyncio.to_thread(env.cli.json, "status"))["mailboxes"][0]
     assert status["status"] == "red"
     assert "login" in status["status_reason"] and "failed" in status["status_reason"]
