@@ -418,14 +418,15 @@ def measure(dovecot: Dovecot, opts: Options, work: Path, key: str, url: str,
         with ThreadPoolExecutor(1) as pool:
             theirs = pool.submit(usage, master, opts.seconds)
             mine = usage(running.proc.pid, opts.seconds)
-        print(f"idle {opts.seconds:.0f} s, node: {show(mine)}; {fds} open files")
+        print(f"idle {opts.seconds:.0f} s, node: {show(mine)}; {fds} open files (a usual "
+              "soft limit is 1,024)")
         print(f"  by process: {breakdown(running.proc.pid)}")
         dove = theirs.result()
         print(f"idle {opts.seconds:.0f} s, Dovecot (baseline): CPU {dove.cpu:.2f} % of a core, "
               f"{dove.processes} processes")
         burst(dovecot, opts, url, addresses)
         running.check()
-        print(f"after the burst, node: {show(usage(running.proc.pid, 1.0))}")
+        print(f"the second after the burst, node: {show(usage(running.proc.pid, 1.0))}")
 
 
 def run(opts: Options) -> None:
