@@ -3,9 +3,10 @@
 ``Capturer.capture`` parses the headers, gathers the context the rules need with a few indexed
 queries, asks the pure pipeline (:mod:`crm.pipeline`) for a decision and applies it in one
 transaction. ``Capturer.capture_many`` does the same for a batch (the poller's fetched chunk) in
-one transaction with a SAVEPOINT per message, so a batch costs one commit and a failing message
-rolls back only itself. A message that cannot be captured is skipped with a logged reason;
-nothing here raises for bad mail, and a database error rolls the whole message back.
+one transaction, so a batch costs one commit; should a message fail, the batch is done again with
+a SAVEPOINT per message, and that message rolls back alone. A message that cannot be captured is
+skipped with a logged reason; nothing here raises for bad mail, and a database error rolls the
+whole message back.
 
 A capture that raced with another writer (the relay's spool, another node: both saw the message
 as new, the other committed first) fails on a unique key; it is rolled back and tried once more,
@@ -15,11 +16,10 @@ when it sees the other writer's rows (a duplicate, or a known sender) and record
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection
 from sqlalchemy.exc import DataError, IntegrityError
 
 from . import metrics
@@ -28,6 +28,7 @@ from .db import Database
 from .errors import MessageParseError
 from .lookups import (
     MailboxExtras,
+    Staff,
     contact_names,
     known_entities,
     mailbox_view,
@@ -37,7 +38,7 @@ from .lookups import (
 )
 from .lookups import existing_activity as _existing_activity
 from .message import ParsedMessage, parse_full, parse_message
-from .models import Direction, Exclusion, Mailbox, User, utcnow
+from .models import Direction, utcnow
 from .pipeline import Context, MailboxView, decide
 from .records import CreatedRecords, apply_decision
 from .vcards import VCardContact, may_contain_vcard, parse_vcards, vcard_parts
@@ -94,28 +95,11 @@ class CaptureResult:
 
 
 _Run = Callable[[ParsedMessage, Incoming], CaptureResult]
+_Views = dict[str, tuple[int, MailboxView]]
 
 
-class _Staff:
-    """Employees' addresses and global exclusions, re-read at most every few seconds."""
-
-    def __init__(self) -> None:
-        self.loaded_at = -1e9
-        self.employees: frozenset[str] = frozenset()
-        self.excluded: frozenset[str] = frozenset()
-
-    def refresh(self, session: Connection) -> None:
-        if time.monotonic() - self.loaded_at < CACHE_SECONDS:
-            return
-        users = session.scalars(select(User.email))
-        boxes = session.scalars(select(Mailbox.address))
-        self.employees = frozenset(users) | frozenset(boxes)
-        rows = session.scalars(select(Exclusion.entry).where(Exclusion.mailbox_id.is_(None)))
-        self.excluded = frozenset(rows)
-        self.loaded_at = time.monotonic()
-
-    def invalidate(self) -> None:
-        self.loaded_at = -1e9
+class _Redo(Exception):
+    """A batch run straight through met a race or a refused value: run it again, saved."""
 
 
 class Capturer:
@@ -123,7 +107,7 @@ class Capturer:
 
     def __init__(self, db: Database) -> None:
         self.db = db
-        self.staff = _Staff()
+        self.staff = Staff(CACHE_SECONDS)
         self.extras = MailboxExtras(CACHE_SECONDS)
 
     @metrics.counted
@@ -147,25 +131,43 @@ class Capturer:
         return self._attempts(item, self._own_transaction)
 
     def capture_many(self, items: Sequence[Incoming]) -> list[CaptureResult]:
-        """Capture ``items`` in order in one transaction, each in a SAVEPOINT of its own.
+        """Capture ``items`` in order in one transaction, as if each had one of its own.
 
-        A message the database refuses, or that raced, rolls back to its savepoint only; any
-        other error rolls the whole batch back and propagates. On SQLite the write lock is taken
-        first (``BEGIN IMMEDIATE``), so no other writer can slip in between the batch's reads and
-        writes. The results are counted in the metrics once the batch is committed.
+        The batch is first run straight through. Should a message race or be refused, the batch
+        is rolled back and run again with a SAVEPOINT per message, so that message rolls back
+        alone (a race is tried once more, a refused value skipped). Any other error rolls the
+        whole batch back and propagates. The results are counted in the metrics once the batch
+        is committed.
         """
+        try:
+            results = self._batch(items, saved=False)
+        except _Redo as redo:
+            log.info("capture of a batch of %d again, a savepoint each: %s", len(items), redo)
+            results = self._batch(items, saved=True)
+        for result in results:
+            _count(result)
+        return results
+
+    def _batch(self, items: Sequence[Incoming], saved: bool) -> list[CaptureResult]:
+        """One transaction; on SQLite the write lock is taken first (``BEGIN IMMEDIATE``: no
+        other writer slips in between the batch's reads and writes)."""
         with self.db.engine.begin() as conn:
             if conn.dialect.name == "sqlite":
                 conn.exec_driver_sql("BEGIN IMMEDIATE")  # pysqlite would only begin at a write
 
-            def saved(msg: ParsedMessage, item: Incoming) -> CaptureResult:
+            views: _Views = {}  # straight through, the mailbox rows are ours until the commit
+
+            def straight(msg: ParsedMessage, item: Incoming) -> CaptureResult:
+                try:
+                    return self._capture_parsed(conn, msg, item, views)
+                except (IntegrityError, DataError) as exc:
+                    raise _Redo(f"{item.source or msg.key}: {type(exc).__name__}") from exc
+
+            def savepoint(msg: ParsedMessage, item: Incoming) -> CaptureResult:
                 with conn.begin_nested():
                     return self._capture_parsed(conn, msg, item)
 
-            results = [self._attempts(item, saved) for item in items]
-        for result in results:
-            _count(result)
-        return results
+            return [self._attempts(item, savepoint if saved else straight) for item in items]
 
     def _own_transaction(self, msg: ParsedMessage, item: Incoming) -> CaptureResult:
         with self.db.engine.begin() as conn:
@@ -190,9 +192,11 @@ class Capturer:
         return CaptureResult(item.source, "duplicate", "already captured", message_key=msg.key)
 
     def _capture_parsed(
-        self, conn: Connection, msg: ParsedMessage, item: Incoming
+        self, conn: Connection, msg: ParsedMessage, item: Incoming, views: _Views | None = None
     ) -> CaptureResult:
-        box_id, view = mailbox_view(conn, item.mailbox, self.extras)
+        """Capture in ``conn``; ``views``: mailbox rows already read in this transaction."""
+        found = views.get(item.mailbox) if views is not None else None
+        box_id, view = found or mailbox_view(conn, item.mailbox, self.extras)
         self.staff.refresh(conn)
         cards = self._vcards(msg, view)
         decision = decide(msg, self._context(conn, msg, view, item, cards))
@@ -202,6 +206,8 @@ class Capturer:
             folder = where.folder if where else None
             activity_id, result.created = apply_decision(conn, msg, box_id, decision, folder)
             result.activities = [activity_id]
+            if decision.queue_cursor is not None:
+                view = replace(view, queue_cursor=decision.queue_cursor)
         elif decision.action == "duplicate":
             result.activities = _existing_activity(conn, msg.key)
             remember_alias(conn, msg)
@@ -212,6 +218,8 @@ class Capturer:
             )  # fmt: skip
         if decision.action == "skipped":
             log.info("capture skipped %s: %s", item.source or msg.key, decision.reason)
+        if views is not None:
+            views[item.mailbox] = (box_id, view)
         return result
 
     def _vcards(self, msg: ParsedMessage, box: MailboxView) -> tuple[VCardContact, ...]:

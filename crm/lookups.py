@@ -1,8 +1,9 @@
 """The reads the capture path makes for one message, as plain SQL Core statements.
 
-Every function takes the open session of the capture transaction and runs one indexed query,
+Every function takes the open connection of the capture transaction and runs one indexed query,
 without ORM object loading: this is the hot path of every captured message (issue 2's speed
-targets), so it stays lean.
+targets), so it stays lean. Rows that rarely change (employees, exclusions, a mailbox's queue)
+are cached for a few seconds by :class:`Staff` and :class:`MailboxExtras`.
 """
 
 from __future__ import annotations
@@ -75,6 +76,29 @@ _THREADS = select(ACTIVITIES.c.message_id, ACTIVITIES.c.alt_message_id, ACTIVITI
     ACTIVITIES.c.message_id.in_(bindparam("ids", expanding=True))
     | ACTIVITIES.c.alt_message_id.in_(bindparam("ids", expanding=True))
 )
+
+
+class Staff:
+    """Employees' addresses and global exclusions, re-read at most every ``seconds``."""
+
+    def __init__(self, seconds: float = 5.0) -> None:
+        self.seconds = seconds
+        self.loaded_at = -1e9
+        self.employees: frozenset[str] = frozenset()
+        self.excluded: frozenset[str] = frozenset()
+
+    def refresh(self, conn: Connection) -> None:
+        if time.monotonic() - self.loaded_at < self.seconds:
+            return
+        users = conn.scalars(select(USERS.c.email))
+        boxes = conn.scalars(select(MAILBOXES.c.address))
+        self.employees = frozenset(users) | frozenset(boxes)
+        rows = conn.scalars(select(EXCLUSIONS.c.entry).where(EXCLUSIONS.c.mailbox_id.is_(None)))
+        self.excluded = frozenset(rows)
+        self.loaded_at = time.monotonic()
+
+    def invalidate(self) -> None:
+        self.loaded_at = -1e9
 
 
 class MailboxExtras:

@@ -1,8 +1,8 @@
-"""``Capturer.capture_many`` (the poller's batches): one transaction, a SAVEPOINT per message.
+"""``Capturer.capture_many`` (the poller's batches): one transaction, as if one per message.
 
-A message the database refuses rolls back only itself; one that raced with another writer is
-rolled back and captured again as a duplicate with its location; any other error rolls the
-whole batch back. On SQLite and PostgreSQL.
+A message the database refuses rolls back only itself (the batch is done again with a SAVEPOINT
+per message); one that raced with another writer is rolled back and captured again as a duplicate
+with its location; any other error rolls the whole batch back. On SQLite and PostgreSQL.
 """
 
 from __future__ import annotations
@@ -11,15 +11,18 @@ import logging
 from typing import Any
 
 import pytest
+from cryptography.fernet import Fernet
 from sqlalchemy import select
 from sqlalchemy.exc import DataError
 
 import crm.capture
+from crm import admin
 from crm.capture import Capturer, Incoming, Location
 from crm.db import Database
 from crm.lookups import existing_activity
 from crm.models import Activity, Direction, MessageLocation
 from crm.records import apply_decision
+from crm.secrets import SecretBox
 from tests.pollerkit import message
 from tests.test_bad_input import SALES, capturer, crm_state
 
@@ -53,6 +56,22 @@ def test_a_batch_is_captured_in_order_with_its_locations(capturer: Capturer, db:
     assert len(crm_state(db)["leads"]) == 3
 
 
+def test_the_round_robin_goes_on_through_a_batch_and_after_it(db: Database) -> None:
+    """The mailbox row is read once per batch: the queue cursor it carries must still move."""
+    queue = ["ann@example.com", "ben@example.com", "cy@example.com"]
+    with db.session() as session:
+        for user in queue:
+            admin.add_user(session, user)
+        settings = admin.MailboxSettings(since="all", queue=queue)
+        admin.add_mailbox(session, SecretBox(Fernet.generate_key()), SALES, None, settings)
+    capturer = Capturer(db)
+    capturer.capture_many(_batch("one", "two", "three", "four"))
+    capturer.capture(message("Eve <eve@five.example>", SALES, "five"), SALES, IN)
+    owners = {lead["emails"][0]: lead["responsible"] for lead in crm_state(db)["leads"]}
+    assert [owners[f"s{n}@client{n}.example"] for n in (1, 2, 3, 4)] == queue + queue[:1]
+    assert owners["eve@five.example"] == queue[1]
+
+
 def test_a_refused_message_rolls_back_only_itself(
     capturer: Capturer, db: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -82,17 +101,18 @@ def test_a_race_in_a_batch_is_captured_again_with_its_location(
     batch = _batch("one", "two", "three")
     other = Capturer(db).capture(batch[1].raw, SALES, IN)  # another writer committed "two"...
     assert other.action == "captured"
-    stale = {"two": 1}
+    stale = [1, 2]  # ... after this batch had looked for it: straight through, then in a savepoint
 
     def read_too_early(conn: Any, key: str) -> list[int]:
-        if stale and key == other.message_key:  # ... after this batch had looked for it
-            stale.clear()
+        if stale and key == other.message_key:
+            stale.pop()
             return []
         return existing_activity(conn, key)
 
     monkeypatch.setattr(crm.capture, "_existing_activity", read_too_early)
     caplog.set_level(logging.INFO, "crm.capture")
     results = capturer.capture_many(batch)
+    assert "capture of a batch of 3 again, a savepoint each" in caplog.text
     assert "raced with another writer (try 1)" in caplog.text
     assert [r.action for r in results] == ["captured", "duplicate", "captured"]
     assert results[1].activities == other.activities

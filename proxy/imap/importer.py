@@ -5,13 +5,13 @@ at most ``chunk_size`` messages and ``fetch_bytes`` bytes (sizes are asked first
 two chunks are in memory (one being captured on the database thread while the next is fetched).
 Messages are read with ``BODY.PEEK[]``, so capture never changes the user's read state.
 
-A fetched batch is captured in one transaction with a SAVEPOINT per message
-(:meth:`crm.capture.Capturer.capture_many`): one commit per batch, and a message the database
-refuses, or that raced with another writer, rolls back only itself. The checkpoint (last UID
-done) is written after the captures it covers are committed; a crash in between only repeats
-work that capture recognises (location and message key), so nothing is missed and nothing
-doubled. After a UIDVALIDITY change, messages are first matched to the old ones by Message-ID
-(headers only) and re-mapped instead of imported again.
+A fetched batch is captured in one transaction (:meth:`crm.capture.Capturer.capture_many`): one
+commit per batch, and a message the database refuses, or that raced with another writer, rolls
+back only itself (the batch is then done again with a SAVEPOINT per message). The checkpoint
+(last UID done) is written after the captures it covers are committed; a crash in between only
+repeats work that capture recognises (location and message key), so nothing is missed and
+nothing doubled. After a UIDVALIDITY change, messages are first matched to the old ones by
+Message-ID (headers only) and re-mapped instead of imported again.
 """
 
 from __future__ import annotations
@@ -74,9 +74,9 @@ def store_batch(
     """Capture fetched messages in UID order in one transaction, then advance the checkpoint
     (database thread).
 
-    Each message has a SAVEPOINT of its own (:meth:`Capturer.capture_many`): one the database
-    refuses is skipped alone, and one that raced with another writer (the relay's spool, another
-    node) is rolled back and captured once more as a plain duplicate, so its location is
+    As if each message had a transaction of its own (:meth:`Capturer.capture_many`): one the
+    database refuses is skipped alone, and one that raced with another writer (the relay's spool,
+    another node) is rolled back and captured once more as a plain duplicate, so its location is
     recorded before the checkpoint moves past it.
     """
     wanted = sorted((r for r in records if r.uid is not None and r.body is not None),
