@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import importlib
 import logging
+import resource
 import signal
 from collections.abc import Awaitable, Callable
 
@@ -51,12 +52,29 @@ async def _supervise(name: str, run: Component, config: Config, db: Database,
                 await asyncio.wait_for(stop.wait(), RESTART_DELAY)
 
 
+def raise_fd_limit() -> int:
+    """Lift the soft limit on open files to the hard one; the limit now in force.
+
+    Every linked mailbox holds a socket, so the usual soft limit of 1,024 would run out near a
+    thousand mailboxes when ``serve`` is started by hand (the systemd unit sets its own).
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError) as exc:
+            log.warning("cannot raise the open files limit above %d: %s", soft, exc)
+    return soft
+
+
 async def serve(config: Config, db: Database, stop: asyncio.Event | None = None,
                 components: tuple[tuple[str, str], ...] = COMPONENTS) -> None:
     """Run the components until ``stop`` is set (by SIGTERM or SIGINT when not given)."""
     stop = stop or asyncio.Event()
     if config.log_format != "text":
         logs.configure(config.log_format)  # structured logs (B6)
+    log.debug("open files limit: %d", raise_fd_limit())
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import resource
 import signal
 import socket
 import ssl
@@ -60,6 +61,21 @@ async def _wait_port(port: int, proc: subprocess.Popen[bytes]) -> None:
     raise AssertionError("mailcrm serve did not open its port")
 
 
+def _low_fd_limit() -> None:
+    """A shell's usual soft limit on open files, lower than the hard one."""
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+
+
+def _open_files_limits(pid: int) -> tuple[str, str]:
+    """(soft, hard) "Max open files" of a process, as /proc shows them."""
+    for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
+        if line.startswith("Max open files"):
+            soft, hard = line.split()[3:5]
+            return soft, hard
+    raise AssertionError("no open files limit")
+
+
 async def test_mailcrm_serve_relays_and_captures(
     sqlite_cli: Cli, tmp_path: Path, postfix: Postfix
 ) -> None:
@@ -73,10 +89,11 @@ async def test_mailcrm_serve_relays_and_captures(
     config = _config(tmp_path, postfix, port)
     proc = subprocess.Popen(
         [sys.executable, "-c", "import cli; cli.main()", "--config", str(config), "serve"],
-        cwd=ROOT, env={**os.environ, **cli.env},
+        cwd=ROOT, env={**os.environ, **cli.env}, preexec_fn=_low_fd_limit,
     )
     try:
         await _wait_port(port, proc)
+        assert _open_files_limits(proc.pid) == _open_files_limits(os.getpid())[1:] * 2
         context = ssl.create_default_context(cafile=str(tmp_path / "relay.crt"))
         smtp = aiosmtplib.SMTP(hostname=HOST, port=port, start_tls=True, tls_context=context)
         await smtp.connect()
