@@ -367,7 +367,10 @@ def mailbox_import(
     since: Annotated[
         str | None, Opt(help="Import window, stored as the mailbox's: 3d or all.")
     ] = None,
-    wait: Annotated[bool, Opt("--wait", help="Wait while a serve node holds the mailbox.")] = False,
+    wait: Annotated[
+        bool,
+        Opt("--wait", help="Wait as long as it takes for another import or the serve node."),
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Import a mailbox now, in the foreground, with a progress bar; Ctrl-C stops, run again

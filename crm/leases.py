@@ -23,12 +23,18 @@ The poller's loop::
         reconcile_workers(mine)              # start the new ones, stop the ones no longer mine
     # watch() releases every lease when stop is set (stop the workers before it returns)
 
-A foreground import (``mailcrm mailbox import``) holds one mailbox with :meth:`LeaseKeeper.take`
-under a node name of its own. It never heartbeats, so it counts in no node's fair share; it takes
-the row by the same rule (free, expired or already its own, judged by the database clock, in one
-conditional UPDATE), renews it every third of a period and believes it no longer than a serve
-node would (:mod:`proxy.imap.hold`). A serve node never takes a row that has not expired, so the
-two never sync one mailbox at once.
+Hand-over requests. A foreground import (``mailcrm mailbox import``, :mod:`crm.handover`) holds
+one mailbox outside any fair share under a node name of its own (``NODE/import-PID``); it never
+heartbeats, so it counts in no node's share. Each of its takes also writes a request on the row
+(``requested_by``, ``requested_until`` a lease period ahead by the database clock). At its next
+claim the holder sees another's live request: it stops renewing the row, believes it no longer
+(the poller's guard stops the worker) and takes no row asked for while the request lives. Once
+the worker has ended and every database call it queued is done, the poller lets the row go
+(:meth:`LeaseKeeper.hand_over`); else it lapses. The import takes the row by the one rule above
+(free, expired or its own), so a hand-over is a surplus hand-off that was asked for: the safety
+argument is unchanged. Lease and request are given back together; if the import dies both lapse
+within a period, and a serve node takes the mailbox back at its next claim. Fair shares are
+reckoned as before (a mailbox asked for still counts): no node reshuffles the others for an import.
 """
 
 from __future__ import annotations
@@ -38,10 +44,10 @@ import contextlib
 import datetime as dt
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Any, TypeVarTuple
 
-from sqlalchemy import Select, delete, func, or_, select, update
+from sqlalchemy import ColumnElement, Select, case, delete, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
@@ -64,6 +70,7 @@ class LeaseKeeper:
         self.node = node
         self.lease_seconds = float(lease_seconds)
         self._held: dict[int, float] = {}  # mailbox id -> local monotonic deadline
+        self.asked: dict[int, str] = {}  # own rows another node asked for -> the one asking
         self._postgres = db.engine.dialect.name == "postgresql"
 
     @property
@@ -97,7 +104,7 @@ class LeaseKeeper:
             now = self._now(session)
             self._heartbeat(session, now)
             share = self._fair_share(session, now)
-            keep = self._keep(session, now, share)
+            keep, asked = self._keep(session, now, share)
             take = self._free(session, now, share - len(keep)) if len(keep) < share else []
             expires = now + dt.timedelta(seconds=self.lease_seconds)
             mine = sorted(keep + take)
@@ -109,46 +116,48 @@ class LeaseKeeper:
                 )
             self._release_unlinked(session)
         deadline = started + self.lease_seconds
-        self._log_changes(set(mine))
+        self._log_changes(set(mine), asked)
         self._held = dict.fromkeys(mine, deadline)
+        self.asked = asked
         return frozenset(mine)
 
-    def take(self, mailbox_id: int) -> str | None:
-        """Take or renew one mailbox's lease outside any fair share (a foreground import).
+    def hand_over(self, boxes: Iterable[int]) -> None:
+        """Let go of the rows of ``boxes`` asked for by another node and no longer held here.
 
-        Returns None when this node now holds it, else the name of the node that does.
+        Call it only once nothing of this node touches those mailboxes any more (their workers
+        ended, the database calls they queued done). A row is let go only while it still names
+        this node and the request is alive, so a mailbox taken back meanwhile stays.
         """
-        started = time.monotonic()
+        boxes = sorted(set(boxes) - self._held.keys())
+        self.asked = {box: by for box, by in self.asked.items() if box not in boxes}
+        if not boxes:
+            return
         with self.db.session() as session:
-            session.execute(
-                self._insert(Lease)
-                .values(mailbox_id=mailbox_id)
-                .on_conflict_do_nothing(index_elements=[Lease.mailbox_id])
-            )
             now = self._now(session)
-            free = or_(
-                Lease.node.is_(None),
-                Lease.node == self.node,
-                Lease.expires_at.is_(None),
-                Lease.expires_at <= now,
-            )
-            taken = session.execute(
+            let_go = session.execute(
                 update(Lease)
-                .where(Lease.mailbox_id == mailbox_id, free)
-                .values(node=self.node, expires_at=now + dt.timedelta(seconds=self.lease_seconds))
+                .where(Lease.mailbox_id.in_(boxes), Lease.node == self.node)
+                .where(~unasked(self.node, now))
+                .values(node=None, expires_at=None)
             )
-            if not taken.rowcount:  # type: ignore[attr-defined]
-                holder = session.scalar(select(Lease.node).where(Lease.mailbox_id == mailbox_id))
-                return holder or "another node"
-        self._held[mailbox_id] = started + self.lease_seconds
-        return None
+        count: int = let_go.rowcount  # type: ignore[attr-defined]
+        if count:
+            log.info("node %s: let go of %d mailboxes asked for", self.node, count)
 
     def release_all(self) -> None:
-        """Give up every lease of this node at once (on shutdown, after its syncs stopped)."""
+        """Give up every lease and request of this node at once (after its syncs stopped)."""
         self._held.clear()
+        mine, asking = Lease.node == self.node, Lease.requested_by == self.node
         with self.db.session() as session:
-            session.execute(
-                update(Lease).where(Lease.node == self.node).values(node=None, expires_at=None)
+            session.execute(  # one write a row (a second would wait to check the foreign key)
+                update(Lease)
+                .where(or_(mine, asking))
+                .values(
+                    node=case((mine, None), else_=Lease.node),
+                    expires_at=case((mine, None), else_=Lease.expires_at),
+                    requested_by=case((asking, None), else_=Lease.requested_by),
+                    requested_until=case((asking, None), else_=Lease.requested_until),
+                )
             )
             session.execute(delete(Node).where(Node.name == self.node))
 
@@ -235,20 +244,30 @@ class LeaseKeeper:
             .order_by(Lease.mailbox_id)
         )
 
-    def _keep(self, session: Session, now: dt.datetime, share: int) -> list[int]:
-        """Own rows to renew: those held here, and own rows that lapsed; at most ``share``."""
-        rows = session.execute(self._locked(self._linked_leases().where(Lease.node == self.node)))
-        keep = [
-            box for box, expires in rows if box in self._held or expires is None or expires <= now
-        ]
+    def _keep(
+        self, session: Session, now: dt.datetime, share: int
+    ) -> tuple[list[int], dict[int, str]]:
+        """Own rows to renew: those held here, and own rows that lapsed; at most ``share``.
+
+        Rows another node asked for are not renewed: they come back apart (row -> the one asking).
+        """
+        query = self._linked_leases().add_columns(Lease.requested_by, Lease.requested_until)
+        rows = session.execute(self._locked(query.where(Lease.node == self.node)))
+        keep: list[int] = []
+        asked: dict[int, str] = {}
+        for box, expires, by, until in rows:
+            if by is not None and by != self.node and until is not None and until > now:
+                asked[box] = by
+            elif box in self._held or expires is None or expires <= now:
+                keep.append(box)
         held_first = sorted(keep, key=lambda box: (box not in self._held, box))
-        return held_first[:share]
+        return held_first[:share], asked
 
     def _free(self, session: Session, now: dt.datetime, wanted: int) -> list[int]:
-        """Up to ``wanted`` unowned or expired rows of other nodes, locked for this transaction."""
+        """Up to ``wanted`` unowned or expired rows of other nodes, not asked for, locked."""
         free = or_(Lease.node.is_(None), Lease.expires_at.is_(None), Lease.expires_at <= now)
         query = self._linked_leases().where(
-            free, or_(Lease.node.is_(None), Lease.node != self.node)
+            free, or_(Lease.node.is_(None), Lease.node != self.node), unasked(self.node, now)
         )
         return list(session.scalars(self._locked(query.limit(wanted))))
 
@@ -260,12 +279,24 @@ class LeaseKeeper:
             .values(node=None, expires_at=None)
         )
 
-    def _log_changes(self, mine: set[int]) -> None:
+    def _log_changes(self, mine: set[int], asked: dict[int, str]) -> None:
         gained, lost = mine - self._held.keys(), self._held.keys() - mine
         if gained or lost:
             log.info(
                 "node %s: %d mailboxes (+%d, -%d)", self.node, len(mine), len(gained), len(lost)
             )
+        for box in sorted(lost & asked.keys()):
+            log.info("node %s: handing mailbox %d over to %s", self.node, box, asked[box])
+
+
+def unasked(node: str, now: dt.datetime) -> ColumnElement[bool]:
+    """SQL: no live hand-over request on the lease row, but perhaps one of ``node``'s own."""
+    return or_(
+        Lease.requested_by.is_(None),
+        Lease.requested_by == node,
+        Lease.requested_until.is_(None),
+        Lease.requested_until <= now,
+    )
 
 
 def lease_owners(db: Database) -> dict[int, str]:

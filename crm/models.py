@@ -322,3 +322,6 @@ class Lease(Base):
     )
     node: Mapped[str | None] = mapped_column(String(200), default=None)
     expires_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    #: A foreground import asking the holder to hand the mailbox over, until the request lapses.
+    requested_by: Mapped[str | None] = mapped_column(String(200), default=None)
+    requested_until: Mapped[dt.datetime | None] = mapped_column(default=None)

@@ -16,6 +16,12 @@ other one to stop at once, all together, without waiting on the database; a work
 is cut short after a twelfth of a lease period: it has ended before another node may take its
 row. Every lease is released on shutdown after the workers stopped. With one node (SQLite) the
 node simply holds every lease.
+
+A mailbox asked for by a foreground import (``mailcrm mailbox import``) is dropped at the next
+claim and its worker stopped like any lost one; once the worker has ended and every database call
+queued before is done (the capture thread runs them in order), the row is let go at once rather
+than left to lapse (:meth:`crm.leases.LeaseKeeper.hand_over`). When the import lets go, the next
+claim takes the mailbox back and a new worker goes on from the checkpoints.
 """
 
 from __future__ import annotations
@@ -89,6 +95,8 @@ class Poller:
                 if time.monotonic() >= next_refresh or self._safe() != self.mine:
                     await self.refresh()
                     next_refresh = time.monotonic() + self.ctx.config.refresh_s
+                if self.keeper.asked:
+                    await self._hand_over()
                 pause = await self.check_pushes()
                 await _first(stop, self.changed, pause)
         finally:
@@ -126,6 +134,17 @@ class Poller:
             if mine != self.mine:
                 self.changed.set()
             await _first(stop, None, GUARD_S)
+
+    async def _hand_over(self) -> None:
+        """Let go of the mailboxes asked for whose workers have ended (an import is waiting)."""
+        ended = set(self.keeper.asked) - self.workers.keys()
+        if not ended:
+            return
+        await self.ctx.run(_nothing)  # after every call queued before: their last writes done
+        try:
+            await self.lease_run(self.keeper.hand_over, ended)
+        except SQLAlchemyError as exc:  # asked again at the next claim; or the rows lapse
+            log.warning("poller: hand-over failed: %s", exc)
 
     async def refresh(self) -> None:
         """Start, update, restart or stop workers to match the mailboxes in the database."""
@@ -176,6 +195,7 @@ class Poller:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        log.info("stopped watching mailbox %s", worker.plan.address)
 
     async def check_pushes(self) -> float:
         """Wake the workers whose folders have CRM-side read-state changes waiting (C10).
@@ -192,6 +212,10 @@ class Poller:
             if running is not None:
                 running[0].request_push(folders)
         return pause
+
+
+def _nothing() -> None:
+    """A no-op for the database thread: awaiting it waits for every call queued before."""
 
 
 async def _first(stop: asyncio.Event, other: asyncio.Event | None, timeout: float) -> None:

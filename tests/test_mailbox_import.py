@@ -1,15 +1,13 @@
-"""``mailcrm mailbox import`` against a real Dovecot: window, summary, interrupt and resume, leases.
+"""``mailcrm mailbox import`` against a real Dovecot: window, summary, interrupt and resume.
 
 Role: integration tests of the foreground import (issue 5) as an operator meets it: the CLI in
-process for finished runs, a real ``mailcrm`` process for SIGINT, a serve node's lease held by a
-:class:`~crm.leases.LeaseKeeper` in the test. Counts come from the database, never from timing.
+process for finished runs, a real ``mailcrm`` process for SIGINT. Counts come from the database,
+never from timing. The hand-over with a running serve node: ``tests/test_import_handoff.py``.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import io
-import json
 import os
 import signal
 import subprocess
@@ -20,11 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 
 from crm.db import Database
-from crm.leases import LeaseKeeper, lease_owners
-from crm.models import Direction, Lease, Mailbox, MessageLocation
+from crm.leases import lease_owners
+from crm.models import Direction, Mailbox, MessageLocation
 from proxy.imap.importer import ImportStats
 from proxy.imap.importview import LineView
 from proxy.imap.plan import FolderPlan, MailboxPlan
@@ -187,79 +185,6 @@ def test_interrupt_then_resume_gives_every_message_once(env: MailEnv, tmp_path: 
     assert second["imported"] == 1200 - stopped_at
     assert env.count() == 1200
     assert set(per_uid(env).values()) == {1} and len(per_uid(env)) == 1200
-
-
-def test_a_mailbox_held_by_a_serve_node_is_refused_or_waited_for(
-    env: MailEnv, tmp_path: Path
-) -> None:
-    env.link()
-    fill(env, 5)
-    db = Database(env.url, migrate=False)
-    serve = LeaseKeeper(db, "node-a", 30)
-    try:
-        assert serve.claim() == {mailbox_id(env)}
-        refused = env.cli.run("mailbox", "import", env.address)
-        assert refused.exit_code == 1
-        assert refused.stderr.count("\n") == 1
-        assert "is being synced by node node-a" in refused.stderr and "--wait" in refused.stderr
-        assert env.count() == 0
-        out, log = tmp_path / "out", tmp_path / "err"
-        waiting = spawn(env, "mailbox", "import", env.address, "--wait", "--json", out=out, err=log)
-        try:
-            wait_for(lambda: "waiting for node node-a" in log.read_text(), what="waiting")
-            assert env.count() == 0
-            serve.release_all()
-            assert waiting.wait(60) == 0, log.read_text()
-        finally:
-            if waiting.poll() is None:
-                waiting.kill()
-        assert json.loads(out.read_text())["imported"] == 5
-        assert serve.claim() == {mailbox_id(env)}, "the serve node takes it back afterwards"
-    finally:
-        db.dispose()
-
-
-def test_a_lost_lease_stops_the_import(env: MailEnv, tmp_path: Path) -> None:
-    env.link("--since", "all")
-    fill(env, 1200)
-    out, log = tmp_path / "out", tmp_path / "err"
-    first = spawn(env, "mailbox", "import", env.address, out=out, err=log)
-    try:
-        wait_for(lambda: env.count() >= 100, what="import under way")
-        db = Database(env.url, migrate=False)
-        try:
-            with db.session() as s:  # another node took the row (a clock gone wrong, say)
-                far = dt.datetime(2100, 1, 1, tzinfo=dt.UTC)
-                s.execute(update(Lease).values(node="thief", expires_at=far))
-        finally:
-            db.dispose()
-        assert first.wait(60) == 1, log.read_text()
-    finally:
-        if first.poll() is None:
-            first.kill()
-    stopped_at = env.count()
-    assert stopped_at < 1200, "the import went on without its lease"
-    last = log.read_text().splitlines()[-1]
-    assert last.startswith(f"mailcrm: import of {env.address} stopped: node thief holds the lease")
-    assert f"{stopped_at} imported" in last
-    assert owners(env) == {mailbox_id(env): "thief"}, "the thief's lease is left alone"
-
-
-def test_a_foreground_lease_is_never_taken_by_a_serve_node(db: Database) -> None:
-    with db.session() as s:
-        box = Mailbox(address="box@example.com", kind="company", linked=True)
-        s.add(box)
-        s.flush()
-        box_id = box.id
-    foreground = LeaseKeeper(db, "host/import-1", 30)
-    serve = LeaseKeeper(db, "host", 30)
-    assert foreground.take(box_id) is None
-    assert serve.claim() == frozenset()
-    assert foreground.take(box_id) is None, "renewal"
-    assert serve.take(box_id) == "host/import-1"
-    foreground.release_all()
-    assert serve.claim() == {box_id}
-    assert foreground.take(box_id) == "host"
 
 
 def test_unknown_address_and_unlinked_mailbox(env: MailEnv) -> None:

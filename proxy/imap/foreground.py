@@ -14,8 +14,10 @@ deletions behave exactly as in ``mailcrm serve``. Differences, all on purpose:
   recorded. The checkpoint never moves back, so the poller neither skips nor doubles anything.
 * Count first: one UID SEARCH per window of each folder (minus what is recorded) gives the total
   for the progress bar (:mod:`.importview`), which the poller's progress hook then advances.
-* Lease (B7): the mailbox's lease is held for the whole run (:mod:`.hold`); held by a serve
-  node, the import is refused (or waits, ``--wait``); lost, it stops the import.
+* Lease (B7): the mailbox's lease is held for the whole run (:mod:`.hold`). A serve node holding
+  it is asked to hand it over and takes it back when the import lets go; another import in the
+  way is refused (or waited for, ``--wait``); a lost lease stops the import. The lease is given
+  back only after the database thread's last batch is stored, so no serve node syncs meanwhile.
 * Interrupts: SIGINT or SIGTERM cancels the run; the batch on the database thread finishes and
   is counted, checkpoints stay behind their captures, and running again resumes. A second
   signal ends the process at once.
@@ -40,6 +42,7 @@ from crm.capture import Capturer
 from crm.config import Config, PollerConfig
 from crm.db import Database
 from crm.errors import InvalidInput, UpstreamError
+from crm.handover import import_node
 from crm.models import utcnow
 
 from .client import ImapClient
@@ -70,6 +73,10 @@ def prepare(plan: MailboxPlan, since: str | None, config: PollerConfig) -> str:
     if plan.problem or plan.endpoint is None:
         raise InvalidInput(f"mailbox {plan.address}: {plan.problem or 'no IMAP server'}")
     return since or plan.since
+
+
+def _nothing() -> None:
+    """A no-op for the database thread: awaiting it waits for every call queued before."""
 
 
 class _CountingDb(DbThread):
@@ -157,9 +164,9 @@ class ForegroundImport:
         self.view = view
         self.db_thread = _CountingDb()
         self.ctx = PollerContext(config.poller, db, self.db_thread, Capturer(db), view.event)
-        node = f"{config.cluster.node_name}/import-{os.getpid()}"
+        node = import_node(config.cluster.node_name, os.getpid())
         lease_s = config.cluster.lease_seconds
-        self.hold = LeaseHold(db, node, lease_s, plan.id, plan.address)
+        self.hold = LeaseHold(db, node, lease_s, plan.id, plan.address, self.db_thread)
         self.folders: list[FolderPlan] = []
 
     async def run(self, wait: bool = False) -> ImportSummary:
@@ -194,6 +201,7 @@ class ForegroundImport:
             finally:
                 keeper.cancel()
         finally:
+            await self.db_thread(_nothing)  # a batch an interrupt left running is stored first
             await self.hold.release()
 
     async def _import(self) -> None:
