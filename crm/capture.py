@@ -45,6 +45,7 @@ from .vcards import VCardContact, may_contain_vcard, parse_vcards, vcard_parts
 
 log = logging.getLogger(__name__)
 CACHE_SECONDS = 5.0
+SQLITE_BATCH = 16  # SQLite has one writer: a batch holds the lock that long, keep it short
 _VCARD_HINTS = (b"vcard", b".vcf", b"text/directory", b"message/rfc822", b"filename*")
 
 
@@ -137,8 +138,17 @@ class Capturer:
         is rolled back and run again with a SAVEPOINT per message, so that message rolls back
         alone (a race is tried once more, a refused value skipped). Any other error rolls the
         whole batch back and propagates. The results are counted in the metrics once the batch
-        is committed.
+        is committed. On SQLite, whose one write lock a transaction holds from its start, the
+        batch is cut into transactions of :data:`SQLITE_BATCH` messages so other writers (the
+        relay's spool, lease renewals, the CLI) wait milliseconds, not seconds.
         """
+        size = SQLITE_BATCH if self.db.engine.dialect.name == "sqlite" else len(items) or 1
+        results: list[CaptureResult] = []
+        for start in range(0, len(items), size):
+            results += self._slice(items[start : start + size])
+        return results
+
+    def _slice(self, items: Sequence[Incoming]) -> list[CaptureResult]:
         try:
             results = self._batch(items, saved=False)
         except _Redo as redo:
