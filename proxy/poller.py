@@ -45,7 +45,7 @@ from crm.secrets import SecretBox, load_key
 from .imap.context import DbThread, PollerContext
 from .imap.plan import MailboxPlan, load_plans
 from .imap.schedule import mode_for
-from .imap.worker import MailboxWorker
+from .imap.worker import MailboxWorker, wait_any
 
 log = logging.getLogger(__name__)
 STOP_GRACE_S = 10.0
@@ -98,7 +98,7 @@ class Poller:
                 if self.keeper.asked:
                     await self._hand_over()
                 pause = await self.check_pushes()
-                await _first(stop, self.changed, pause)
+                await wait_any((stop, self.changed), pause)
         finally:
             for helper in helpers:
                 helper.cancel()
@@ -122,7 +122,7 @@ class Poller:
             except SQLAlchemyError as exc:  # owned() shrinks as the held leases run out
                 log.warning("poller: lease renewal failed: %s", exc)
             self.changed.set()
-            await _first(stop, None, due - time.monotonic())
+            await wait_any((stop,), due - time.monotonic())
 
     async def _guard(self, stop: asyncio.Event) -> None:
         """Stop the workers of mailboxes no longer safely ours, at once and all together."""
@@ -133,7 +133,7 @@ class Poller:
                     worker.stop.set()
             if mine != self.mine:
                 self.changed.set()
-            await _first(stop, None, GUARD_S)
+            await wait_any((stop,), GUARD_S)
 
     async def _hand_over(self) -> None:
         """Let go of the mailboxes asked for whose workers have ended (an import is waiting)."""
@@ -216,17 +216,6 @@ class Poller:
 
 def _nothing() -> None:
     """A no-op for the database thread: awaiting it waits for every call queued before."""
-
-
-async def _first(stop: asyncio.Event, other: asyncio.Event | None, timeout: float) -> None:
-    """Wait until ``stop`` or ``other`` is set, or ``timeout`` seconds have passed."""
-    events = [stop] if other is None else [stop, other]
-    waits = [asyncio.ensure_future(event.wait()) for event in events]
-    try:
-        await asyncio.wait(waits, timeout=max(timeout, 0.0), return_when="FIRST_COMPLETED")
-    finally:
-        for wait in waits:
-            wait.cancel()
 
 
 async def run_poller(config: Config, db: Database, stop: asyncio.Event) -> None:

@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Coroutine, Sequence
 from typing import Any
 
 from crm import metrics, sync
@@ -55,6 +55,16 @@ async def open_session(
         yield client, await discover(client, plan.folders)
     finally:
         await client.logout()
+
+
+async def wait_any(events: Sequence[asyncio.Event], timeout: float) -> None:
+    """Wait until one of ``events`` is set, or ``timeout`` seconds have passed."""
+    waits = [asyncio.ensure_future(event.wait()) for event in events]
+    try:
+        await asyncio.wait(waits, timeout=max(timeout, 0.0), return_when="FIRST_COMPLETED")
+    finally:
+        for wait in waits:
+            wait.cancel()
 
 
 class MailboxWorker:
@@ -129,13 +139,7 @@ class MailboxWorker:
         """Sleep; a stop ends it, and a push request too unless it is a backoff after a failure."""
         if not self.push_folders:
             self.wake.clear()
-        events = (self.stop, self.wake) if wakeable else (self.stop,)
-        waits = [asyncio.ensure_future(e.wait()) for e in events]
-        try:
-            await asyncio.wait(waits, timeout=max(seconds, 0.0), return_when="FIRST_COMPLETED")
-        finally:
-            for task in waits:
-                task.cancel()
+        await wait_any((self.stop, self.wake) if wakeable else (self.stop,), seconds)
 
     async def _session(self) -> float:
         """One connection; returns how long to sleep before the next."""
