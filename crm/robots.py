@@ -181,7 +181,7 @@ def _token(value: str) -> str:
     return _FIRST_TOKEN.split(value.strip().lower(), maxsplit=1)[0]
 
 
-@lru_cache(maxsize=1 << 14)
+@lru_cache(maxsize=8192)  # bounded like the address caches: flat memory over long imports
 def _from_local_part(value: str) -> str:
     """The local part of the first address in a raw From value, lower-case, +tag removed."""
     text = value
