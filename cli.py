@@ -662,8 +662,11 @@ def serve() -> None:
     """SMTP relay, IMAP pollers and scheduler, until SIGTERM."""
     import asyncio
 
+    from crm import logs
     from proxy.serve import serve as serve_all
 
+    if STATE.config.log_format != "text":
+        logs.configure(STATE.config.log_format)  # before the database opens: its migrations log
     asyncio.run(serve_all(STATE.config, STATE.db))
 
 

@@ -9,6 +9,7 @@ stops the gateway cleanly.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import resource
 import signal
@@ -117,3 +118,24 @@ async def test_mailcrm_serve_relays_and_captures(
             proc.wait()
             raise
     assert code == 0
+
+
+def test_mailcrm_serve_logs_json_from_its_first_line(sqlite_cli: Cli, tmp_path: Path) -> None:
+    """With MAILCRM_LOG_FORMAT=json every line is JSON, the database's migrations included."""
+    config = tmp_path / "quiet.toml"
+    config.write_text("[relay]\nenabled = false\n[poller]\nenabled = false\n"
+                      "[http]\nenabled = false\n")
+    env = {**os.environ, **sqlite_cli.env, "MAILCRM_LOG_FORMAT": "json"}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "import cli; cli.main()", "-v", "--config", str(config), "serve"],
+        cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        time.sleep(3)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=40)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert proc.returncode == 0, err
+    assert any("alembic" in json.loads(line).get("logger", "") for line in lines), err
+    assert all(isinstance(json.loads(line), dict) for line in lines)
