@@ -111,7 +111,11 @@ class RelayProcess:
             f"max_message_size = {64 * MB}\n"
         )
         env = dict(os.environ, MAILCRM_SECRET_KEY=key, XDG_DATA_HOME=str(work / "xdg"))
-        self.proc = subprocess.Popen([sys.executable, __file__, "--child", str(config)], env=env)
+        # Its own session, as a service has (systemd): the scheduler's autogroups (and a service's
+        # cgroup) share the CPU between sessions first, so a relay in the load generator's session
+        # would get half of what Postfix's session gets.
+        self.proc = subprocess.Popen([sys.executable, __file__, "--child", str(config)], env=env,
+                                     start_new_session=True)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             with socket.socket() as sock:

@@ -56,6 +56,7 @@ class RelayConfig:
     spool_dir: str | None = None
     spool_timeout: float = 5.0
     spool_poll_interval: float = 2.0
+    spool_first: str = "auto"
     proxy_protocol: bool = False
     proxy_trusted: list[str] = field(default_factory=lambda: ["127.0.0.1/32", "::1/128"])
     proxy_timeout: float = 10.0

@@ -1,27 +1,24 @@
 """The durable capture spool (B1, C2, C9): relayed mail waits here until the CRM has captured it.
 
-Once the upstream accepted a message, the relay writes it with its whole envelope into the
-``spool`` table as *delivered* before it answers the client's DATA; only delivered entries are
-ever captured. When the database cannot take the entry, the relay keeps it in the local
-:class:`FileSpool` (one fsync'd file per message under the data directory) instead, and delivery
-goes on. :func:`run_spool_worker` (the ``spool`` component of ``mailcrm serve``) has the
-:mod:`crm.spoolworker` move such files into the table when the database is back and capture every
-delivered entry exactly once.
+Once the upstream accepted a message, the relay makes it durable with its whole envelope before
+it answers the client's DATA: in the ``spool`` table as *delivered* (PostgreSQL), or in the local
+:class:`crm.filespool.FileSpool` (SQLite, and on PostgreSQL whenever the database cannot take the
+entry in time; see :func:`files_first`). Only delivered entries are ever captured.
+:func:`run_spool_worker` (the ``spool`` component of ``mailcrm serve``) has the
+:mod:`crm.spoolworker` move the files into the table and capture every delivered entry exactly
+once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import json
 import logging
 import multiprocessing
-import os
-import uuid
 from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,11 +27,10 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from .config import Config, data_dir
 from .db import Database
-from .errors import MailcrmError
+from .errors import ConfigError
 from .models import Direction, SpoolEntry, utcnow
 
 log = logging.getLogger(__name__)
-MAGIC = b"MAILCRM-SPOOL 1 "
 UNDELIVERED_MAX_AGE = dt.timedelta(days=1)
 PURGE_EVERY = 3600.0
 CHILD_DEATHS = 3  # consecutive deaths of the capture process before capturing in-process
@@ -54,6 +50,20 @@ class Envelope:
 def spool_dir(config: Config) -> Path:
     """The file spool: ``relay.spool_dir`` or ``<data dir>/spool``."""
     return Path(config.relay.spool_dir) if config.relay.spool_dir else data_dir() / "spool"
+
+
+def files_first(config: Config, db: Database) -> bool:
+    """Whether the relay writes capture copies to the file spool first (``relay.spool_first``).
+
+    ``auto`` (the default): files on SQLite, whose single write lock the capture worker holds
+    while it captures, the database on PostgreSQL, where any node can capture the entry.
+    """
+    choice = config.relay.spool_first
+    if choice not in ("auto", "files", "database"):
+        raise ConfigError(f"relay.spool_first must be auto, files or database, not {choice!r}")
+    if choice == "auto":
+        return db.engine.dialect.name == "sqlite"
+    return choice == "files"
 
 
 def kick() -> None:
@@ -104,58 +114,6 @@ def enqueue_many(db: Database, items: Iterable[tuple[bytes, Envelope]]) -> int:
     return len(rows)
 
 
-# --- the local fallback ---------------------------------------------------------------------
-
-
-class FileSpool:
-    """Messages the database could not take: ``<dir>/<time>-<uuid>.msg``, written atomically."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-
-    def put(self, raw: bytes, env: Envelope) -> Path:
-        """Write, fsync and rename into place; the file survives a crash once this returns."""
-        self.directory.mkdir(parents=True, exist_ok=True)
-        name = f"{utcnow():%Y%m%d%H%M%S%f}-{uuid.uuid4().hex}.msg"
-        tmp = self.directory / f".{name}.tmp"
-        meta = json.dumps(asdict(env), ensure_ascii=True).encode("ascii")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            os.write(fd, MAGIC + meta + b"\n")
-            view = memoryview(raw)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        final = self.directory / name
-        tmp.rename(final)
-        self._sync_dir()
-        return final
-
-    def _sync_dir(self) -> None:
-        fd = os.open(self.directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-    def paths(self) -> list[Path]:
-        """Waiting files, oldest first."""
-        if not self.directory.is_dir():
-            return []
-        return sorted(self.directory.glob("[0-9]*.msg"))
-
-    @staticmethod
-    def read(path: Path) -> tuple[Envelope, bytes]:
-        data = path.read_bytes()
-        header, _, raw = data.partition(b"\n")
-        if not header.startswith(MAGIC):
-            raise MailcrmError(f"{path} is not a mailcrm spool file")
-        meta: dict[str, Any] = json.loads(header[len(MAGIC) :])
-        return Envelope(**meta), raw
-
-
 # --- the worker component ---------------------------------------------------------------------
 
 
@@ -201,6 +159,7 @@ class _ThreadRunner:
     """Runs worker rounds in a thread of this process (``in_process=True``)."""
 
     def __init__(self, config: Config, db: Database) -> None:
+        from .filespool import FileSpool
         from .spoolworker import SpoolWorker
 
         self.worker = SpoolWorker(db, FileSpool(spool_dir(config)))

@@ -28,6 +28,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Row, delete, select, update
@@ -37,15 +38,17 @@ from .capture import Capturer, CaptureResult
 from .config import Config
 from .db import Database
 from .errors import MailcrmError, NotFound
+from .filespool import FileSpool
 from .models import Direction, SpoolEntry, utcnow
-from .spool import UNDELIVERED_MAX_AGE, FileSpool, enqueue, spool_dir
+from .spool import UNDELIVERED_MAX_AGE, Envelope, enqueue_many, spool_dir
 
 log = logging.getLogger(__name__)
 MAX_ATTEMPTS = 5
 MISSING_MAILBOX_ATTEMPTS = 24  # about a day of retries with the delays below
 RETRY_BASE, RETRY_MAX = 30.0, 3600.0
 CLAIM_PG, CLAIM_SQLITE = 10, 50
-CAPTURE_NICE = 10
+CAPTURE_NICE = 19
+IMPORT_FILES, IMPORT_BYTES = 64, 32 * 1024 * 1024  # files moved into the table at once
 COLUMNS = (  # the raw message is read one at a time, when its turn comes (memory)
     SpoolEntry.id, SpoolEntry.mailbox_address, SpoolEntry.direction,
     SpoolEntry.envelope_from, SpoolEntry.envelope_to, SpoolEntry.attempts,
@@ -71,19 +74,33 @@ class SpoolWorker:
         self._later: dict[int, float] = {}  # entry id -> when to try again (monotonic)
 
     def import_files(self) -> int:
-        """Each waiting file becomes a delivered table entry (then the file goes)."""
+        """Each waiting file becomes a delivered table entry (then the file goes).
+
+        Files are moved a batch at a time, one transaction per batch; a crash between the
+        commit and the unlinks imports those files again, and their capture dedups.
+        """
         count = 0
-        for path in self.files.paths():
+        while batch := self._read_files():
+            count += enqueue_many(self.db, [(raw, env) for _, got in batch for env, raw in got])
+            for path, _ in batch:
+                path.unlink()
+        return count
+
+    def _read_files(self) -> list[tuple[Path, list[tuple[Envelope, bytes]]]]:
+        batch: list[tuple[Path, list[tuple[Envelope, bytes]]]] = []
+        size = 0
+        for path in self.files.paths(IMPORT_FILES):
             try:
-                env, raw = self.files.read(path)
-            except (OSError, ValueError, TypeError, MailcrmError) as exc:
+                entries = self.files.read(path)
+            except (OSError, ValueError, TypeError, KeyError, MailcrmError) as exc:
                 log.error("spool file %s unreadable, moved aside: %s", path, exc)
                 path.rename(path.with_suffix(".bad"))
                 continue
-            enqueue(self.db, raw, env)
-            path.unlink()
-            count += 1
-        return count
+            batch.append((path, entries))
+            size += sum(len(raw) for _, raw in entries)
+            if size >= IMPORT_BYTES:
+                break
+        return batch
 
     def _query(self, limit: int) -> Any:
         now = time.monotonic()
@@ -164,7 +181,9 @@ class SpoolWorker:
         return Outcome(CaptureResult(f"spool:{row.id}", "skipped", why), values)
 
     def purge(self) -> None:
-        """Forget entries that were never delivered (older than a day)."""
+        """Forget entries never delivered, and hidden spool files never published (a day old)."""
+        if count := self.files.purge_hidden(UNDELIVERED_MAX_AGE.total_seconds()):
+            log.info("spool: %d unpublished spool files of undelivered mail removed", count)
         cutoff = utcnow() - UNDELIVERED_MAX_AGE
         with self.db.session() as session:
             session.execute(
@@ -201,14 +220,28 @@ def _exit_with_parent() -> None:
         os._exit(0)
 
 
+def background() -> None:
+    """Make this process a background job: capture work yields the CPU to relaying.
+
+    A nicer priority only ranks a process against the others of its scheduling group; Linux
+    shares the CPU between groups first (per session with autogroups, per service cgroup under
+    systemd), so the worker also leaves its parent's session and gives its own group the same
+    nice value. Each step is best effort: a refused one leaves the default.
+    """
+    with contextlib.suppress(OSError):
+        os.nice(CAPTURE_NICE)
+    with contextlib.suppress(OSError):
+        os.setsid()
+        Path("/proc/self/autogroup").write_text(f"{CAPTURE_NICE}\n", encoding="ascii")
+
+
 def child_init(config: Config) -> None:
     """Initializer of the worker process: nicer CPU priority, own engine, Ctrl-C is the parent's;
     it ends with its parent."""
     global _child
     threading.Thread(target=_exit_with_parent, name="mailcrm-parent-watch", daemon=True).start()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    with contextlib.suppress(OSError):
-        os.nice(CAPTURE_NICE)
+    background()
     _child = SpoolWorker(Database(config.database_url, migrate=False), FileSpool(spool_dir(config)))
 
 

@@ -18,7 +18,8 @@ from pathlib import Path
 
 from crm.config import Config
 from crm.db import Database
-from crm.spool import FileSpool, spool_dir
+from crm.filespool import FileSpool
+from crm.spool import files_first, spool_dir
 
 from .dbgate import DbGate
 from .delivery import Deliverer
@@ -76,7 +77,8 @@ class Relay:
         self.gate = DbGate(timeout=config.relay.spool_timeout, threads=1 if sqlite else 8)
         self.directory = Directory(config, db, self.gate)
         self.client = UpstreamClient(config.relay, hostname)
-        self.deliverer = Deliverer(db, self.gate, FileSpool(spool_dir(config)))
+        self.deliverer = Deliverer(db, self.gate, FileSpool(spool_dir(config)),
+                                   files_first=files_first(config, db))
         self.limiter = RateLimiter(config.relay.max_messages_per_minute)
         self.spill_at = SPILL_AT
         self.spill_dir: Path | None = spool_dir(config) / "tmp"

@@ -28,6 +28,7 @@ from sqlalchemy import select
 from crm import spool
 from crm.config import Config, RelayConfig
 from crm.db import Database
+from crm.filespool import FileSpool
 from crm.models import Activity, SpoolEntry
 from proxy.relay import Relay
 from proxy.tls import write_selfsigned
@@ -176,7 +177,21 @@ class RelayEnv:
             return list(session.scalars(select(SpoolEntry).order_by(SpoolEntry.id)))
 
     def spool_files(self) -> list[Path]:
-        return spool.FileSpool(spool.spool_dir(self.config)).paths()
+        return FileSpool(spool.spool_dir(self.config)).paths()
+
+    def hidden_spool_files(self) -> list[Path]:
+        """Copies written while the upstream decided and not published (should not linger)."""
+        directory = spool.spool_dir(self.config)
+        return sorted(directory.glob(".*.tmp")) if directory.is_dir() else []
+
+    def spooled(self) -> list[tuple[spool.Envelope, bytes]]:
+        """Capture copies waiting, wherever they are: delivered pending entries, then files."""
+        found = [
+            (spool.Envelope(e.mailbox_address, e.envelope_from, e.envelope_to, e.direction), e.raw)
+            for e in self.spool_entries() if e.delivered and e.state == "pending"
+        ]
+        files = FileSpool(spool.spool_dir(self.config))
+        return found + [item for path in files.paths() for item in files.read(path)]
 
     async def delivered(self, address: str, count: int = 1, timeout: float = 20.0) -> list[bytes]:
         """Messages delivered to ``address`` (Dovecot INBOX or Postfix's capture Maildir)."""

@@ -22,8 +22,10 @@ from crm import spool, spoolworker
 from crm.capture import Capturer
 from crm.config import Config, RelayConfig
 from crm.db import Database
+from crm.errors import ConfigError
+from crm.filespool import FileSpool
 from crm.models import Activity, Direction, SpoolEntry
-from crm.spool import Envelope, FileSpool
+from crm.spool import Envelope
 from crm.spoolworker import SpoolWorker
 from tests.conftest import Cli
 from tests.relaykit import eventually, message
@@ -77,12 +79,63 @@ def test_file_spool_survives_and_is_imported(db: Database, linked: str, tmp_path
     raw = message(OWNER, to, "From the file spool")
     path = files.put(raw, _env(to))
     assert files.paths() == [path] and path.stat().st_mode & 0o777 == 0o600
-    assert files.read(path) == (_env(to), raw)
+    assert files.read(path) == [(_env(to), raw)]
     (tmp_path / "spool" / "20000101000000000000-junk.msg").write_bytes(b"not a spool file")
     worker = SpoolWorker(db, files)
     assert worker.run_once() == 2  # one imported, one captured
     assert files.paths() == [] and len(list((tmp_path / "spool").glob("*.bad"))) == 1
     assert _states(db) == [("done", True, 1)]
+
+
+def test_file_spool_batches_and_hidden_copies(db: Database, linked: str, tmp_path: Path) -> None:
+    files = FileSpool(tmp_path / "spool")
+    first, second, refused = _customer(), _customer(), _customer()
+    batch = [(message(OWNER, to, f"Batch {to}"), _env(to)) for to in (first, second)]
+    path = files.put_many(batch)
+    assert files.read(path) == [(env, raw) for raw, env in batch]
+    kept = files.write_hidden([(message(OWNER, second, "Early"), _env(second))])
+    dropped = files.write_hidden([(message(OWNER, refused, "Refused"), _env(refused))])
+    assert files.paths() == [path]  # hidden copies are not in the spool yet
+    [published] = files.publish([kept])
+    files.discard(dropped)
+    assert files.paths() == sorted([path, published]) and not kept.exists()
+    assert not dropped.exists()
+    worker = SpoolWorker(db, files)
+    assert worker.run_once() == 6  # three imported from two files, three captured
+    assert files.paths() == [] and _states(db) == [("done", True, 1)] * 3
+    with db.session() as session:
+        subjects = sorted(session.scalars(select(Activity.subject)))
+    assert subjects == sorted([f"Batch {first}", f"Batch {second}", "Early"])
+
+
+def test_cut_batch_file_is_moved_aside(db: Database, tmp_path: Path) -> None:
+    files = FileSpool(tmp_path)
+    path = files.put_many([(b"x" * 100, _env("a@b.example")), (b"y", _env("c@d.example"))])
+    path.write_bytes(path.read_bytes()[:-50])
+    assert SpoolWorker(db, files).run_once() == 0
+    assert files.paths() == [] and path.with_suffix(".bad").exists()
+
+
+def test_hidden_copies_left_by_a_crash_are_purged(db: Database, tmp_path: Path) -> None:
+    files = FileSpool(tmp_path)
+    old = files.write_hidden([(b"old", _env("a@b.example"))])
+    new = files.write_hidden([(b"new", _env("a@b.example"))])
+    os.utime(old, (time.time() - 2 * 86400,) * 2)
+    SpoolWorker(db, files).purge()
+    assert not old.exists() and new.exists()
+
+
+@pytest.mark.parametrize(("choice", "expected"), [("auto", True), ("files", True),
+                                                   ("database", False)])
+def test_spool_first_setting(db: Database, choice: str, expected: bool) -> None:
+    config = Config(relay=RelayConfig(spool_first=choice))
+    sqlite = db.engine.dialect.name == "sqlite"
+    assert spool.files_first(config, db) is (expected if choice != "auto" else sqlite)
+
+
+def test_spool_first_refuses_unknown_values(db: Database) -> None:
+    with pytest.raises(ConfigError, match="spool_first"):
+        spool.files_first(Config(relay=RelayConfig(spool_first="disk")), db)
 
 
 def test_missing_mailbox_waits_for_the_link(
