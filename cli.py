@@ -373,8 +373,7 @@ def mailbox_import(
     ] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Import a mailbox now, in the foreground, with a progress bar; Ctrl-C stops, run again
-    to resume."""
+    """Import a mailbox now, in the foreground with a progress bar (Ctrl-C stops, rerun resumes)."""
     import asyncio
 
     from proxy.imap.foreground import ForegroundImport, prepare

@@ -9,9 +9,11 @@ depends on the database (:func:`crm.spool.files_first`):
 - SQLite: the local file spool (write, fsync, rename, like an MTA's queue). SQLite has one write
   lock for the whole file and the capture worker holds it while it captures; a relay waiting for
   it would answer its clients late, and SQLite's commits are not fsync'd (``synchronous=NORMAL``)
-  where the file spool's are. The copy is written and fsync'd under a hidden name while the
-  upstream is still taking the message; its 250 only has it renamed into the spool (renames of
-  concurrent copies share one directory fsync). The spool worker moves the files into the table.
+  where the file spool's are. When no other copy is being written, the copy is written and
+  fsync'd under a hidden name while the upstream is still taking the message, and its 250 only
+  has it renamed into the spool (renames of concurrent copies share one directory fsync); under
+  load, copies are group-committed after the 250, several to a file. The spool worker moves the
+  files into the table.
 
 Whatever the first choice does, delivery goes on: a copy it cannot take (database error, time
 limit, breaker open; disk error) goes to the other one before the 250, and is captured when the
@@ -153,8 +155,13 @@ class Deliverer:
     async def _drop(self, early: asyncio.Task[Path | None]) -> None:
         hidden = await early
         if hidden is not None:
-            with contextlib.suppress(OSError):
-                await asyncio.to_thread(self.files.discard, hidden)
+            await self._discard(hidden)
+
+    async def _discard(self, hidden: Path) -> None:
+        try:
+            await asyncio.to_thread(self.files.discard, hidden)
+        except OSError as exc:  # left for the worker's daily purge
+            log.warning("unwanted spool copy %s not removed: %s", hidden, exc)
 
     def _later(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(work)
@@ -171,7 +178,7 @@ class Deliverer:
                 if await self.publish.write(hidden) is not None:
                     self.kick()
                     return
-                self._later(asyncio.to_thread(self.files.discard, hidden))
+                self._later(self._discard(hidden))
         raw = await asyncio.to_thread(buffer.raw) if buffer.spilled else buffer.raw()
         stores = [self.to_db, self.to_files]
         first = stores[self.files_first]
