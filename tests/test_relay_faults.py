@@ -155,6 +155,26 @@ async def test_spool_entry_is_durable_when_the_client_gets_250(
         assert (env.spool_files() != []) is db_url.startswith("sqlite")
 
 
+async def test_unusable_spool_directory_falls_back_to_the_database(
+    cli: Cli, db_url: str, tmp_path: Path, postfix: Postfix
+) -> None:
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("the disk refuses: a file where the spool directory should be")
+    async with running(cli, db_url, tmp_path, postfix, worker=False,
+                       spool_dir=str(blocker)) as env:
+        alice, to = env.user("alice"), external("to")
+        raw = message(alice, to, "Spool directory unusable")
+        smtp = await env.login(alice)
+        errors, reply = await smtp.sendmail(alice, [to], raw)
+        await smtp.quit()
+        assert errors == {} and reply.startswith("2.0.0")
+        [(envelope, copy)] = env.spooled()  # in the database, both ways
+        assert copy == raw and envelope.envelope_to == [to]
+        [entry] = env.spool_entries()
+        assert entry.delivered and entry.state == "pending"
+        assert len(await env.delivered(to)) == 1
+
+
 async def test_fifty_concurrent_clients(
     cli: Cli, db_url: str, tmp_path: Path, postfix: Postfix
 ) -> None:
