@@ -140,7 +140,7 @@ class Capturer:
         whole batch back and propagates. The results are counted in the metrics once the batch
         is committed. On SQLite, whose one write lock a transaction holds from its start, the
         batch is cut into transactions of :data:`SQLITE_BATCH` messages so other writers (the
-        relay's spool, lease renewals, the CLI) wait milliseconds, not seconds.
+        spool worker, lease renewals, the CLI) wait milliseconds, not seconds.
         """
         size = SQLITE_BATCH if self.db.engine.dialect.name == "sqlite" else len(items) or 1
         results: list[CaptureResult] = []

@@ -39,12 +39,9 @@ class FileSpool:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
 
-    def put(self, raw: bytes, env: Envelope) -> Path:
-        """Write one message; the file survives a crash once this returns."""
-        return self.put_many([(raw, env)])
-
     def put_many(self, items: Sequence[Item]) -> Path:
-        """Write messages into one file: written, fsync'd, renamed into place, directory fsync'd."""
+        """Write messages into one file: written, fsync'd, renamed into place, directory fsync'd;
+        the file survives a crash once this returns."""
         tmp = self.write_hidden(items)
         return self.publish([tmp])[0]
 
@@ -116,7 +113,7 @@ class FileSpool:
         """The messages of one file, in the order they were written."""
         data = path.read_bytes()
         if data.startswith(MAGIC_BATCH):
-            return _decode_batch(path, memoryview(data)[len(MAGIC_BATCH) :])
+            return _decode_batch(path, data, len(MAGIC_BATCH))
         header, _, raw = data.partition(b"\n")
         if not header.startswith(MAGIC):
             raise MailcrmError(f"{path} is not a mailcrm spool file")
@@ -144,18 +141,16 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
-def _decode_batch(path: Path, data: memoryview) -> list[tuple[Envelope, bytes]]:
+def _decode_batch(path: Path, data: bytes, pos: int) -> list[tuple[Envelope, bytes]]:
     out: list[tuple[Envelope, bytes]] = []
-    pos = 0
     while pos < len(data):
-        end = bytes(data[pos : pos + 64 * 1024]).find(b"\n")
+        end = data.find(b"\n", pos)
         if end < 0:
             raise MailcrmError(f"{path}: spool batch entry without its envelope line")
-        meta: dict[str, Any] = json.loads(bytes(data[pos : pos + end]))
+        meta: dict[str, Any] = json.loads(data[pos:end])
         size = meta.pop("size")
-        start = pos + end + 1
-        if not isinstance(size, int) or start + size > len(data):
+        if not isinstance(size, int) or end + 1 + size > len(data):
             raise MailcrmError(f"{path}: spool batch entry cut short")
-        out.append((Envelope(**meta), bytes(data[start : start + size])))
-        pos = start + size
+        out.append((Envelope(**meta), data[end + 1 : end + 1 + size]))
+        pos = end + 1 + size
     return out

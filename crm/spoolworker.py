@@ -231,7 +231,7 @@ def background() -> None:
     with contextlib.suppress(OSError):
         os.nice(CAPTURE_NICE)
     with contextlib.suppress(OSError):
-        os.setsid()
+        os.setsid()  # only then is the autogroup this process's own, not the relay's too
         Path("/proc/self/autogroup").write_text(f"{CAPTURE_NICE}\n", encoding="ascii")
 
 

@@ -140,7 +140,7 @@ class Poller:
         ended = set(self.keeper.asked) - self.workers.keys()
         if not ended:
             return
-        await self.ctx.run(_nothing)  # after every call queued before: their last writes done
+        await self.ctx.run.drain()  # after every call queued before: their last writes done
         try:
             await self.lease_run(self.keeper.hand_over, ended)
         except SQLAlchemyError as exc:  # asked again at the next claim; or the rows lapse
@@ -212,10 +212,6 @@ class Poller:
             if running is not None:
                 running[0].request_push(folders)
         return pause
-
-
-def _nothing() -> None:
-    """A no-op for the database thread: awaiting it waits for every call queued before."""
 
 
 async def run_poller(config: Config, db: Database, stop: asyncio.Event) -> None:

@@ -77,7 +77,7 @@ def test_file_spool_survives_and_is_imported(db: Database, linked: str, tmp_path
     files = FileSpool(tmp_path / "spool")
     to = _customer()
     raw = message(OWNER, to, "From the file spool")
-    path = files.put(raw, _env(to))
+    path = files.put_many([(raw, _env(to))])
     assert files.paths() == [path] and path.stat().st_mode & 0o777 == 0o600
     assert files.read(path) == [(_env(to), raw)]
     (tmp_path / "spool" / "20000101000000000000-junk.msg").write_bytes(b"not a spool file")

@@ -32,9 +32,17 @@ class DbThread:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, functools.partial(fn, *args, **kwargs))
 
+    async def drain(self) -> None:
+        """Return once every call queued before this one is done (the thread runs them in order)."""
+        await self(_nothing)
+
     async def close(self) -> None:
         """Let the running call finish, then stop the thread."""
         await asyncio.get_running_loop().run_in_executor(None, self._pool.shutdown)
+
+
+def _nothing() -> None:
+    """The call :meth:`DbThread.drain` queues behind the others."""
 
 
 @dataclass

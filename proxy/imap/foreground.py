@@ -75,10 +75,6 @@ def prepare(plan: MailboxPlan, since: str | None, config: PollerConfig) -> str:
     return since or plan.since
 
 
-def _nothing() -> None:
-    """A no-op for the database thread: awaiting it waits for every call queued before."""
-
-
 class _CountingDb(DbThread):
     """The poller's database thread, adding up what every stored batch did, per folder.
 
@@ -201,7 +197,7 @@ class ForegroundImport:
             finally:
                 keeper.cancel()
         finally:
-            await self.db_thread(_nothing)  # a batch an interrupt left running is stored first
+            await self.db_thread.drain()  # a batch an interrupt left running is stored first
             await self.hold.release()
 
     async def _import(self) -> None:
