@@ -99,4 +99,4 @@ for bin in /usr/sbin/dovecot /usr/lib/dovecot/imap /usr/lib/dovecot/lmtp /usr/sb
     /usr/sbin/postmap /usr/sbin/postqueue; do
     [[ -x $bin ]] || { log "missing $bin after install"; exit 1; }
 done
-log "ready: $(dovecot --version | cut -d' ' -f1) dovecot, postfix $(postconf -h mail_version)"
+log "ready: $(dovecot --version | cut -d' ' -f1) dovecot, postfix $(postconf -d -h mail_version 2>/dev/null)"
