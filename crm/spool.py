@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 UNDELIVERED_MAX_AGE = dt.timedelta(days=1)
 PURGE_EVERY = 3600.0
 CHILD_DEATHS = 3  # consecutive deaths of the capture process before capturing in-process
+ROUND = 50  # entries a worker round captures at most; a full round means more are waiting
+GATHER = 0.25  # s between rounds once caught up: mail sent meanwhile is captured as one batch
 _wakeups: set[asyncio.Event] = set()
 
 
@@ -183,7 +185,9 @@ async def run_spool_worker(
 
     The capture runs in a child process at a lower CPU priority (``in_process`` runs it in a
     thread here instead); this coroutine only paces it: at once after :func:`kick`, every
-    ``relay.spool_poll_interval`` seconds otherwise, backing off while the database fails.
+    ``relay.spool_poll_interval`` seconds otherwise, backing off while the database fails. A
+    round that caught up is followed by a short pause (:data:`GATHER`): under a stream of mail
+    the next round takes what came meanwhile as one batch, not one round per message.
     """
     runner: _ChildRunner | _ThreadRunner
     runner = _ThreadRunner(config, db) if in_process else _ChildRunner(config)
@@ -210,6 +214,8 @@ async def run_spool_worker(
                     runner, deaths = _ThreadRunner(config, db), 0
             if not done:
                 await _sleep(stop, wake, delay)
+            elif done < ROUND:  # caught up: let a batch gather instead of a round per message
+                await _sleep(stop, asyncio.Event(), min(GATHER, delay))
     finally:
         _wakeups.discard(wake)
         await runner.close()

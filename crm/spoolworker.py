@@ -1,7 +1,9 @@
 """The spool worker: captures delivered spool entries through :class:`crm.capture.Capturer`.
 
-:class:`SpoolWorker` first moves the relay's fallback files into the table, then claims entries a
-batch at a time and captures them. On PostgreSQL the batch is claimed with ``SELECT ... FOR UPDATE
+:class:`SpoolWorker` first moves the relay's spool files into the table, then claims entries a
+batch at a time and captures them, the small ones of a batch together (``capture_many``: one
+transaction per few messages, not one each); a batch that fails is captured again entry by entry,
+so every entry gets its own verdict. On PostgreSQL the batch is claimed with ``SELECT ... FOR UPDATE
 SKIP LOCKED`` and the rows stay locked until they are marked, so several workers and nodes never
 take the same entry and a crashed worker's entries are simply taken again; the capture dedups by
 Message-ID, so a repeat creates nothing new. On SQLite one worker is expected (one node).
@@ -31,16 +33,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Row, delete, select, update
+from sqlalchemy import Row, delete, func, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
-from .capture import Capturer, CaptureResult
+from .capture import Capturer, CaptureResult, Incoming
 from .config import Config
 from .db import Database
 from .errors import MailcrmError, NotFound
 from .filespool import FileSpool
 from .models import Direction, SpoolEntry, utcnow
-from .spool import UNDELIVERED_MAX_AGE, Envelope, enqueue_many, spool_dir
+from .spool import ROUND, UNDELIVERED_MAX_AGE, Envelope, enqueue_many, spool_dir
 
 log = logging.getLogger(__name__)
 MAX_ATTEMPTS = 5
@@ -49,10 +51,12 @@ RETRY_BASE, RETRY_MAX = 30.0, 3600.0
 CLAIM_PG, CLAIM_SQLITE = 10, 50
 CAPTURE_NICE = 19
 IMPORT_FILES, IMPORT_BYTES = 64, 32 * 1024 * 1024  # files moved into the table at once
-COLUMNS = (  # the raw message is read one at a time, when its turn comes (memory)
+COLUMNS = (  # the raw message is read when its turn comes, a large one alone (memory)
     SpoolEntry.id, SpoolEntry.mailbox_address, SpoolEntry.direction,
     SpoolEntry.envelope_from, SpoolEntry.envelope_to, SpoolEntry.attempts,
+    func.length(SpoolEntry.raw).label("size"),
 )
+TOGETHER_BYTES = 256 * 1024  # entries up to this size are read and captured a batch at a time
 
 
 @dataclass
@@ -76,10 +80,12 @@ class SpoolWorker:
     def import_files(self) -> int:
         """Each waiting file becomes a delivered table entry (then the file goes).
 
-        Files are moved a batch at a time, one transaction per batch; a crash between the
-        commit and the unlinks imports those files again, and their capture dedups.
+        Journal segments a crashed relay left are published first. Files are moved a batch at a
+        time, one transaction per batch; a crash between the commit and the unlinks imports those
+        files again, and their capture dedups.
         """
         count = 0
+        self.files.recover()
         while batch := self._read_files():
             count += enqueue_many(self.db, [(raw, env) for _, got in batch for env, raw in got])
             for path, _ in batch:
@@ -123,13 +129,42 @@ class SpoolWorker:
         with self.db.session() as session:
             rows = session.execute(self._query(limit)).all()
             if self.postgres:  # the rows stay locked until they are marked
-                outcomes = [self._capture(row) for row in rows]
+                outcomes = self._capture_rows(rows)
                 self._mark(session, rows, outcomes)
                 return [o.result for o in outcomes]
-        outcomes = [self._capture(row) for row in rows]
+        outcomes = self._capture_rows(rows)
         with self.db.session() as session:
             self._mark(session, rows, outcomes)
         return [o.result for o in outcomes]
+
+    def _capture_rows(self, rows: Sequence[Row[Any]]) -> list[Outcome]:
+        """Small entries together (one transaction per batch), large ones and any batch that
+        fails one at a time, so each entry gets its own retry or verdict."""
+        outcomes: dict[int, Outcome] = {}
+        small = [row for row in rows if row.size <= TOGETHER_BYTES]
+        for start in range(0, len(small), CLAIM_SQLITE):
+            outcomes.update(self._together(small[start : start + CLAIM_SQLITE]))
+        return [outcomes.get(row.id) or self._capture(row) for row in rows]
+
+    def _together(self, rows: Sequence[Row[Any]]) -> dict[int, Outcome]:
+        """The rows' outcomes from one ``capture_many``; none when the batch raised."""
+        if len(rows) < 2:
+            return {}
+        raws = self._raws([row.id for row in rows])
+        items = [
+            Incoming(raws.get(row.id, b""), row.mailbox_address, Direction(row.direction),
+                     f"spool:{row.id}", envelope_from=row.envelope_from,
+                     envelope_to=tuple(row.envelope_to))
+            for row in rows
+        ]
+        try:
+            results = self.capturer.capture_many(items)
+        except SQLAlchemyError:
+            raise
+        except Exception as exc:  # e.g. a mailbox not linked yet: each on its own, below
+            log.info("spool: a batch of %d captured one by one: %s", len(rows), exc)
+            return {}
+        return {row.id: self._done(row, result) for row, result in zip(rows, results, strict=True)}
 
     def capture_next(self) -> CaptureResult | None:
         """Capture the oldest waiting entry; None when there is none."""
@@ -142,6 +177,13 @@ class SpoolWorker:
             session.execute(
                 update(SpoolEntry).where(SpoolEntry.id == row.id).values(**outcome.values)
             )
+
+    def _raws(self, ids: list[int]) -> dict[int, bytes]:
+        with self.db.session() as session:
+            found = session.execute(
+                select(SpoolEntry.id, SpoolEntry.raw).where(SpoolEntry.id.in_(ids))
+            ).all()
+        return {entry_id: raw or b"" for entry_id, raw in found}
 
     def _raw(self, entry_id: int) -> bytes:
         with self.db.session() as session:
@@ -164,6 +206,10 @@ class SpoolWorker:
         except Exception as exc:
             log.exception("capture of spool entry %s failed", row.id)
             return self._retry(row, f"{exc.__class__.__name__}: {exc}", MAX_ATTEMPTS, "failed")
+        return self._done(row, result)
+
+    @staticmethod
+    def _done(row: Row[Any], result: CaptureResult) -> Outcome:
         state = "done" if result.action != "skipped" else "skipped"
         values = {"attempts": row.attempts + 1, "state": state, "last_error": result.reason,
                   "raw": b""}
@@ -192,7 +238,7 @@ class SpoolWorker:
                 )
             )
 
-    def run_once(self, batch: int = 50) -> int:
+    def run_once(self, batch: int = ROUND) -> int:
         """Import files, then capture up to about ``batch`` entries; how much was done."""
         done = self.import_files()
         while done < batch:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
+import json
 import os
 import signal
 import subprocess
@@ -24,6 +26,7 @@ from crm.config import Config, RelayConfig
 from crm.db import Database
 from crm.errors import ConfigError
 from crm.filespool import FileSpool
+from crm.journal import Journal
 from crm.models import Activity, Direction, SpoolEntry
 from crm.spool import Envelope
 from crm.spoolworker import SpoolWorker
@@ -73,53 +76,96 @@ def test_only_delivered_entries_are_captured(db: Database, linked: str, tmp_path
         assert raws[0] == b""  # the bulk is dropped once captured
 
 
-def test_file_spool_survives_and_is_imported(db: Database, linked: str, tmp_path: Path) -> None:
-    files = FileSpool(tmp_path / "spool")
-    to = _customer()
-    raw = message(OWNER, to, "From the file spool")
-    path = files.put_many([(raw, _env(to))])
-    assert files.paths() == [path] and path.stat().st_mode & 0o777 == 0o600
-    assert files.read(path) == [(_env(to), raw)]
-    (tmp_path / "spool" / "20000101000000000000-junk.msg").write_bytes(b"not a spool file")
-    worker = SpoolWorker(db, files)
-    assert worker.run_once() == 2  # one imported, one captured
-    assert files.paths() == [] and len(list((tmp_path / "spool").glob("*.bad"))) == 1
-    assert _states(db) == [("done", True, 1)]
+def _legacy_file(directory: Path, raw: bytes, env: Envelope, name: str) -> Path:
+    """A version 1 spool file, as earlier versions wrote one per message."""
+    directory.mkdir(parents=True, exist_ok=True)
+    meta = json.dumps(dataclasses.asdict(env)).encode()
+    path = directory / name
+    path.write_bytes(b"MAILCRM-SPOOL 1 " + meta + b"\n" + raw)
+    return path
 
 
-def test_file_spool_batches_and_hidden_copies(db: Database, linked: str, tmp_path: Path) -> None:
-    files = FileSpool(tmp_path / "spool")
-    first, second, refused = _customer(), _customer(), _customer()
+def test_journal_segments_are_published_and_imported(
+    db: Database, linked: str, tmp_path: Path
+) -> None:
+    directory = tmp_path / "spool"
+    files, journal = FileSpool(directory), Journal(directory)
+    first, second, third = _customer(), _customer(), _customer()
     batch = [(message(OWNER, to, f"Batch {to}"), _env(to)) for to in (first, second)]
-    path = files.put_many(batch)
-    assert files.read(path) == [(env, raw) for raw, env in batch]
-    kept = files.write_hidden([(message(OWNER, second, "Early"), _env(second))])
-    dropped = files.write_hidden([(message(OWNER, refused, "Refused"), _env(refused))])
-    assert files.paths() == [path]  # hidden copies are not in the spool yet
-    [published] = files.publish([kept])
-    files.discard(dropped)
-    assert files.paths() == sorted([path, published]) and not kept.exists()
-    assert not dropped.exists()
+    later = (message(OWNER, third, "Appended later"), _env(third))
+    assert journal.append(batch) is False and journal.append([later]) is False
+    [active] = directory.glob(".*.seg")
+    assert files.paths() == [] and active.stat().st_mode & 0o777 == 0o600  # not published yet
+    assert journal.publish() is True and not journal.waiting and not active.exists()
+    [path] = files.paths()
+    assert files.read(path) == [(env, raw) for raw, env in [*batch, later]]
+    legacy_raw = message(OWNER, third, "Written by an earlier version")
+    _legacy_file(directory, legacy_raw, _env(third), "20000101000000000000-old.msg")
+    (directory / "20000101000000000001-junk.msg").write_bytes(b"not a spool file")
     worker = SpoolWorker(db, files)
-    assert worker.run_once() == 6  # three imported from two files, three captured
-    assert files.paths() == [] and _states(db) == [("done", True, 1)] * 3
+    assert worker.run_once() == 8  # four imported from two files, four captured
+    assert files.paths() == [] and len(list(directory.glob("*.bad"))) == 1
+    assert _states(db) == [("done", True, 1)] * 4
     with db.session() as session:
         subjects = sorted(session.scalars(select(Activity.subject)))
-    assert subjects == sorted([f"Batch {first}", f"Batch {second}", "Early"])
+    assert subjects == sorted([f"Batch {first}", f"Batch {second}", "Appended later",
+                               "Written by an earlier version"])
+
+
+def test_a_segment_is_published_when_full_or_old(tmp_path: Path) -> None:
+    journal = Journal(tmp_path, segment_bytes=10_000)
+    files = FileSpool(tmp_path)
+    assert journal.append([(b"x" * 6000, _env("a@b.example"))]) is False
+    assert journal.append([(b"y" * 6000, _env("c@d.example"))]) is True  # full: published
+    assert len(files.paths()) == 1 and not journal.waiting
+    journal.append([(b"z", _env("e@f.example"))])
+    assert journal.publish(older_than=60) is False and journal.waiting  # too young
+    assert journal.publish(older_than=0) is True and len(files.paths()) == 2
+
+
+def test_a_segment_left_by_a_crash_is_recovered_without_its_cut_record(
+    db: Database, linked: str, tmp_path: Path
+) -> None:
+    to = _customer()
+    raw = message(OWNER, to, "Acknowledged before the crash")
+    code = (
+        "import sys; from pathlib import Path; from crm.journal import Journal;"
+        "from crm.spool import Envelope;"
+        f"j = Journal(Path({str(tmp_path)!r}));"
+        f"j.append([({raw!r}, Envelope({OWNER!r}, {OWNER!r}, [{to!r}]))]);"
+        f"j.append([(b'x' * 100, Envelope({OWNER!r}, {OWNER!r}, ['b@c.example']))]);"
+        "import os; os._exit(0)"  # dies holding the active segment
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parent.parent)
+    [segment] = tmp_path.glob(".*.seg")
+    segment.write_bytes(segment.read_bytes()[:-40])  # the second append cut short by the crash
+    files = FileSpool(tmp_path)
+    held = Journal(tmp_path)
+    held.append([(b"live", _env("d@e.example"))])  # a live writer's segment: left alone
+    assert files.recover(min_age=60) == 0  # too young to judge
+    assert files.recover(min_age=0) == 1
+    [path] = files.paths()
+    assert files.read(path) == [(Envelope(OWNER, OWNER, [to]), raw)]
+    assert len(list(tmp_path.glob(".*.seg"))) == 1  # the live one
+    assert SpoolWorker(db, files).run_once() == 2
+    with db.session() as session:
+        assert session.scalars(select(Activity.subject)).all() == ["Acknowledged before the crash"]
 
 
 def test_cut_batch_file_is_moved_aside(db: Database, tmp_path: Path) -> None:
-    files = FileSpool(tmp_path)
-    path = files.put_many([(b"x" * 100, _env("a@b.example")), (b"y", _env("c@d.example"))])
+    journal, files = Journal(tmp_path), FileSpool(tmp_path)
+    journal.append([(b"x" * 100, _env("a@b.example")), (b"y", _env("c@d.example"))])
+    journal.publish()
+    [path] = files.paths()
     path.write_bytes(path.read_bytes()[:-50])
     assert SpoolWorker(db, files).run_once() == 0
     assert files.paths() == [] and path.with_suffix(".bad").exists()
 
 
-def test_hidden_copies_left_by_a_crash_are_purged(db: Database, tmp_path: Path) -> None:
+def test_hidden_copies_left_by_an_earlier_version_are_purged(db: Database, tmp_path: Path) -> None:
     files = FileSpool(tmp_path)
-    old = files.write_hidden([(b"old", _env("a@b.example"))])
-    new = files.write_hidden([(b"new", _env("a@b.example"))])
+    old = _legacy_file(tmp_path, b"old", _env("a@b.example"), ".1-old.msg.tmp")
+    new = _legacy_file(tmp_path, b"new", _env("a@b.example"), ".2-new.msg.tmp")
     os.utime(old, (time.time() - 2 * 86400,) * 2)
     SpoolWorker(db, files).purge()
     assert not old.exists() and new.exists()
@@ -155,6 +201,44 @@ def test_missing_mailbox_waits_for_the_link(
     while _states(db)[0][0] == "pending" and dt.datetime.now() < deadline:
         worker.run_once()
     assert _states(db) == [("done", True, 2)] and entry
+
+
+def test_a_batch_with_an_unlinked_mailbox_is_captured_entry_by_entry(
+    db: Database, linked: str, tmp_path: Path
+) -> None:
+    stranger = "nobody@ourco.example"  # no mailbox yet: that entry waits, the others go on
+    sent = [_customer() for _ in range(4)]
+    for i, to in enumerate(sent):
+        env = _env(to) if i != 2 else Envelope(stranger, stranger, [to])
+        spool.enqueue(db, message(OWNER if i != 2 else stranger, to, f"Batch {i}"), env)
+    results = SpoolWorker(db, FileSpool(tmp_path)).capture_batch()
+    assert [r.action for r in results] == ["captured", "captured", "skipped", "captured"]
+    assert _states(db) == [("done", True, 1)] * 2 + [("pending", True, 1), ("done", True, 1)]
+    with db.session() as session:
+        subjects = session.scalars(select(Activity.subject).order_by(Activity.id)).all()
+    assert subjects == ["Batch 0", "Batch 1", "Batch 3"]
+
+
+def test_small_entries_are_captured_together(
+    db: Database, linked: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    worker = SpoolWorker(db, FileSpool(tmp_path))
+    calls: list[int] = []
+    many = worker.capturer.capture_many
+    def counted(items: Any) -> Any:
+        calls.append(len(items))
+        return many(items)
+
+    monkeypatch.setattr(worker.capturer, "capture_many", counted)
+    monkeypatch.setattr(spoolworker, "TOGETHER_BYTES", 20_000)
+    big = message(OWNER, _customer(), "Big", body=("x" * 70 + "\r\n") * 430)
+    for i in range(3):
+        spool.enqueue(db, message(OWNER, _customer(), f"Small {i}"), _env("a@b.example"))
+    spool.enqueue(db, big, _env("a@b.example"))
+    results = worker.capture_batch()
+    assert [r.action for r in results] == ["captured"] * 4
+    assert calls == [3]  # the three small ones in one call, the big one on its own
+    assert [s for s, _, _ in _states(db)] == ["done"] * 4
 
 
 def test_failing_capture_is_retried_then_given_up(
