@@ -2,83 +2,57 @@
 
 The relay writes here first on SQLite, and on PostgreSQL whenever the database cannot take a
 copy in time (see :mod:`proxy.delivery`); the spool worker moves the files into the ``spool``
-table. A file holds one message or a batch of them (the copies that arrived together: one
-write, one fsync, one rename and one directory fsync for the lot), under
-``<dir>/<time>-<uuid>.msg``; it is written under a hidden temporary name and renamed into
-place, so a reader only ever sees whole files.
+table. The relay appends to a journal segment (:mod:`crm.journal`) and publishes it under
+``<dir>/<time>-<uuid>.msg``; a reader only ever sees whole files: those, and segments a crash
+left behind once :meth:`FileSpool.recover` has published them.
 
-Formats (both read): version 1, one message: ``MAILCRM-SPOOL 1 <envelope JSON>\\n<raw>``;
-version 2, a batch: ``MAILCRM-SPOOL 2\\n`` then per message ``<envelope JSON with "size">\\n``
-and that many raw bytes. A single message is written as version 1.
+Formats (both read): version 1, one message: ``MAILCRM-SPOOL 1 <envelope JSON>\\n<raw>``
+(written by earlier versions); version 2, a batch: ``MAILCRM-SPOOL 2\\n`` then per message
+``<envelope JSON with "size">\\n`` and that many raw bytes (a journal segment).
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
+import logging
 import os
 import time
-import uuid
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from .errors import MailcrmError
-from .models import utcnow
 from .spool import Envelope
 
+log = logging.getLogger(__name__)
 MAGIC = b"MAILCRM-SPOOL 1 "
 MAGIC_BATCH = b"MAILCRM-SPOOL 2\n"
 Item = tuple[bytes, Envelope]
+SEGMENT_SUFFIX = ".seg"  # a journal segment still written (hidden: ``.<name>.seg``)
+ORPHAN_AGE = 60.0  # s: a hidden segment this old and unlocked was left by a crash
 
 
 class FileSpool:
-    """Capture copies on disk: ``<dir>/<time>-<uuid>.msg``, each written atomically."""
+    """Capture copies on disk, as the spool worker sees them: ``<dir>/<time>-<uuid>.msg``."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
 
-    def put_many(self, items: Sequence[Item]) -> Path:
-        """Write messages into one file: written, fsync'd, renamed into place, directory fsync'd;
-        the file survives a crash once this returns."""
-        tmp = self.write_hidden(items)
-        return self.publish([tmp])[0]
-
-    def write_hidden(self, items: Sequence[Item]) -> Path:
-        """Write and fsync a file under a hidden name: durable, but not in the spool yet.
-
-        The relay writes a copy this way while the upstream still decides; :meth:`publish` puts
-        it in the spool once the upstream accepted, :meth:`discard` drops it otherwise.
-        """
-        self.directory.mkdir(parents=True, exist_ok=True)
-        name = f"{utcnow():%Y%m%d%H%M%S%f}-{uuid.uuid4().hex}.msg"
-        tmp = self.directory / f".{name}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            for piece in _encode(items):
-                _write_all(fd, piece)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        return tmp
-
-    def write_each_hidden(self, items: Sequence[Item]) -> list[Path]:
-        """:meth:`write_hidden` for each message on its own (each is published or not alone)."""
-        return [self.write_hidden([item]) for item in items]
-
-    def publish(self, hidden: Sequence[Path]) -> list[Path]:
-        """Rename hidden files into the spool, then one directory fsync makes that durable."""
-        final = [tmp.with_name(tmp.name[1 : -len(".tmp")]) for tmp in hidden]
-        for tmp, path in zip(hidden, final, strict=True):
-            tmp.rename(path)
-        self._sync_dir()
-        return final
-
-    @staticmethod
-    def discard(hidden: Path) -> None:
-        """Drop a hidden file that will not be published."""
-        hidden.unlink(missing_ok=True)
+    def recover(self, min_age: float = ORPHAN_AGE) -> int:
+        """Publish journal segments whose writer is gone (a crash: nobody holds their lock and
+        they are ``min_age`` seconds old), a record cut short at the end dropped; how many."""
+        if not self.directory.is_dir():
+            return 0
+        cutoff, count = time.time() - min_age, 0
+        for entry in os.scandir(self.directory):
+            if entry.name.startswith(".") and entry.name.endswith(SEGMENT_SUFFIX):
+                with contextlib.suppress(FileNotFoundError):
+                    if entry.stat().st_mtime < cutoff and _adopt(Path(entry.path)):
+                        count += 1
+        return count
 
     def purge_hidden(self, older_than: float) -> int:
         """Remove hidden files left by a crash more than ``older_than`` seconds ago; how many."""
@@ -92,13 +66,6 @@ class FileSpool:
                         os.unlink(entry.path)
                         count += 1
         return count
-
-    def _sync_dir(self) -> None:
-        fd = os.open(self.directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
     def paths(self, limit: int | None = None) -> list[Path]:
         """Waiting files, oldest first (the ``limit`` oldest)."""
@@ -121,21 +88,71 @@ class FileSpool:
         return [(Envelope(**meta), raw)]
 
 
+def sync_dir(directory: Path) -> None:
+    """fsync a directory: the names created or renamed in it are durable."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _adopt(path: Path) -> bool:
+    """Publish an orphaned segment if its lock is free; False while its writer still holds it."""
+    fd = os.open(path, os.O_RDWR)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        data = path.read_bytes()
+        whole = _whole_length(data)
+        if whole < len(data):
+            log.warning("spool segment %s: %d bytes at its end cut short by a crash, dropped",
+                        path, len(data) - whole)
+            os.truncate(fd, whole)
+            os.fsync(fd)
+        if whole <= len(MAGIC_BATCH):
+            path.unlink()
+        else:
+            os.rename(path, path.with_name(path.name[1 : -len(SEGMENT_SUFFIX)] + ".msg"))
+        sync_dir(path.parent)
+        return True
+    finally:
+        os.close(fd)
+
+
+def _whole_length(data: bytes) -> int:
+    """Where the last whole record of a segment ends (the header's end when there is none)."""
+    if not data.startswith(MAGIC_BATCH):
+        return 0
+    pos = len(MAGIC_BATCH)
+    while True:
+        end = data.find(b"\n", pos)
+        if end < 0:
+            return pos
+        try:
+            size = json.loads(data[pos:end])["size"]
+        except (ValueError, KeyError, TypeError):
+            return pos
+        if not isinstance(size, int) or end + 1 + size > len(data):
+            return pos
+        pos = end + 1 + size
+
+
 def _meta(env: Envelope, **extra: Any) -> bytes:
     return json.dumps({**asdict(env), **extra}, ensure_ascii=True).encode("ascii")
 
 
-def _encode(items: Sequence[Item]) -> list[bytes]:
-    if len(items) == 1:
-        raw, env = items[0]
-        return [MAGIC + _meta(env) + b"\n", raw]
-    pieces = [MAGIC_BATCH]
+def encode_records(items: Sequence[Item]) -> list[bytes]:
+    """Batch-format records (version 2, after its header line) for ``items``."""
+    pieces: list[bytes] = []
     for raw, env in items:
         pieces += [_meta(env, size=len(raw)) + b"\n", raw]
     return pieces
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]

@@ -6,14 +6,12 @@ depends on the database (:func:`crm.spool.files_first`):
 
 - PostgreSQL: the database spool, as a *delivered* entry any node can capture. Copies from
   concurrent connections are written together, one transaction per batch (group commit).
-- SQLite: the local file spool (write, fsync, rename, like an MTA's queue). SQLite has one write
-  lock for the whole file and the capture worker holds it while it captures; a relay waiting for
-  it would answer its clients late, and SQLite's commits are not fsync'd (``synchronous=NORMAL``)
-  where the file spool's are. When no other copy is being written, the copy is written and
-  fsync'd under a hidden name while the upstream is still taking the message, and its 250 only
-  has it renamed into the spool (renames of concurrent copies share one directory fsync); under
-  load, copies are group-committed after the 250, several to a file. The spool worker moves the
-  files into the table.
+- SQLite: the local spool journal (:mod:`crm.journal`): copies are appended to a segment file,
+  the copies of concurrent connections together, one ``fdatasync`` for the lot (group commit).
+  SQLite has one write lock for the whole file and the capture worker holds it while it captures;
+  a relay waiting for it would answer its clients late, and SQLite's commits are not fsync'd
+  (``synchronous=NORMAL``) where the journal's are. A segment is published to the spool worker a
+  fraction of a second later, and the worker moves its copies into the table.
 
 Whatever the first choice does, delivery goes on: a copy it cannot take (database error, time
 limit, breaker open; disk error) goes to the other one before the 250, and is captured when the
@@ -25,13 +23,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
-from pathlib import Path
-from typing import Any, Generic, TypeVar
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Generic, TypeVar
 
 from crm import spool
 from crm.db import Database
-from crm.filespool import FileSpool
+from crm.journal import Journal
 from crm.spool import Envelope
 
 from .databuf import MessageBuffer
@@ -49,8 +46,8 @@ Copy = tuple[bytes, Envelope]
 class GroupCommit(Generic[T, R]):
     """Group commit: items queued while a batch is committed go together in the next batch.
 
-    ``commit`` makes a batch durable (a database transaction, spool files, renames and one
-    directory fsync) in one call, off the event loop, and returns one result per item, or raises
+    ``commit`` makes a batch durable (a database transaction, a journal append and its fdatasync)
+    in one call, off the event loop, and returns one result per item, or raises
     :class:`DbUnavailable` / :class:`OSError`: then no item of the batch was taken.
     """
 
@@ -94,27 +91,20 @@ class GroupCommit(Generic[T, R]):
 class Deliverer:
     """Forwards one message through an upstream session and keeps its capture copy."""
 
-    def __init__(self, db: Database, gate: DbGate, files: FileSpool, *, files_first: bool = False,
+    def __init__(self, db: Database, gate: DbGate, journal: Journal, *, files_first: bool = False,
                  kick: Callable[[], None] = spool.kick) -> None:
-        self.files = files
+        self.journal = journal
         self.files_first = files_first
         self.kick = kick
-        where = f"file spool {files.directory}"
         self.to_db: GroupCommit[Copy, bool] = GroupCommit(
             lambda items: _all_taken(gate.run(spool.enqueue_many, db, items), items),
             "database spool", lambda: gate.available,
         )
         self.to_files: GroupCommit[Copy, bool] = GroupCommit(
-            lambda items: _all_taken(asyncio.to_thread(files.put_many, items), items), where
-        )
-        self.hidden: GroupCommit[Copy, Path] = GroupCommit(
-            lambda items: asyncio.to_thread(files.write_each_hidden, items), where
-        )
-        self.publish: GroupCommit[Path, Path] = GroupCommit(
-            lambda paths: asyncio.to_thread(files.publish, paths), where
+            self._append, f"spool journal in {journal.directory}"
         )
         self._big = asyncio.Semaphore(BIG_AT_ONCE)
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._publisher: asyncio.Task[None] | None = None
 
     async def deliver(
         self,
@@ -127,58 +117,22 @@ class Deliverer:
 
         ``started`` is the upstream's answer to DATA, asked while the client was sending.
         """
-        early: asyncio.Task[Path | None] | None = None
         try:
             start = await started
             if start.code != 354:
                 return start
-            if env is not None and self.files_first and not buffer.spilled and self.hidden.idle:
-                early = asyncio.create_task(self._write_early(buffer.raw(), env))
-            reply = await upstream.send_body(buffer.chunks())
+            reply = await upstream.send_message(buffer)
             if reply.ok and env is not None:
                 guard = self._big if buffer.spilled else contextlib.nullcontext()
                 async with guard:
-                    handed, early = early, None
-                    await self._keep(buffer, env, handed)
+                    await self._keep(buffer, env)
             return reply
         except UpstreamUnavailable as exc:
             log.warning("upstream %s failed during DATA: %s", upstream.endpoint, exc)
             return UNREACHABLE
-        finally:
-            if early is not None:  # refused, failed or cancelled: the copy is not wanted
-                self._later(self._drop(early))
 
-    async def _write_early(self, raw: bytes, env: Envelope) -> Path | None:
-        """The copy, written and fsync'd under a hidden name; None (logged) if the disk refused."""
-        return await self.hidden.write((raw, env))
-
-    async def _drop(self, early: asyncio.Task[Path | None]) -> None:
-        hidden = await early
-        if hidden is not None:
-            await self._discard(hidden)
-
-    async def _discard(self, hidden: Path) -> None:
-        try:
-            await asyncio.to_thread(self.files.discard, hidden)
-        except OSError as exc:  # left for the worker's daily purge
-            log.warning("unwanted spool copy %s not removed: %s", hidden, exc)
-
-    def _later(self, work: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.create_task(work)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _keep(self, buffer: MessageBuffer, env: Envelope,
-                    early: asyncio.Task[Path | None] | None) -> None:
-        """Make the capture copy durable in the spool: published early copy, else first store,
-        else the other one."""
-        if early is not None:
-            hidden = await early
-            if hidden is not None:
-                if await self.publish.write(hidden) is not None:
-                    self.kick()
-                    return
-                self._later(self._discard(hidden))
+    async def _keep(self, buffer: MessageBuffer, env: Envelope) -> None:
+        """Make the capture copy durable: in the first store, else in the other one."""
         raw = await asyncio.to_thread(buffer.raw) if buffer.spilled else buffer.raw()
         stores = [self.to_db, self.to_files]
         first = stores[self.files_first]
@@ -186,10 +140,40 @@ class Deliverer:
             if await store.write((raw, env)) is not None:
                 if store is not first:
                     log.info("capture copy kept in the %s instead", store.where)
-                self.kick()
+                if store is self.to_db:
+                    self.kick()
                 return
         log.critical("capture copy of a delivered message LOST (mailbox %s, to %s)",
                      env.mailbox, ", ".join(env.envelope_to))
+
+    async def _append(self, items: list[Copy]) -> list[bool]:
+        """One journal append (one fdatasync) for a batch; its segment is published soon."""
+        if await asyncio.to_thread(self.journal.append, items):
+            self.kick()
+        if self.journal.waiting and (self._publisher is None or self._publisher.done()):
+            self._publisher = asyncio.create_task(self._publish_when_due())
+        return [True] * len(items)
+
+    async def _publish_when_due(self) -> None:
+        """While copies wait in an active segment: publish it once it is old enough."""
+        age = self.journal.segment_age
+        while self.journal.waiting:
+            await asyncio.sleep(age)
+            try:
+                if await asyncio.to_thread(self.journal.publish, age):
+                    self.kick()
+            except OSError as exc:  # the segment is left to the worker's recovery
+                log.warning("spool segment not published: %s", exc)
+
+    def close(self) -> None:
+        """At shutdown: publish what the journal holds (blocking; after the last delivery)."""
+        if self._publisher is not None:
+            self._publisher.cancel()
+        try:
+            if self.journal.publish():
+                self.kick()
+        except OSError as exc:
+            log.warning("spool segment not published at shutdown: %s", exc)
 
 
 async def _all_taken(commit: Awaitable[object], items: Sequence[Copy]) -> list[bool]:

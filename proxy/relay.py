@@ -18,7 +18,7 @@ from pathlib import Path
 
 from crm.config import Config
 from crm.db import Database
-from crm.filespool import FileSpool
+from crm.journal import Journal
 from crm.spool import files_first, spool_dir
 
 from .dbgate import DbGate
@@ -77,7 +77,7 @@ class Relay:
         self.gate = DbGate(timeout=config.relay.spool_timeout, threads=1 if sqlite else 8)
         self.directory = Directory(config, db, self.gate)
         self.client = UpstreamClient(config.relay, hostname)
-        self.deliverer = Deliverer(db, self.gate, FileSpool(spool_dir(config)),
+        self.deliverer = Deliverer(db, self.gate, Journal(spool_dir(config)),
                                    files_first=files_first(config, db))
         self.limiter = RateLimiter(config.relay.max_messages_per_minute)
         self.spill_at = SPILL_AT
@@ -179,6 +179,7 @@ class Relay:
         for task in (self._probe, self._warmup):
             if task is not None:
                 task.cancel()
+        await asyncio.to_thread(self.deliverer.close)
         self.gate.close()
 
 

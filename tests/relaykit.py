@@ -177,12 +177,15 @@ class RelayEnv:
             return list(session.scalars(select(SpoolEntry).order_by(SpoolEntry.id)))
 
     def spool_files(self) -> list[Path]:
+        """Published spool files waiting for the worker."""
         return FileSpool(spool.spool_dir(self.config)).paths()
 
-    def hidden_spool_files(self) -> list[Path]:
-        """Copies written while the upstream decided and not published (should not linger)."""
+    def file_copies(self) -> list[tuple[spool.Envelope, bytes]]:
+        """Capture copies on disk: in published files and in the journal's active segment."""
+        files = FileSpool(spool.spool_dir(self.config))
         directory = spool.spool_dir(self.config)
-        return sorted(directory.glob(".*.tmp")) if directory.is_dir() else []
+        active = sorted(directory.glob(".*.seg")) if directory.is_dir() else []
+        return [item for path in files.paths() + active for item in files.read(path)]
 
     def spooled(self) -> list[tuple[spool.Envelope, bytes]]:
         """Capture copies waiting, wherever they are: delivered pending entries, then files."""
@@ -190,8 +193,7 @@ class RelayEnv:
             (spool.Envelope(e.mailbox_address, e.envelope_from, e.envelope_to, e.direction), e.raw)
             for e in self.spool_entries() if e.delivered and e.state == "pending"
         ]
-        files = FileSpool(spool.spool_dir(self.config))
-        return found + [item for path in files.paths() for item in files.read(path)]
+        return found + self.file_copies()
 
     async def delivered(self, address: str, count: int = 1, timeout: float = 20.0) -> list[bytes]:
         """Messages delivered to ``address`` (Dovecot INBOX or Postfix's capture Maildir)."""
