@@ -48,6 +48,7 @@ class MessageBuffer:
         self.size = 0
         self.head = bytearray()
         self._mem = bytearray()
+        self._raw: bytes | None = None
         self._fd: int | None = None
 
     @property
@@ -85,6 +86,7 @@ class MessageBuffer:
         """Drop the last ``count`` bytes (a piece of the end marker taken for content)."""
         if count <= 0:
             return
+        self._raw = None
         self.size -= count
         if len(self.head) > self.size:
             del self.head[self.size :]
@@ -104,6 +106,7 @@ class MessageBuffer:
             return None
         message_id = f"<{uuid.uuid4().hex}@{domain}>"
         self.prefix = f"Message-ID: {message_id}\r\n".encode("ascii")
+        self._raw = None
         return message_id
 
     @property
@@ -140,14 +143,21 @@ class MessageBuffer:
         return self.prefix + data if self.prefix else data
 
     def raw(self) -> bytes:
-        """The RFC 5322 message (dots un-stuffed); call in a thread for spilled messages."""
-        return unstuff(self.wire())
+        """The RFC 5322 message (dots un-stuffed); call in a thread for spilled messages.
+
+        Kept once made for a message in memory (the upstream's BDAT and the capture copy)."""
+        if self._fd is not None:
+            return unstuff(self.wire())
+        if self._raw is None:
+            self._raw = unstuff(self.wire())
+        return self._raw
 
     def close(self) -> None:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
         self._mem = bytearray()
+        self._raw = None
 
 
 def unstuff(wire: bytes) -> bytes:

@@ -220,13 +220,16 @@ class RelayConnection:
     async def abort(self, started: asyncio.Task[Reply] | None = None) -> None:
         """The client's transaction ended locally (e.g. too big): end the upstream's too.
 
-        An upstream already in DATA cannot be told to forget the message but by hanging up.
+        An upstream already in DATA cannot be told to forget the message but by hanging up; one
+        waiting for a BDAT (CHUNKING) has had nothing of it and is simply reset.
         """
         if started is not None:
             started.cancel()
             with contextlib.suppress(BaseException):
                 await started
-            if self.upstream is not None:
+            if self.upstream is not None and self.upstream.deferred:
+                await self.upstream.rset()
+            elif self.upstream is not None:
                 self.upstream.close()
         elif self.upstream is not None and self.upstream.in_transaction:
             await self.upstream.rset()

@@ -4,7 +4,8 @@ An :class:`UpstreamSession` logs in with the user's own credentials (that login 
 password check) and then carries each message, command by command (cut-through): the upstream's
 reply to MAIL, every RCPT and DATA goes back to the mail client as it is. Envelope addresses go
 through aiosmtplib's ``mail``/``rcpt`` (quoted, control characters refused, so nothing can be
-injected); the message is streamed in chunks with flow control, never copied whole.
+injected). The message goes in one ``BDAT`` where the upstream offers CHUNKING (RFC 3030: one
+round trip instead of DATA's two), else after DATA, streamed in chunks with flow control.
 
 Network trouble (refused, timeout, dropped, TLS failure) raises :class:`UpstreamUnavailable`,
 which the relay answers with ``451 4.4.1`` so the client keeps the message and retries.
@@ -22,9 +23,12 @@ from dataclasses import dataclass
 
 import aiosmtplib
 from aiosmtplib import SMTPException, SMTPResponseException
+from aiosmtplib.protocol import SMTPProtocol
 
 from crm.config import RelayConfig
 from crm.errors import UpstreamError
+
+from .databuf import MessageBuffer
 
 log = logging.getLogger(__name__)
 TEMPORARY = (SMTPException, OSError, ssl.SSLError, asyncio.TimeoutError, ConnectionError)
@@ -164,6 +168,7 @@ class UpstreamSession:
         self.smtp = client.smtp(endpoint)
         self.caps = Caps()
         self.in_transaction = False
+        self.deferred = False  # DATA said by the client, not yet upstream (CHUNKING)
 
     @property
     def connected(self) -> bool:
@@ -202,7 +207,7 @@ class UpstreamSession:
 
     async def rset(self) -> None:
         """End an unfinished transaction (best effort: a broken session is simply closed)."""
-        self.in_transaction = False
+        self.in_transaction = self.deferred = False
         if self.connected:
             try:
                 await self.smtp.rset()
@@ -229,9 +234,24 @@ class UpstreamSession:
             return Reply(451, f"4.4.1 {text}")
         return Reply(code, text)
 
+    @property
+    def chunking(self) -> bool:
+        """The upstream takes ``BDAT`` (RFC 3030 CHUNKING)."""
+        return "chunking" in self.smtp.esmtp_extensions
+
     async def start_data(self) -> Reply:
-        """DATA, sent as soon as the client sends its own (the 354 comes while it transmits)."""
+        """DATA, sent as soon as the client sends its own (the 354 comes while it transmits).
+
+        With CHUNKING nothing is sent yet: the message goes in one ``BDAT`` once it is whole
+        (:meth:`send_message`), which saves the 354 round trip; the 354 returned is our own.
+        """
         self.in_transaction = False
+        if self.chunking:
+            self.deferred = True
+            return Reply(354, "BDAT to follow")
+        return await self._data()
+
+    async def _data(self) -> Reply:
         try:
             start = await self.smtp.execute_command(b"DATA")
         except TEMPORARY as exc:
@@ -241,10 +261,26 @@ class UpstreamSession:
             return self._refused(start.code, start.message)
         return Reply(start.code, start.message)
 
-    async def send_body(self, chunks: AsyncIterator[bytes | bytearray]) -> Reply:
-        """After a 354: stream the wire form (already dot-stuffed); the final reply."""
+    async def send_message(self, buffer: MessageBuffer) -> Reply:
+        """After :meth:`start_data`: the message; the upstream's final reply.
+
+        A deferred DATA becomes one ``BDAT <size> LAST`` with the message itself (no dot-stuffing
+        on the wire), or, for a message spilled to disk or with bare LF line ends (whose
+        un-stuffing only DATA's reader does as the client meant it), DATA after all.
+        """
+        if self.deferred:
+            self.deferred = False
+            raw = None if buffer.spilled else buffer.raw()
+            if raw is not None and raw.count(b"\n") == raw.count(b"\r\n"):
+                return await self._final(self._bdat(raw))
+            start = await self._data()
+            if start.code != 354:
+                return start
+        return await self._final(self._stream(buffer.chunks()))
+
+    async def _final(self, sending: Awaitable[aiosmtplib.SMTPResponse]) -> Reply:
         try:
-            final = await self._stream(chunks)
+            final = await sending
         except TEMPORARY as exc:
             self.close()
             raise UpstreamUnavailable(f"{self.endpoint}: {exc}") from exc
@@ -252,10 +288,19 @@ class UpstreamSession:
             return self._refused(final.code, final.message)
         return Reply(final.code, final.message)
 
-    async def _stream(self, chunks: AsyncIterator[bytes | bytearray]) -> aiosmtplib.SMTPResponse:
+    async def _bdat(self, raw: bytes) -> aiosmtplib.SMTPResponse:
+        protocol = self._protocol()
+        protocol.write(b"BDAT %d LAST\r\n" % len(raw) + raw)  # one write: one TLS record, one send
+        return await protocol.read_response(timeout=self.client.timeout)
+
+    def _protocol(self) -> SMTPProtocol:
         protocol = self.smtp.protocol
         if protocol is None:
             raise aiosmtplib.SMTPServerDisconnected("connection lost")
+        return protocol
+
+    async def _stream(self, chunks: AsyncIterator[bytes | bytearray]) -> aiosmtplib.SMTPResponse:
+        protocol = self._protocol()
         held = b""  # the last piece goes out with the final dot, in one write
         async for chunk in chunks:
             if held:
@@ -276,5 +321,5 @@ class UpstreamSession:
         self.close()
 
     def close(self) -> None:
-        self.in_transaction = False
+        self.in_transaction = self.deferred = False
         self.smtp.close()

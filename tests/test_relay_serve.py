@@ -102,7 +102,7 @@ async def test_mailcrm_serve_relays_and_captures(
         raw = message(f"Alice <{alice}>", customer, "Through mailcrm serve")
         errors, reply = await smtp.sendmail(alice, [customer], raw)
         await smtp.quit()
-        assert errors == {} and reply.startswith("2.0.0 Ok: queued as")
+        assert errors == {} and reply.startswith("2.0.0 Ok: ") and " queued as " in reply
         delivered = await eventually(lambda: postfix.delivered(customer))
         assert lf(raw) in lf(delivered[0])
         activities = await eventually(lambda: cli.json("activities", "list"))
