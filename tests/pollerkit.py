@@ -125,11 +125,8 @@ class MailEnv:
         self, raw: bytes, folder: str = "INBOX", seen: bool = False, days_ago: float = 0
     ) -> Path:
         """Put a message into the user's Maildir (INTERNALDATE ``days_ago`` days back)."""
-        path = self.dovecot.deliver(self.user, raw, folder=folder, seen=seen)
-        if days_ago:
-            stamp = time.time() - days_ago * 86400
-            os.utime(path, (stamp, stamp))
-        return path
+        stamp = time.time() - days_ago * 86400 if days_ago else None
+        return self.dovecot.deliver(self.user, raw, folder=folder, seen=seen, mtime=stamp)
 
     # -- what users see ------------------------------------------------------------------------
 

@@ -760,11 +760,13 @@ class Dovecot:
                 os.chown(marker, self.uid, self.gid)
         return target
 
-    def deliver(self, user: str, raw: bytes, folder: str = "INBOX", seen: bool = False) -> Path:
+    def deliver(self, user: str, raw: bytes, folder: str = "INBOX", seen: bool = False,
+                mtime: float | None = None) -> Path:
         """Drop ``raw`` straight into the user's Maildir (fast bulk setup, no SMTP/LMTP).
 
-        The folder is created if needed. Dovecot picks the file up at its next sync.
-        Returns the path of the message file.
+        The folder is created if needed. Dovecot picks the file up at its next sync (and may
+        move it from ``new`` to ``cur`` at once: ``mtime``, Dovecot's INTERNALDATE, is set before
+        the file is visible). Returns the path of the message file.
         """
         if self.address(user) not in self.users:
             raise KeyError(f"unknown user {user!r}; call add_user() first")
@@ -780,6 +782,8 @@ class Dovecot:
             fh.write(raw)
         os.chown(tmp, self.uid, self.gid)
         tmp.chmod(0o600)
+        if mtime is not None:
+            os.utime(tmp, (mtime, mtime))
         dest = maildir / "cur" / f"{unique}:2,S" if seen else maildir / "new" / unique
         tmp.rename(dest)
         return dest
