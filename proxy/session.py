@@ -78,6 +78,7 @@ class RelayConnection:
         self.upstream: UpstreamSession | None = None
         self._password = ""
         self.utf8 = False
+        self._retry_mail: tuple[str, list[str], bool] | None = None  # MAIL to redo on a new session
 
     # --- greeting and login -------------------------------------------------------------------
 
@@ -168,11 +169,29 @@ class RelayConnection:
             if refusal is not None:
                 return Reply(int(refusal[:3]), refusal[4:])
             try:
-                return await self.upstream.mail(address, forward, utf8)
+                reply = await self.upstream.mail(address, forward, utf8)
             except UpstreamUnavailable:
                 if fresh or attempt == 2:  # a stale pooled session gets one more try
                     raise
+                continue
+            self._retry_mail = None if fresh else (address, options, utf8)
+            return reply
         raise AssertionError("unreachable")
+
+    async def _rcpt(self, address: str) -> Reply:
+        """RCPT upstream; a pipelined first RCPT that finds the kept session dead is tried once
+        more on a new one (MAIL went with it, so nothing of the transaction was lost)."""
+        assert self.upstream is not None
+        retry, self._retry_mail = self._retry_mail, None
+        try:
+            return await self.upstream.rcpt(address, self.utf8)
+        except UpstreamUnavailable:
+            if retry is None:
+                raise
+        reply = await self._mail(*retry)
+        if not reply.ok:
+            return reply
+        return await self.upstream.rcpt(address, self.utf8)
 
     async def handle_RCPT(
         self, server: Any, session: Session, envelope: Envelope, address: str, options: list[str]
@@ -182,7 +201,7 @@ class RelayConnection:
         if len(envelope.rcpt_tos) >= self.relay.config.max_recipients:
             return "452 4.5.3 Too many recipients"
         try:
-            reply = await self.upstream.rcpt(address, self.utf8)
+            reply = await self._rcpt(address)
         except UpstreamUnavailable as exc:
             log.warning("relay: upstream unavailable at RCPT: %s", exc)
             return UNREACHABLE.line()

@@ -68,9 +68,15 @@ async def test_upstream_down_gives_451_and_loses_nothing(
         raw = message(alice, customer, "Sent while the server was down")
         smtp = await env.login(alice)
         await env.cable.cut()
-        with pytest.raises(aiosmtplib.SMTPSenderRefused) as caught:
+        # MAIL goes upstream with the first RCPT (PIPELINING): the 451 comes at MAIL when the
+        # relay already knows the session is gone, else at RCPT; temporary either way
+        refused = (aiosmtplib.SMTPSenderRefused, aiosmtplib.SMTPRecipientsRefused)
+        with pytest.raises(refused) as caught:
             await smtp.sendmail(alice, [customer], raw)
-        assert caught.value.code == 451 and caught.value.message.startswith("4.4.1")
+        error = caught.value
+        refusal = error.recipients[0] if isinstance(error, refused[1]) else error
+        assert isinstance(refusal, aiosmtplib.SMTPResponseException)
+        assert refusal.code == 451 and refusal.message.startswith("4.4.1")
         other = env.client()
         await other.connect()
         with pytest.raises(aiosmtplib.SMTPAuthenticationError) as auth:
@@ -234,8 +240,24 @@ class FakeUpstream:
 
     def __init__(self, data_reply: str | None = None) -> None:
         self.data_reply = data_reply
+        self.mail_reply: str | None = None
+        self.pipelining = False
+        self.commands: list[str] = []
         self.server: asyncio.Server | None = None
         self.received: list[bytes] = []
+
+    async def handle_EHLO(self, server: Any, session: Session, envelope: Envelope,
+                          hostname: str, responses: list[str]) -> list[str]:
+        session.host_name = hostname
+        return responses[:-1] + ["250-PIPELINING"] * self.pipelining + responses[-1:]
+
+    async def handle_MAIL(self, server: Any, session: Session, envelope: Envelope,
+                          address: str, options: list[str]) -> str:
+        self.commands.append(f"MAIL {address}")
+        if self.mail_reply:
+            return self.mail_reply
+        envelope.mail_from = address
+        return "250 2.1.0 Ok"
 
     async def handle_DATA(self, server: Any, session: Session, envelope: Envelope) -> str:
         self.received.append(bytes(envelope.original_content or b""))
@@ -286,6 +308,29 @@ async def test_upstream_without_smtputf8_is_mirrored(
                                            b"BODY=8BITMIME")
         assert reply.code == 555
         await smtp.quit()
+
+
+async def test_upstream_refusing_the_sender_is_heard_at_rcpt(
+    cli: Cli, db_url: str, tmp_path: Path, postfix: Postfix, fake: FakeUpstream
+) -> None:
+    """With PIPELINING upstream, MAIL goes up with the first RCPT: a refused sender is the
+    reply to that RCPT and to every later one, and nothing is sent or captured."""
+    fake.pipelining = True
+    fake.mail_reply = "553 5.7.1 Sender address rejected by the fake"
+    async with await _fake_env(cli, db_url, tmp_path, postfix, fake) as env:
+        alice, first, second = env.user("alice"), external(), external()
+        smtp = await env.login(alice)
+        with pytest.raises(aiosmtplib.SMTPRecipientsRefused) as caught:
+            await smtp.sendmail(alice, [first, second], message(alice, first, "Refused"))
+        assert [(r.code, r.message) for r in caught.value.recipients] == [
+            (553, "5.7.1 Sender address rejected by the fake")] * 2
+        fake.mail_reply = None  # the same session sends the next message
+        errors, _ = await smtp.sendmail(alice, [first], message(alice, first, "Accepted"))
+        await smtp.quit()
+        assert errors == {} and fake.commands == [f"MAIL {alice}"] * 2
+        assert len(fake.received) == 1 and b"Subject: Accepted" in fake.received[0]
+        activities = await eventually(env.activities)
+        assert [a.subject for a in activities] == ["Accepted"]
 
 
 async def test_upstream_refusing_at_data_is_relayed_as_is(
