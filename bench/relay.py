@@ -76,7 +76,7 @@ def child(config_path: str) -> None:
     async def main() -> None:
         stop = asyncio.Event()
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-        parts = [run_relay(config, db, stop)]
+        parts = [run_relay(config, db, stop), _orphaned(stop)]
         if not os.environ.get("BENCH_NO_WORKER"):
             parts.append(run_spool_worker(config, db, stop))
         await asyncio.gather(*parts)
@@ -89,6 +89,14 @@ def child(config_path: str) -> None:
 
     cProfile.runctx("asyncio.run(main())", globals(), {"main": main, "asyncio": asyncio},
                     profile)
+
+
+async def _orphaned(stop: asyncio.Event) -> None:
+    """Stop when the bench is gone (killed, or its output pipe closed): no relay left behind."""
+    parent = os.getppid()
+    while os.getppid() == parent and not stop.is_set():
+        await asyncio.sleep(1.0)
+    stop.set()
 
 
 class RelayProcess:
