@@ -59,11 +59,6 @@ class GroupCommit(Generic[T, R]):
         self._queue: list[tuple[T, asyncio.Future[R | None]]] = []
         self._writer: asyncio.Task[None] | None = None
 
-    @property
-    def idle(self) -> bool:
-        """Nothing being committed nor waiting."""
-        return not self._queue and (self._writer is None or self._writer.done())
-
     async def write(self, item: T) -> R | None:
         """The item's result once it is durable; None when this store did not take it."""
         if not self.ready():
