@@ -19,6 +19,7 @@ import asyncio
 import collections
 import re
 from collections.abc import Iterable
+from typing import cast
 
 import aiosmtplib
 from aiosmtplib import SMTPReadTimeoutError, SMTPResponseException, SMTPServerDisconnected
@@ -57,9 +58,9 @@ class Wire(asyncio.Protocol):
     def take_over(cls, smtp: aiosmtplib.SMTP, timeout: float | None) -> Wire:
         """Move ``smtp``'s connection here (no reply may be outstanding)."""
         transport = smtp.transport
-        if not isinstance(transport, asyncio.WriteTransport) or transport.is_closing():
+        if transport is None or transport.is_closing():
             raise SMTPServerDisconnected("connection lost")
-        wire = cls(transport, timeout)
+        wire = cls(cast(asyncio.WriteTransport, transport), timeout)  # uvloop's: not a subclass
         transport.set_protocol(wire)
         return wire
 
