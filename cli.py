@@ -659,14 +659,13 @@ def tls_selfsigned(
 @app.command("serve")
 def serve() -> None:
     """SMTP relay, IMAP pollers and scheduler, until SIGTERM."""
-    import asyncio
-
     from crm import logs
+    from proxy.serve import run_loop
     from proxy.serve import serve as serve_all
 
     if STATE.config.log_format != "text":
         logs.configure(STATE.config.log_format)  # before the database opens: its migrations log
-    asyncio.run(serve_all(STATE.config, STATE.db))
+    run_loop(serve_all(STATE.config, STATE.db))
 
 
 def main() -> None:

@@ -48,6 +48,7 @@ from crm.db import Database  # noqa: E402
 from crm.models import Activity  # noqa: E402
 from crm.spool import run_spool_worker  # noqa: E402
 from proxy.relay import run_relay  # noqa: E402
+from proxy.serve import run_loop  # noqa: E402
 from proxy.tls import write_selfsigned  # noqa: E402
 from tests.servers import Dovecot, Postfix  # noqa: E402
 
@@ -83,7 +84,7 @@ def child(config_path: str) -> None:
 
     profile = os.environ.get("BENCH_PROFILE")
     if not profile:
-        asyncio.run(main())
+        run_loop(main())  # the loop ``mailcrm serve`` runs on
         return
     import cProfile
 
