@@ -88,6 +88,11 @@ class FileSpool:
         return [(Envelope(**meta), raw)]
 
 
+def published(segment: Path) -> Path:
+    """Where a journal segment ``.<name>.seg`` goes when published: ``<name>.msg``."""
+    return segment.with_name(segment.name[1 : -len(SEGMENT_SUFFIX)] + ".msg")
+
+
 def sync_dir(directory: Path) -> None:
     """fsync a directory: the names created or renamed in it are durable."""
     fd = os.open(directory, os.O_RDONLY)
@@ -115,7 +120,7 @@ def _adopt(path: Path) -> bool:
         if whole <= len(MAGIC_BATCH):
             path.unlink()
         else:
-            os.rename(path, path.with_name(path.name[1 : -len(SEGMENT_SUFFIX)] + ".msg"))
+            os.rename(path, published(path))
         sync_dir(path.parent)
         return True
     finally:

@@ -27,7 +27,15 @@ import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
-from .filespool import MAGIC_BATCH, SEGMENT_SUFFIX, Item, encode_records, sync_dir, write_all
+from .filespool import (
+    MAGIC_BATCH,
+    SEGMENT_SUFFIX,
+    Item,
+    encode_records,
+    published,
+    sync_dir,
+    write_all,
+)
 from .models import utcnow
 
 SEGMENT_BYTES = 8 * 1024 * 1024
@@ -61,7 +69,7 @@ class _Segment:
 
     def publish(self) -> Path:
         """Rename into the spool; on failure the lock is let go, and recovery publishes it."""
-        final = self.path.with_name(self.path.name[1 : -len(SEGMENT_SUFFIX)] + ".msg")
+        final = published(self.path)
         try:
             os.rename(self.path, final)
             sync_dir(self.path.parent)

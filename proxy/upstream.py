@@ -258,9 +258,7 @@ class UpstreamSession:
     async def _exchange(self, *lines: bytes) -> list[Reply]:
         """Send ``lines`` in one write; their replies (421 closes the session)."""
         try:
-            if self.wire is None:
-                raise aiosmtplib.SMTPServerDisconnected("not logged in")
-            responses = await self.wire.command(*lines)
+            responses = await self._wire().command(*lines)
         except TEMPORARY as exc:
             self.close()
             raise UpstreamUnavailable(f"{self.endpoint}: {exc}") from exc
