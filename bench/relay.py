@@ -88,7 +88,7 @@ def child(config_path: str) -> None:
         return
     import cProfile
 
-    cProfile.runctx("asyncio.run(main())", globals(), {"main": main, "asyncio": asyncio},
+    cProfile.runctx("run_loop(main())", globals(), {"main": main, "run_loop": run_loop},
                     profile)
 
 

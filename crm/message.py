@@ -28,6 +28,7 @@ _SURROGATES = re.compile("[\udc80-\udcff]")
 _UNSAFE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
 _YEAR = re.compile(r"[A-Za-z]{3}\s+(\d{4})\b")
 _MSGID = re.compile(r"<([^<>\s]+)>")
+_HEADER_END = re.compile(rb"\r?\n\r?\n")  # an empty line: where the header section ends
 _ORIGINAL_ID_HEADERS = ("X-Microsoft-Original-Message-ID", "X-Google-Original-Message-ID")
 MAX_HEADER_BYTES = 4 * 1024 * 1024
 MAX_PARSED_HEADER = 64 * 1024
@@ -188,12 +189,18 @@ def _plain(values: list[str]) -> str | None:
     return clean_text(" ".join(values[0][:MAX_PARSED_HEADER].split())) if values else None
 
 
+def _header_block(raw: bytes) -> bytes:
+    """The header section up to its empty line (the parser would only carry the body along)."""
+    end = _HEADER_END.search(raw, 0, MAX_HEADER_BYTES + 65536)
+    return raw[: end.end()] if end else raw[: MAX_HEADER_BYTES + 65536]
+
+
 def parse_message(raw: bytes, envelope_sender: str | None = None) -> ParsedMessage:
     """Parse the headers of ``raw``; raises MessageParseError when it is not a message at all."""
     if not isinstance(raw, bytes | bytearray) or not raw.strip():
         raise MessageParseError("empty message")
     raw = bytes(raw)
-    headers = _HEADER_PARSER.parsebytes(raw[: MAX_HEADER_BYTES + 65536], headersonly=True)
+    headers = _HEADER_PARSER.parsebytes(_header_block(raw), headersonly=True)
     if not headers.keys():
         raise MessageParseError("no headers: not an RFC 5322 message")
     own_id = next(iter(message_ids(_plain(_raw_values(headers, "Message-ID")))), None)

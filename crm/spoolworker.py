@@ -173,10 +173,14 @@ class SpoolWorker:
 
     @staticmethod
     def _mark(session: Any, rows: Sequence[Row[Any]], outcomes: list[Outcome]) -> None:
+        """One UPDATE statement per kind of outcome, run for all its rows (executemany)."""
+        kinds: dict[tuple[str, ...], list[dict[str, Any]]] = {}
         for row, outcome in zip(rows, outcomes, strict=True):
-            session.execute(
-                update(SpoolEntry).where(SpoolEntry.id == row.id).values(**outcome.values)
+            kinds.setdefault(tuple(sorted(outcome.values)), []).append(
+                {"id": row.id, **outcome.values}
             )
+        for params in kinds.values():
+            session.execute(update(SpoolEntry), params)  # bulk UPDATE by primary key
 
     def _raws(self, ids: list[int]) -> dict[int, bytes]:
         with self.db.session() as session:

@@ -17,7 +17,7 @@ import pytest
 
 from crm.addresses import parse_exclusion
 from crm.domains import CompanyGuess
-from crm.errors import InvalidExclusion
+from crm.errors import InvalidExclusion, MessageParseError
 from crm.message import ParsedMessage, parse_full, parse_message
 from crm.models import Direction, EntityType
 from crm.pipeline import (
@@ -643,3 +643,21 @@ def test_m4_personal_mailbox_leads_belong_to_the_owner_and_queueless_ones_to_nob
 def test_unlinked_mailbox_captures_nothing() -> None:
     decision = run("C1_unknown_sender.eml", mailbox=dataclasses.replace(SALES, linked=False))
     assert (decision.action, decision.reason) == ("skipped", "mailbox is not linked to the CRM")
+
+
+@pytest.mark.parametrize("newline", [b"\r\n", b"\n"])
+def test_headers_end_at_the_first_empty_line(newline: bytes) -> None:
+    """Header-like lines of the body stay body, whatever the line ends; the body still keys a
+    message without Message-ID."""
+    head = [b"From: Ann <ann@client.example>", b"To: bob@ourco.example", b"Subject: Quote"]
+    body = [b"Message-ID: <not-a-header@client.example>", b"From: eve@elsewhere.example", b""]
+    msg = parse_message(newline.join([*head, b"", *body]))
+    assert msg.message_id is None and msg.subject == "Quote"
+    assert msg.sender is not None and msg.sender.address == "ann@client.example"
+    other = parse_message(newline.join([*head, b"", b"Another body", b""]))
+    assert msg.key != other.key
+
+
+def test_a_message_that_starts_with_an_empty_line_has_no_headers() -> None:
+    with pytest.raises(MessageParseError):
+        parse_message(b"\r\nFrom: ann@client.example\r\n\r\nbody\r\n")
