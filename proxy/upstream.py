@@ -60,6 +60,8 @@ class Reply:
 
 
 def _clean(text: str) -> str:
+    if text.isprintable():  # the usual case, without a pass per character
+        return text[:500]
     return "".join(c if c.isprintable() else " " for c in text)[:500]
 
 
