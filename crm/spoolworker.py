@@ -49,6 +49,7 @@ MAX_ATTEMPTS = 5
 MISSING_MAILBOX_ATTEMPTS = 24  # about a day of retries with the delays below
 RETRY_BASE, RETRY_MAX = 30.0, 3600.0
 CLAIM_PG, CLAIM_SQLITE = 10, 50
+RECOVER_EVERY = 10.0  # s between looks for journal segments a crashed relay left
 CAPTURE_NICE = 19
 IMPORT_FILES, IMPORT_BYTES = 64, 32 * 1024 * 1024  # files moved into the table at once
 COLUMNS = (  # the raw message is read when its turn comes, a large one alone (memory)
@@ -57,6 +58,7 @@ COLUMNS = (  # the raw message is read when its turn comes, a large one alone (m
     func.length(SpoolEntry.raw).label("size"),
 )
 TOGETHER_BYTES = 256 * 1024  # entries up to this size are read and captured a batch at a time
+TOGETHER_COUNT = 50  # of them, at most this many go to one capture_many call
 
 
 @dataclass
@@ -76,16 +78,21 @@ class SpoolWorker:
         self.capturer = capturer or Capturer(db)
         self.postgres = db.engine.dialect.name == "postgresql"
         self._later: dict[int, float] = {}  # entry id -> when to try again (monotonic)
+        self._recovered = float("-inf")  # when crashed segments were last looked for
 
     def import_files(self) -> int:
         """Each waiting file becomes a delivered table entry (then the file goes).
 
-        Journal segments a crashed relay left are published first. Files are moved a batch at a
-        time, one transaction per batch; a crash between the commit and the unlinks imports those
-        files again, and their capture dedups.
+        Journal segments a crashed relay left are published first (looked for every
+        :data:`RECOVER_EVERY` seconds: one is a minute old before it counts as left). Files are
+        moved a batch at a time, one transaction per batch; a crash between the commit and the
+        unlinks imports those files again, and their capture dedups.
         """
         count = 0
-        self.files.recover()
+        now = time.monotonic()
+        if now - self._recovered >= RECOVER_EVERY:  # orphans are a minute old anyway
+            self._recovered = now
+            self.files.recover()
         while batch := self._read_files():
             count += enqueue_many(self.db, [(raw, env) for _, got in batch for env, raw in got])
             for path, _ in batch:
@@ -142,8 +149,8 @@ class SpoolWorker:
         fails one at a time, so each entry gets its own retry or verdict."""
         outcomes: dict[int, Outcome] = {}
         small = [row for row in rows if row.size <= TOGETHER_BYTES]
-        for start in range(0, len(small), CLAIM_SQLITE):
-            outcomes.update(self._together(small[start : start + CLAIM_SQLITE]))
+        for start in range(0, len(small), TOGETHER_COUNT):
+            outcomes.update(self._together(small[start : start + TOGETHER_COUNT]))
         return [outcomes.get(row.id) or self._capture(row) for row in rows]
 
     def _together(self, rows: Sequence[Row[Any]]) -> dict[int, Outcome]:

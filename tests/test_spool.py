@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select, update
 
-from crm import spool, spoolworker
+from crm import filespool, spool, spoolworker
 from crm.capture import Capturer
 from crm.config import Config, RelayConfig
 from crm.db import Database
@@ -150,6 +150,30 @@ def test_a_segment_left_by_a_crash_is_recovered_without_its_cut_record(
     assert SpoolWorker(db, files).run_once() == 2
     with db.session() as session:
         assert session.scalars(select(Activity.subject)).all() == ["Acknowledged before the crash"]
+
+
+def _orphan(directory: Path, subject: str) -> None:
+    """A journal segment a crashed relay left: unlocked, two minutes old, one whole record."""
+    to = _customer()
+    path = directory / f".20260101000000000000-{uuid.uuid4().hex}{filespool.SEGMENT_SUFFIX}"
+    records = filespool.encode_records([(message(OWNER, to, subject), _env(to))])
+    path.write_bytes(filespool.MAGIC_BATCH + b"".join(records))
+    os.utime(path, (time.time() - 120, time.time() - 120))
+
+
+def test_the_worker_publishes_what_a_crashed_relay_left(
+    db: Database, linked: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    worker = SpoolWorker(db, FileSpool(tmp_path))
+    _orphan(tmp_path, "Left by a crash")
+    assert worker.run_once() == 2  # looked for at once: imported and captured
+    _orphan(tmp_path, "Left by another crash")
+    assert worker.run_once() == 0  # the next look comes RECOVER_EVERY seconds later
+    monkeypatch.setattr(spoolworker, "RECOVER_EVERY", 0.0)
+    assert worker.run_once() == 2
+    with db.session() as session:
+        subjects = sorted(session.scalars(select(Activity.subject)))
+    assert subjects == ["Left by a crash", "Left by another crash"]
 
 
 def test_cut_batch_file_is_moved_aside(db: Database, tmp_path: Path) -> None:
