@@ -20,8 +20,10 @@ It prints figures and judges nothing (no assertions, no exit status for a missed
 The relay runs in a child process (``run_relay`` + ``run_spool_worker``, as in ``mailcrm
 serve``) on a SQLite CRM by default (``--db`` for PostgreSQL); the clients are aiosmtplib. The
 CPU each message costs is shown per process (this client, the relay, its capture worker, Postfix):
-on a small machine the ratio is bound by CPU. ``BENCH_NO_WORKER=1`` runs the relay without the
-capture worker, ``BENCH_PROFILE=FILE`` writes a cProfile of the relay's event loop.
+on a small machine the ratio is bound by CPU. It also shows how the relay's event loop thread
+spent the flat-out phases (on a CPU, or runnable and waiting for one). ``BENCH_NO_WORKER=1``
+runs the relay without the capture worker, ``BENCH_PROFILE=FILE`` writes a cProfile of the
+relay's event loop.
 """
 
 from __future__ import annotations
@@ -57,7 +59,7 @@ from tests.servers import Dovecot, Postfix  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "bench"))
 from relayload import PASSWORD, body_of, load, make_message, paced  # noqa: E402
-from relaystats import CpuMeter, descendants, status_of  # noqa: E402
+from relaystats import CpuMeter, LoopMeter, descendants, status_of  # noqa: E402
 
 HOST = "127.0.0.1"
 MB = 1024 * 1024
@@ -201,15 +203,18 @@ def throughput(args: argparse.Namespace, work: Path, postfix: Postfix, users: li
     results: dict[str, list[tuple[float, list[float]]]] = {"direct": [], "relay": []}
     drained: dict[str, list[float]] = {"direct": [], "relay": []}  # msg/s until all is done
     meter = CpuMeter(relay.proc.pid, postfix.queue_dir / "pid" / "master.pid")
+    loop_meter = LoopMeter(relay.proc.pid)
     targets = (("direct", postfix.port, direct_ca), ("relay", relay.port, relay.ca))
     lag = 0.0
     for round_no in range(args.rounds):
         print(f" round {round_no + 1}: flat out")
         for name, port, ca in targets:
             settle(postfix)
-            before = meter.snapshot()
+            before, loop_before = meter.snapshot(), loop_meter.snapshot()
             rate, lat = asyncio.run(load(port, ca, users, args.seconds, args.size))
             ended = time.perf_counter()
+            if name == "relay":
+                loop_meter.add(loop_before)
             results[name].append((rate, lat))
             if name == "relay":
                 sent += len(lat)
@@ -219,6 +224,7 @@ def throughput(args: argparse.Namespace, work: Path, postfix: Postfix, users: li
             meter.add(name, before, len(lat))
             show(name, rate, lat)
     summarize(results, drained)
+    loop_meter.show(sum(len(lat) for _, lat in results["relay"]))
     offered = args.load * statistics.median(r for r, _ in results["relay"])
     paced_lat: dict[str, list[float]] = {"direct": [], "relay": []}
     print(f" paced: {offered:.1f} msg/s offered over {len(users)} connections "

@@ -8,6 +8,7 @@ children and its live ones).
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 
@@ -91,3 +92,37 @@ class CpuMeter:
             parts = ", ".join(f"{k} {v / n * 1000:.1f}" for k, v in bucket.items())
             print(f"  CPU ms per message, {name}: {parts}, total "
                   f"{sum(bucket.values()) / n * 1000:.1f}")
+
+
+class LoopMeter:
+    """Where the relay's event loop thread spent a phase: on a CPU, or runnable but waiting for
+    one (``/proc/<pid>/task/<pid>/schedstat``: the scheduler's own run and wait times, and how
+    many times the thread was put on a CPU). Each wait stalls every connection of the loop."""
+
+    def __init__(self, pid: int) -> None:
+        self.path = Path(f"/proc/{pid}/task/{pid}/schedstat")
+        self.run = self.wait = self.wall = 0.0
+        self.slices = 0
+
+    def snapshot(self) -> tuple[float, float, int, float]:
+        try:
+            run, wait, slices = (int(f) for f in self.path.read_text().split()[:3])
+        except (OSError, ValueError):
+            run = wait = slices = 0
+        return run / 1e9, wait / 1e9, slices, time.monotonic()
+
+    def add(self, before: tuple[float, float, int, float]) -> None:
+        run, wait, slices, now = self.snapshot()
+        self.run += run - before[0]
+        self.wait += wait - before[1]
+        self.slices += slices - before[2]
+        self.wall += now - before[3]
+
+    def show(self, messages: int) -> None:
+        if not self.wall or not self.slices:
+            print("  relay event loop: no scheduler statistics here (/proc/<pid>/schedstat)")
+            return
+        print(f"  relay event loop, flat out: on a CPU {self.run / self.wall:.0%} of the time, "
+              f"runnable but waiting for one {self.wait / self.wall:.0%} "
+              f"({self.wait / self.slices * 1000:.2f} ms per wake-up, "
+              f"{self.slices / max(messages, 1):.1f} wake-ups per message)")
