@@ -79,6 +79,7 @@ class RelayConnection:
         self._password = ""
         self.utf8 = False
         self._retry_mail: tuple[str, list[str], bool] | None = None  # MAIL to redo on a new session
+        self.refusal: str | None = None  # the login and why the last AUTH failed (for the log)
 
     # --- greeting and login -------------------------------------------------------------------
 
@@ -104,16 +105,16 @@ class RelayConnection:
         view = await self.relay.directory.lookup(login)
         endpoint = self.relay.directory.endpoint(view)
         if endpoint is None:
-            log.info("relay login %s refused: no upstream server known", login)
+            self.refusal = f"{login}: no upstream server known"
             return AuthResult(success=False, handled=False, message=NO_UPSTREAM)
         upstream = UpstreamSession(self.relay.client, endpoint)
         try:
             reply = await upstream.login(login, password)
         except UpstreamUnavailable as exc:
-            log.warning("relay login %s: upstream %s unreachable: %s", login, endpoint, exc)
+            self.refusal = f"{login}: upstream {endpoint} unreachable: {exc}"
             return AuthResult(success=False, handled=False, message=AUTH_UNAVAILABLE)
         if not reply.ok:
-            log.info("relay login %s refused by %s: %s", login, endpoint, reply.line())
+            self.refusal = f"{login}: refused by {endpoint}: {reply.line().splitlines()[-1]}"
             message = reply.line() if reply.code >= 500 else AUTH_UNAVAILABLE
             return AuthResult(success=False, handled=False, message=message)
         self.view = await self.relay.directory.after_login(view, password)

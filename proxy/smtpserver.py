@@ -161,12 +161,14 @@ class RelaySMTP(SMTP):
         session = self.session
         before = session is not None and session.authenticated
         await super().smtp_AUTH(arg)
+        refusal, self.relay_handler.refusal = self.relay_handler.refusal, None
         if session is None or before or not arg or self.transport is None:
             return
         if session.authenticated:
             log.info("relay: %s logged in as %s", show(self.client), session.auth_data)
-        else:
-            log.warning("relay: failed AUTH from %s", show(self.client))
+        else:  # one line per failure: who, as whom and why (where the login got that far)
+            log.warning("relay: failed AUTH from %s%s", show(self.client),
+                        f" as {refusal}" if refusal else "")
 
     async def smtp_MAIL(self, arg: str | None) -> None:
         if arg:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import email.utils
+import logging
 import uuid
 from collections.abc import AsyncIterator
 from email.message import EmailMessage
@@ -165,17 +166,27 @@ async def test_upstream_refusing_one_recipient(env: RelayEnv) -> None:
     assert [e.envelope_to for e in env.spool_entries()] == [[good]]
 
 
-async def test_wrong_password_gets_535(env: RelayEnv) -> None:
+async def test_wrong_password_gets_535(env: RelayEnv, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="proxy")
     alice = env.user("alice")
     smtp = env.client()
     await smtp.connect()
     with pytest.raises(aiosmtplib.SMTPAuthenticationError) as caught:
         await smtp.login(alice, "not the password")
     assert caught.value.code == 535 and "5.7.8" in caught.value.message
+    nobody = f"nobody{uuid.uuid4().hex[:6]}@{env.dovecot.domain}"
     with pytest.raises(aiosmtplib.SMTPAuthenticationError):
-        await smtp.login(f"nobody{uuid.uuid4().hex[:6]}@{env.dovecot.domain}", PASSWORD)
+        await smtp.login(nobody, PASSWORD)
     await smtp.quit()
     assert env.cli.json("mailbox", "list") == []  # a failed login links nothing
+    lines = [r.getMessage() for r in caplog.records if alice in r.getMessage()
+             or nobody in r.getMessage()]
+    # one line per refused AUTH command (aiosmtplib tries PLAIN, then LOGIN): client, login, why
+    assert lines and all(line.startswith("relay: failed AUTH from 127.0.0.1:") for line in lines)
+    assert all(f" as {who}: refused by " in line and ": 535 " in line
+               for who in (alice, nobody) for line in lines if who in line)
+    assert {alice, nobody} <= {who for who in (alice, nobody) for line in lines if who in line}
+    assert not any("not the password" in r.getMessage() for r in caplog.records)
 
 
 async def test_no_auth_gets_530(env: RelayEnv) -> None:
