@@ -2,7 +2,7 @@
 
 Role: bench support. :class:`CpuMeter` splits the CPU a message costs between the bench client
 (this process), the relay, the relay's capture worker process and Postfix (master, its reaped
-children and its live ones).
+children and its live ones); :class:`LoopMeter` how the relay's event loop thread spent a phase.
 """
 
 from __future__ import annotations

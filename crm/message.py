@@ -31,6 +31,7 @@ _MSGID = re.compile(r"<([^<>\s]+)>")
 _HEADER_END = re.compile(rb"\r?\n\r?\n")  # an empty line: where the header section ends
 _ORIGINAL_ID_HEADERS = ("X-Microsoft-Original-Message-ID", "X-Google-Original-Message-ID")
 MAX_HEADER_BYTES = 4 * 1024 * 1024
+_HEADER_SCAN = MAX_HEADER_BYTES + 64 * 1024  # how far to look for the end of the header section
 MAX_PARSED_HEADER = 64 * 1024
 MAX_PARSED_ADDRESSES = 16 * 1024
 MAX_ADDRESSES = 1000
@@ -191,8 +192,8 @@ def _plain(values: list[str]) -> str | None:
 
 def _header_block(raw: bytes) -> bytes:
     """The header section up to its empty line (the parser would only carry the body along)."""
-    end = _HEADER_END.search(raw, 0, MAX_HEADER_BYTES + 65536)
-    return raw[: end.end()] if end else raw[: MAX_HEADER_BYTES + 65536]
+    end = _HEADER_END.search(raw, 0, _HEADER_SCAN)
+    return raw[: end.end() if end else _HEADER_SCAN]
 
 
 def parse_message(raw: bytes, envelope_sender: str | None = None) -> ParsedMessage:

@@ -69,12 +69,12 @@ def run_loop(main: Coroutine[Any, Any, None]) -> None:
         except ImportError:
             pass
         else:
-            uvloop.run(_settling(main))
+            uvloop.run(_freezing_after_startup(main))
             return
-    asyncio.run(_settling(main))
+    asyncio.run(_freezing_after_startup(main))
 
 
-async def _settling(main: Coroutine[Any, Any, None]) -> None:
+async def _freezing_after_startup(main: Coroutine[Any, Any, None]) -> None:
     asyncio.get_running_loop().call_later(STARTUP_SECONDS, freeze_startup_heap)
     await main
 

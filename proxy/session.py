@@ -114,8 +114,9 @@ class RelayConnection:
             self.refusal = f"{login}: upstream {endpoint} unreachable: {exc}"
             return AuthResult(success=False, handled=False, message=AUTH_UNAVAILABLE)
         if not reply.ok:
-            self.refusal = f"{login}: refused by {endpoint}: {reply.line().splitlines()[-1]}"
-            message = reply.line() if reply.code >= 500 else AUTH_UNAVAILABLE
+            line = reply.line()
+            self.refusal = f"{login}: refused by {endpoint}: {line.splitlines()[-1]}"
+            message = line if reply.code >= 500 else AUTH_UNAVAILABLE
             return AuthResult(success=False, handled=False, message=message)
         self.view = await self.relay.directory.after_login(view, password)
         self.upstream, self._password = upstream, password
