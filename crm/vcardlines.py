@@ -2,7 +2,7 @@
 
 ``crm.vcards`` cuts vCard data into cards and builds contacts; this module turns the text of
 one card into the (still escaped) values of the properties used there. It also holds the
-charset decoding (``_decode``, ``_ascii_compatible``) that ``crm.vcards`` and ``crm.vcardmime``
+charset decoding (``decode_text``, ``ascii_compatible``) that ``crm.vcards`` and ``crm.vcardmime``
 use too. It does what vobject cannot be trusted with on mail from strangers:
 
 * the lines of a card are read with ``getLogicalLines``/``textLineToContentLine`` instead of
@@ -20,7 +20,7 @@ use too. It does what vobject cannot be trusted with on mail from strangers:
   (UTF-8, else the CHARSET the card declares, else windows-1252).
 
 A line that cannot be used is dropped and logged at DEBUG; a card whose components do not nest
-raises ``_BrokenCard``, which ``crm.vcards`` reports as a skipped card.
+raises ``BrokenCard``, which ``crm.vcards`` reports as a skipped card.
 """
 
 from __future__ import annotations
@@ -59,11 +59,11 @@ _LINE_HEAD = re.compile(
 )
 
 
-class _BrokenCard(Exception):
+class BrokenCard(Exception):
     """A card whose structure is unusable; the message is the reason shown to the user."""
 
 
-def _wanted_lines(text: str) -> str:
+def wanted_lines(text: str) -> str:
     """The card with only the physical lines of BEGIN, END and the properties used here.
 
     Lines are grouped into properties by vobject's own rules (``getLogicalLines``): a line
@@ -108,7 +108,7 @@ def _property_name(head: re.Match[str]) -> str:
     return head["name"].upper().replace("_", "-")
 
 
-def _properties(text: str) -> dict[str, list[str]]:
+def card_properties(text: str) -> dict[str, list[str]]:
     """The (still escaped) values of the wanted properties of the card, by property name."""
     props: dict[str, list[str]] = {}
     open_components: list[str] = []
@@ -122,7 +122,7 @@ def _properties(text: str) -> dict[str, list[str]]:
         elif name == "END":
             kind = value.strip().upper()
             if not open_components or open_components[-1] != kind:
-                raise _BrokenCard(f"END:{kind[:40]} without BEGIN:{kind[:40]}")
+                raise BrokenCard(f"END:{kind[:40]} without BEGIN:{kind[:40]}")
             open_components.pop()
         elif len(open_components) == 1:  # not inside an AGENT card or other component
             props.setdefault(name, []).append(value[:_MAX_VALUE])
@@ -169,7 +169,8 @@ def _qp_content_line(line: str, number: int) -> Any:
     charsets = [str(v) for p in params if str(p[0]).upper() == "CHARSET" for v in p[1:]]
     kept = [p for p in params if not _is_qp_param(p)]
     raw = binascii.a2b_qp(str(value).encode("utf-8"))
-    return ContentLine(name, kept, _decode(raw, charsets), group, encoded=True, lineNumber=number)
+    text = decode_text(raw, charsets)
+    return ContentLine(name, kept, text, group, encoded=True, lineNumber=number)
 
 
 def _is_qp_param(param: list[Any]) -> bool:
@@ -179,14 +180,14 @@ def _is_qp_param(param: list[Any]) -> bool:
     return key in ("CHARSET", "QUOTED-PRINTABLE")
 
 
-def _declared_charsets(block: bytes) -> list[str]:
+def declared_charsets(block: bytes) -> list[str]:
     return list(dict.fromkeys(m.decode("ascii") for m in _DECLARED_CHARSET.findall(block)))
 
 
-def _decode(raw: bytes, declared: Iterable[str]) -> str:
+def decode_text(raw: bytes, declared: Iterable[str]) -> str:
     """Text from bytes: UTF-8, else a declared charset, else windows-1252, else Latin-1."""
     for charset in ("utf-8", *declared, "cp1252"):
-        if not _ascii_compatible(charset):
+        if not ascii_compatible(charset):
             continue
         try:
             return raw.decode(charset)
@@ -195,7 +196,7 @@ def _decode(raw: bytes, declared: Iterable[str]) -> str:
     return raw.decode("latin-1")
 
 
-def _ascii_compatible(charset: str) -> bool:
+def ascii_compatible(charset: str) -> bool:
     """True for a known text encoding that reads the ASCII of a vCard as ASCII."""
     probe = b"BEGIN:VCARD;X=+49-1\r\n"
     try:

@@ -14,7 +14,7 @@ import email.policy
 import logging
 from email.parser import BytesParser
 
-from .vcardlines import _ascii_compatible
+from .vcardlines import ascii_compatible
 
 # The logger of crm.vcards, whose part this was: operators and tests watch that one name.
 log = logging.getLogger("crm.vcards")
@@ -121,7 +121,7 @@ def _vcard_payload(part: email.message.Message) -> bytes | None:
     if not isinstance(data, bytes) or not data.strip():
         return None
     charset = part.get_content_charset()
-    if not charset or charset in ("utf-8", "utf8", "us-ascii") or not _ascii_compatible(charset):
+    if not charset or charset in ("utf-8", "utf8", "us-ascii") or not ascii_compatible(charset):
         return data
     try:
         data.decode("utf-8")

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from vobject.icalendar import stringToTextValues
 from vobject.vcard import NAME_ORDER, Name, splitFields
 
-from .vcardlines import _BrokenCard, _declared_charsets, _decode, _properties, _wanted_lines
+from .vcardlines import BrokenCard, card_properties, declared_charsets, decode_text, wanted_lines
 from .vcardmime import VCARD_TYPES, may_contain_vcard, vcard_parts
 
 __all__ = [
@@ -112,7 +112,7 @@ def _parse(data: bytes | str) -> VCardResult:
         if block is not None:
             try:
                 card = _card(block)
-            except _BrokenCard as exc:
+            except BrokenCard as exc:
                 reason = str(exc)
             except Exception as exc:  # vobject may raise anything on odd input
                 reason = f"unreadable ({type(exc).__name__})"
@@ -179,7 +179,7 @@ def _blocks(raw: bytes) -> Iterator[bytes | None]:
 
 def _card(block: bytes) -> tuple[VCardContact, bool] | None:
     """The contact of one card and whether its name was made up from an e-mail address."""
-    props = _properties(_wanted_lines(_decode(block, _declared_charsets(block))))
+    props = card_properties(wanted_lines(decode_text(block, declared_charsets(block))))
     emails = _unique(filter(None, map(_email, props.get("EMAIL", ()))), str.casefold)
     phones = _unique(filter(None, map(_phone, props.get("TEL", ()))), _phone_key)
     name = _first(_clean(_text(value)) for value in props.get("FN", ())) or _first(
