@@ -33,7 +33,8 @@ from crm.spool import Envelope
 
 from .databuf import MessageBuffer
 from .dbgate import DbGate, DbUnavailable
-from .upstream import Reply, UpstreamSession, UpstreamUnavailable
+from .smtpvalues import Reply
+from .upstream import UpstreamSession, UpstreamUnavailable
 
 log = logging.getLogger(__name__)
 UNREACHABLE = Reply(451, "4.4.1 Upstream server unreachable or too slow, try again later")

@@ -20,7 +20,7 @@ from crm.linking import LoginView, link_on_login, lookup_login
 from crm.secrets import SecretBox, load_key
 
 from .dbgate import DbGate, DbUnavailable
-from .upstream import Endpoint
+from .smtpvalues import Endpoint
 
 log = logging.getLogger(__name__)
 

@@ -28,8 +28,9 @@ from .proxyproto import ProxyPolicy
 from .proxytls import PreTLSListener
 from .session import RelayConnection
 from .smtpserver import RelaySMTP
+from .smtpvalues import Caps
 from .tls import relay_context
-from .upstream import Caps, UpstreamClient, UpstreamUnavailable
+from .upstream import UpstreamClient, UpstreamUnavailable
 
 log = logging.getLogger(__name__)
 SPILL_AT = 1024 * 1024

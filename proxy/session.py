@@ -22,7 +22,8 @@ from crm.spool import Envelope as SpoolEnvelope
 from . import smtpauth
 from .databuf import MessageBuffer
 from .delivery import UNREACHABLE
-from .upstream import Caps, Reply, UpstreamSession, UpstreamUnavailable
+from .smtpvalues import Caps, Reply
+from .upstream import UpstreamSession, UpstreamUnavailable
 
 if TYPE_CHECKING:
     from .relay import Relay

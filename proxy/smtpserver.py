@@ -28,7 +28,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session, syntax
 from .databuf import DataResult, read_data
 from .proxyproto import CLOSED_EARLY, Peer, ProxyPolicy, ProxyRefused, log_drop, show
 from .session import RelayConnection
-from .upstream import is_loopback
+from .smtpvalues import is_loopback
 
 log = logging.getLogger(__name__)
 _AUTH_PARAM = re.compile(r"\s+AUTH=\S*", re.IGNORECASE)

@@ -16,12 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable
-from dataclasses import dataclass
 
 import aiosmtplib
 from aiosmtplib import SMTPException, SMTPResponseException
@@ -30,6 +28,7 @@ from crm.config import RelayConfig
 from crm.errors import UpstreamError
 
 from .databuf import MessageBuffer
+from .smtpvalues import Caps, Endpoint, Reply, is_loopback
 from .wire import Wire, command_line
 
 log = logging.getLogger(__name__)
@@ -39,70 +38,6 @@ CAPS_TTL = 600.0
 
 class UpstreamUnavailable(UpstreamError):
     """The upstream server could not be reached, timed out or dropped the connection."""
-
-
-@dataclass(frozen=True)
-class Reply:
-    """An SMTP reply: code and text (lines separated by ``\\n``, as aiosmtplib gives them)."""
-
-    code: int
-    text: str
-
-    def line(self) -> str:
-        """The reply as the relay pushes it to its client (multi-line replies kept)."""
-        lines = [_clean(t) for t in self.text.split("\n")] or [""]
-        head = [f"{self.code}-{t}" for t in lines[:-1]]
-        return "\r\n".join([*head, f"{self.code} {lines[-1]}".rstrip()])
-
-    @property
-    def ok(self) -> bool:
-        return 200 <= self.code < 300
-
-
-def _clean(text: str) -> str:
-    if text.isprintable():  # the usual case, without a pass per character
-        return text[:500]
-    return "".join(c if c.isprintable() else " " for c in text)[:500]
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    """Where a user's mail goes: host, port and TLS mode (``ssl``, ``starttls`` or ``none``)."""
-
-    host: str
-    port: int
-    tls: str = "starttls"
-
-    def __str__(self) -> str:
-        return f"{self.host}:{self.port} ({self.tls})"
-
-
-@dataclass(frozen=True)
-class Caps:
-    """What the upstream can take, as far as the relay mirrors it in its own EHLO."""
-
-    size: int | None = None  # None: no SIZE extension; 0: SIZE without a stated limit
-    eightbit: bool = False
-    smtputf8: bool = False
-
-    @classmethod
-    def from_extensions(cls, ext: dict[str, str]) -> Caps:
-        size = ext.get("size", "").strip() if "size" in ext else None
-        return cls(
-            size=None if size is None else int(size) if size.isdigit() else 0,
-            eightbit="8bitmime" in ext,
-            smtputf8="smtputf8" in ext,
-        )
-
-
-def is_loopback(host: str) -> bool:
-    """True for ``localhost`` and loopback IP addresses."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class UpstreamClient:

@@ -20,8 +20,8 @@ from proxy.databuf import DataResult, MessageBuffer, read_data, stuff, unstuff
 from proxy.dbgate import DbGate, DbUnavailable
 from proxy.relay import RateLimiter
 from proxy.session import mail_options, mirror
+from proxy.smtpvalues import Caps, Reply
 from proxy.tls import relay_context, write_selfsigned
-from proxy.upstream import Caps, Reply
 from tests.conftest import Cli
 
 
