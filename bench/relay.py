@@ -353,13 +353,19 @@ def memory(args: argparse.Namespace, work: Path, postfix: Postfix, users: list[s
 
 
 def prepare_crm(db_url: str, key: str, users: list[str]) -> None:
+    """The bench's users in a new CRM: the capture counts assume no activities before."""
     from crm import admin
+    from crm.errors import AlreadyExists
 
     db = Database(db_url)
-    with db.session() as session:
-        for user in users:
-            admin.add_user(session, user)
-    db.dispose()
+    try:
+        with db.session() as session:
+            for user in users:
+                admin.add_user(session, user)
+    except AlreadyExists as exc:
+        raise SystemExit(f"bench: --db needs an empty database ({exc})") from None
+    finally:
+        db.dispose()
 
 
 def main() -> None:
@@ -370,7 +376,8 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--size", type=int, default=5000)
     parser.add_argument("--big-mb", type=int, default=20)
-    parser.add_argument("--db", help="CRM database URL (default: a fresh SQLite file)")
+    parser.add_argument("--db", help="CRM database URL, of an empty database (default: a fresh "
+                        "SQLite file)")
     parser.add_argument("--load", type=float, default=0.5,
                         help="paced phase: offered rate as a share of the relay's flat-out rate")
     parser.add_argument("--skip-memory", action="store_true")
