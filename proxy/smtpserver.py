@@ -133,8 +133,16 @@ class RelaySMTP(SMTP):
             self.session.proxy_data = self._proxy_data
 
     def eof_received(self) -> bool | None:
+        """The client closed its side: aiosmtpd ends the session; the socket closes too.
+
+        aiosmtpd would keep a plaintext socket half-open (asyncio's stream protocol does) and
+        leave the closing to its session task; on uvloop, the end of a bare connect-and-close
+        (a load balancer's TCP check) comes before that task first runs, so nothing closed the
+        socket before the idle timeout and it counted against ``max_connections`` for minutes.
+        """
         self._eof = True
-        return super().eof_received()
+        super().eof_received()
+        return False
 
     def _no_header(self, error: Exception | None) -> str:
         data = self.session.proxy_data if self.session is not None else None

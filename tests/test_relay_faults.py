@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import sqlite3
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -204,6 +205,55 @@ async def test_fifty_concurrent_clients(
         assert sorted(a.subject for a in activities) == sorted(f"Parallel {i}" for i in range(50))
         # the client's QUIT returns before the relay's side of the socket is closed
     assert await eventually(lambda: env.relay.connections == 0)
+
+
+def on_loop(kind: str, scenario: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """Run ``scenario`` on a new event loop of ``kind``: the tests' own loop is asyncio's,
+    ``mailcrm serve`` runs on uvloop, and the two order a connection's events differently."""
+    factory = asyncio.new_event_loop
+    if kind == "uvloop":
+        factory = pytest.importorskip("uvloop").new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(scenario())
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_clients_that_vanish_are_not_counted_as_open(
+    cli: Cli, db_url: str, tmp_path: Path, postfix: Postfix, loop: str
+) -> None:
+    """A client that disappears (a load balancer's bare TCP check, a killed mail client: no
+    QUIT) at any point leaves no open connection behind: the count the connection limit and a
+    shutdown's drain go by comes back to zero at once, and the relay serves the next client."""
+
+    async def scenario() -> None:
+        async with running(cli, db_url, tmp_path, postfix) as env:
+            alice, customer = env.user("alice"), external()
+            for _ in range(3):  # connect and close, as a TCP health check does
+                socket.create_connection((HOST, env.port)).close()
+            plain = await asyncio.open_connection(HOST, env.port)  # greeted, before STARTTLS
+            await plain[0].readline()
+            idle = await env.login(alice)  # logged in, between messages
+            in_data = await env.login(alice)  # in the middle of a message
+            await in_data.mail(alice)
+            await in_data.rcpt(customer)
+            code, _ = await in_data.execute_command(b"DATA")
+            assert code == 354
+            assert in_data.transport is not None
+            in_data.transport.write(b"Subject: half a message\r\n\r\nthe first line\r\n")
+            await asyncio.sleep(0.2)
+            for transport in (plain[1].transport, idle.transport, in_data.transport):
+                assert transport is not None
+                transport.abort()
+            # the relay's side closes a moment after the reset reaches it (not after the idle
+            # timeout, five minutes)
+            assert await eventually(lambda: env.relay.connections == 0, timeout=10)
+            smtp = await env.login(alice)
+            await smtp.sendmail(alice, [customer],
+                                message(alice, customer, "After the vanished ones"))
+            await smtp.quit()
+            await env.delivered(customer)
+
+    on_loop(loop, scenario)
 
 
 async def test_limits_recipients_rate_and_connections(
