@@ -85,6 +85,8 @@ class Relay:
         self.spill_dir: Path | None = spool_dir(config) / "tmp"
         self.tls_context = relay_context(config.relay)
         self.proxy = ProxyPolicy.from_config(config.relay)  # None: PROXY protocol off
+        # open sessions (from connection_made to connection_lost); one still in its TLS
+        # handshake on an implicit TLS port is not one yet (asyncio ends those in 60 s)
         self.connections = 0
         self.servers: list[asyncio.Server | PreTLSListener] = []
         self._probe: asyncio.Task[Caps] | None = None
@@ -121,10 +123,10 @@ class Relay:
         if self.connections >= self.config.max_connections:
             log.warning("relay: connection refused, %d open already", self.connections)
             return _Refuse()
-        self.connections += 1
         return RelaySMTP(
             RelayConnection(self),
             plaintext_auth_on_loopback=self.config.allow_plaintext_auth_on_loopback,
+            on_open=self._opened,
             on_close=self._closed,
             proxy=self.proxy,
             hostname=self.hostname,
@@ -134,6 +136,9 @@ class Relay:
             timeout=IDLE_TIMEOUT,
             loop=asyncio.get_running_loop(),
         )
+
+    def _opened(self) -> None:
+        self.connections += 1
 
     def _closed(self) -> None:
         self.connections -= 1

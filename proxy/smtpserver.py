@@ -55,15 +55,19 @@ class RelaySMTP(SMTP):
     """One client connection; ``handler`` is its own :class:`RelayConnection`."""
 
     def __init__(self, handler: RelayConnection, *, plaintext_auth_on_loopback: bool,
-                 on_close: Callable[[], None], proxy: ProxyPolicy | None = None,
-                 **kwargs: Any) -> None:
+                 on_open: Callable[[], None], on_close: Callable[[], None],
+                 proxy: ProxyPolicy | None = None, **kwargs: Any) -> None:
         if proxy is not None:
             kwargs["proxy_protocol_timeout"] = proxy.timeout
         super().__init__(handler, auth_required=True, auth_require_tls=True,
                          enable_SMTPUTF8=True, **kwargs)
         self.relay_handler = handler
         self._plaintext_loopback = plaintext_auth_on_loopback
-        self._on_close: Callable[[], None] | None = on_close
+        # Called when the session starts (after the TLS handshake on the implicit TLS ports)
+        # and ends: a connection whose handshake fails never starts, so it never counted.
+        self._on_open = on_open
+        self._on_close: Callable[[], None] | None = None
+        self._closer = on_close
         self.proxy = proxy
         self.client: Peer | None = None  # the real client, once known
         self._balancer: Peer | None = None  # the connection's own peer, with PROXY on
@@ -80,6 +84,9 @@ class RelaySMTP(SMTP):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         first = self._original_transport is None and self.transport is None
+        if first:
+            self._on_open()
+            self._on_close = self._closer
         super().connection_made(transport)
         if not first:
             self._after_starttls()

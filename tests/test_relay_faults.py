@@ -226,10 +226,15 @@ def test_clients_that_vanish_are_not_counted_as_open(
     shutdown's drain go by comes back to zero at once, and the relay serves the next client."""
 
     async def scenario() -> None:
-        async with running(cli, db_url, tmp_path, postfix) as env:
+        async with running(cli, db_url, tmp_path, postfix, tls_port=0) as env:
             alice, customer = env.user("alice"), external()
-            for _ in range(3):  # connect and close, as a TCP health check does
-                socket.create_connection((HOST, env.port)).close()
+            for port in env.relay.ports:  # connect and close, as a TCP health check does
+                for _ in range(3):
+                    socket.create_connection((HOST, port)).close()
+            with socket.create_connection((HOST, env.relay.ports[1])) as sock:
+                sock.sendall(b"EHLO not.tls.example\r\n")  # a TLS handshake that fails
+            tls = await asyncio.open_connection(HOST, env.relay.ports[1], ssl=env.ca)
+            await tls[0].readline()  # greeted over implicit TLS
             plain = await asyncio.open_connection(HOST, env.port)  # greeted, before STARTTLS
             await plain[0].readline()
             idle = await env.login(alice)  # logged in, between messages
@@ -241,7 +246,8 @@ def test_clients_that_vanish_are_not_counted_as_open(
             assert in_data.transport is not None
             in_data.transport.write(b"Subject: half a message\r\n\r\nthe first line\r\n")
             await asyncio.sleep(0.2)
-            for transport in (plain[1].transport, idle.transport, in_data.transport):
+            for transport in (plain[1].transport, tls[1].transport, idle.transport,
+                              in_data.transport):
                 assert transport is not None
                 transport.abort()
             # the relay's side closes a moment after the reset reaches it (not after the idle

@@ -240,6 +240,9 @@ async def test_implicit_tls_listener_reads_the_header_before_tls(
                                                tls_port=tls_port))
     checks = await probe_relay(status)  # the status page's probe sends a v2 LOCAL header
     assert [(c.key, c.status) for c in checks] == [("relay", GREEN), ("relay_tls", GREEN)]
+    # a good header, then no TLS at all: the session never starts, so it never counts as open
+    assert await dropped(tls_port, HEADERS["v1 TCP4"][0] + b"EHLO not.tls.example\r\n") == b""
+    assert await eventually(lambda: env.relay.connections == 0)
 
 
 async def test_proxy_protocol_off_by_default_header_is_just_a_bad_command(
