@@ -15,6 +15,7 @@ import logging
 import socket
 import time
 from pathlib import Path
+from typing import cast
 
 from crm.config import Config
 from crm.db import Database
@@ -63,8 +64,10 @@ class _Refuse(asyncio.Protocol):
     """Answers a connection over the limit with 421 and closes it."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.WriteTransport)
-        transport.write(b"421 4.7.0 Too many connections, try again later\r\n")
+        # a stream transport; uvloop's are not subclasses of asyncio.WriteTransport
+        cast(asyncio.WriteTransport, transport).write(
+            b"421 4.7.0 Too many connections, try again later\r\n"
+        )
         transport.close()
 
 
