@@ -65,9 +65,8 @@ class RelaySMTP(SMTP):
         self._plaintext_loopback = plaintext_auth_on_loopback
         # Called when the session starts (after the TLS handshake on the implicit TLS ports)
         # and ends: a connection whose handshake fails never starts, so it never counted.
-        self._on_open = on_open
-        self._on_close: Callable[[], None] | None = None
-        self._closer = on_close
+        self._on_open, self._on_close = on_open, on_close
+        self._open = False
         self.proxy = proxy
         self.client: Peer | None = None  # the real client, once known
         self._balancer: Peer | None = None  # the connection's own peer, with PROXY on
@@ -85,8 +84,8 @@ class RelaySMTP(SMTP):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         first = self._original_transport is None and self.transport is None
         if first:
+            self._open = True
             self._on_open()
-            self._on_close = self._closer
         super().connection_made(transport)
         if not first:
             self._after_starttls()
@@ -166,10 +165,10 @@ class RelaySMTP(SMTP):
         try:
             super().connection_lost(error)
         finally:
-            if self._on_close is not None:
-                on_close, self._on_close = self._on_close, None
+            if self._open:
+                self._open = False
                 self.relay_handler.closed()
-                on_close()
+                self._on_close()
 
     @syntax("AUTH <mechanism>")
     async def smtp_AUTH(self, arg: str) -> None:
