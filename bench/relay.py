@@ -42,6 +42,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -212,7 +213,7 @@ def throughput(args: argparse.Namespace, work: Path, postfix: Postfix, users: li
     wait_captured(db_url, sent)
     results: dict[str, list[tuple[float, list[float]]]] = {"direct": [], "relay": []}
     drained: dict[str, list[float]] = {"direct": [], "relay": []}  # msg/s until all is done
-    left: dict[str, list[tuple[int, int, int]]] = {"direct": [], "relay": []}  # at window end
+    left: dict[str, list[Leftover]] = {"direct": [], "relay": []}
     meter = CpuMeter(relay.proc.pid, postfix.queue_dir / "pid" / "master.pid")
     loop_meter = LoopMeter(relay.proc.pid)
     targets = (("direct", postfix.port, direct_ca), ("relay", relay.port, relay.ca))
@@ -225,14 +226,13 @@ def throughput(args: argparse.Namespace, work: Path, postfix: Postfix, users: li
             rate, lat = asyncio.run(load(port, ca, users, args.seconds, args.size))
             ended = time.perf_counter()
             results[name].append((rate, lat))
-            uncaptured = 0
             if name == "relay":
                 loop_meter.add(loop_before)  # the sending window only, not the wait below
                 sent += len(lat)
-                uncaptured = sent - activities(db_url)
-            left[name].append((len(lat), queued(postfix), uncaptured))
-            if name == "relay":
+                left[name].append(Leftover(len(lat), queued(postfix), sent - activities(db_url)))
                 lag = wait_captured(db_url, sent)
+            else:
+                left[name].append(Leftover(len(lat), queued(postfix), 0))
             settle(postfix)  # the deliveries this phase queued are part of its cost
             drained[name].append(len(lat) / (len(lat) / rate + time.perf_counter() - ended))
             meter.add(name, before, len(lat))
@@ -263,7 +263,7 @@ def throughput(args: argparse.Namespace, work: Path, postfix: Postfix, users: li
 
 
 def summarize(results: dict[str, list[tuple[float, list[float]]]], drained: dict[str, list[float]],
-              left: dict[str, list[tuple[int, int, int]]]) -> None:
+              left: dict[str, list[Leftover]]) -> None:
     direct_rate = statistics.median(r for r, _ in results["direct"])
     relay_rate = statistics.median(r for r, _ in results["relay"])
     direct_lat = [x for _, lat in results["direct"] for x in lat]
@@ -278,15 +278,23 @@ def summarize(results: dict[str, list[tuple[float, list[float]]]], drained: dict
           f"{relay_done:.1f} (each phase's messages over its sending time plus the time until "
           f"Postfix's queue was empty and, for the relay, every message captured)")
     print(f"  sending window only: {relay_rate / direct_rate:.2f}; when the clients stopped, "
-          f"{backlog(left['direct'], 1)} of the direct phases' messages were still in Postfix's "
-          f"queue, {backlog(left['relay'], 1)} of the relay phases' "
-          f"({backlog(left['relay'], 2)} not captured yet)")
+          f"{backlog(left['direct'], 'queued')} of the direct phases' messages were still in "
+          f"Postfix's queue, {backlog(left['relay'], 'queued')} of the relay phases' "
+          f"({backlog(left['relay'], 'uncaptured')} not captured yet)")
 
 
-def backlog(phases: list[tuple[int, int, int]], which: int) -> str:
+class Leftover(NamedTuple):
+    """What a flat-out phase left undone when its clients stopped."""
+
+    sent: int
+    queued: int  # still in Postfix's queue
+    uncaptured: int  # relayed but not captured yet (0 for the direct phases)
+
+
+def backlog(phases: list[Leftover], field: str) -> str:
     """Left over at the end of the sending windows, as a share of the messages sent."""
-    sent = sum(p[0] for p in phases) or 1
-    return f"{sum(p[which] for p in phases) / sent:.0%}"
+    sent = sum(p.sent for p in phases) or 1
+    return f"{sum(getattr(p, field) for p in phases) / sent:.0%}"
 
 
 # --- memory -------------------------------------------------------------------------------------

@@ -203,8 +203,8 @@ async def test_fifty_concurrent_clients(
         activities = await eventually(lambda: len(env.activities()) == 50 and env.activities(),
                                       timeout=60)
         assert sorted(a.subject for a in activities) == sorted(f"Parallel {i}" for i in range(50))
-        # the client's QUIT returns before the relay's side of the socket is closed
-    assert await eventually(lambda: env.relay.connections == 0)
+        # the clients' QUIT returns before the relay's side of the sockets is closed
+        assert await eventually(lambda: env.relay.connections == 0)
 
 
 def on_loop(kind: str, scenario: Callable[[], Coroutine[Any, Any, None]]) -> None:
