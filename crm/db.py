@@ -17,7 +17,7 @@ from alembic import command
 from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
@@ -28,12 +28,15 @@ log = logging.getLogger(__name__)
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
+BUSY_TIMEOUT_MS = 30000
+
+
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
     cursor.close()
 
 
@@ -98,6 +101,32 @@ class Database:
         """Run every pending Alembic migration."""
         log.info("migrating database %s", self.safe_url)
         command.upgrade(alembic_config(self.engine), "heads")
+
+    def check_writable(self, wait: float) -> None:
+        """Raise unless the database takes a write now (for health checks; nothing is kept).
+
+        SQLite: a write in a transaction that is rolled back, waiting at most ``wait`` seconds
+        for the write lock (a file opened read-only or locked by another writer fails; such a
+        connection is dropped so the next one opens afresh). PostgreSQL: a query, and the
+        server must not be read-only (a standby, ``default_transaction_read_only``).
+        """
+        with self.engine.connect() as conn:
+            if self.engine.dialect.name != "sqlite":
+                if conn.execute(text("SHOW transaction_read_only")).scalar() == "on":
+                    raise MailcrmError("database is read-only")
+                conn.rollback()
+                return
+            conn.exec_driver_sql(f"PRAGMA busy_timeout={int(wait * 1000)}")
+            try:
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+                conn.exec_driver_sql("UPDATE alembic_version SET version_num = version_num")
+            except OperationalError:
+                conn.invalidate()
+                raise
+            finally:
+                if not conn.invalidated:
+                    conn.exec_driver_sql("ROLLBACK")
+                    conn.exec_driver_sql(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
 
     @property
     def safe_url(self) -> str:

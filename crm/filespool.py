@@ -14,6 +14,7 @@ Formats (both read): version 1, one message: ``MAILCRM-SPOOL 1 <envelope JSON>\\
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import fcntl
 import json
 import logging
@@ -74,6 +75,25 @@ class FileSpool:
         names = sorted(e.name for e in os.scandir(self.directory)
                        if e.name.endswith(".msg") and e.name[:1].isdigit())
         return [self.directory / name for name in names[:limit]]
+
+    def waiting(self) -> tuple[int, float | None]:
+        """(messages, when the oldest was written: epoch seconds) in published files and journal
+        segments, active or left by a crash; only envelope lines are read (for metrics)."""
+        if not self.directory.is_dir():
+            return 0, None
+        count, oldest = 0, None
+        for entry in os.scandir(self.directory):
+            name = entry.name
+            if not ((name.endswith(".msg") and name[:1].isdigit())
+                    or (name.startswith(".") and name.endswith(SEGMENT_SUFFIX))):
+                continue
+            with contextlib.suppress(OSError):
+                found = _count_records(entry.path)
+                if found:
+                    count += found
+                    born = _born(name.lstrip("."), entry.stat().st_mtime)
+                    oldest = born if oldest is None else min(oldest, born)
+        return count, oldest
 
     @staticmethod
     def read(path: Path) -> list[tuple[Envelope, bytes]]:
@@ -176,3 +196,34 @@ def _decode_batch(path: Path, data: bytes, pos: int) -> list[tuple[Envelope, byt
         out.append((Envelope(**meta), data[end + 1 : end + 1 + size]))
         pos = end + 1 + size
     return out
+
+
+def _count_records(path: str) -> int:
+    """Whole messages in a spool file or segment, read by their envelope lines (seeking past
+    each message); a record still being written or cut short is not counted."""
+    with open(path, "rb") as handle:
+        head = handle.read(len(MAGIC_BATCH))
+        if head.startswith(MAGIC):
+            return 1
+        if head != MAGIC_BATCH:
+            return 0
+        end, count = os.fstat(handle.fileno()).st_size, 0
+        while line := handle.readline(64 * 1024):
+            try:
+                size = json.loads(line)["size"] if line.endswith(b"\n") else None
+            except (ValueError, KeyError, TypeError):
+                size = None
+            if not isinstance(size, int) or handle.tell() + size > end:
+                break
+            handle.seek(size, os.SEEK_CUR)
+            count += 1
+        return count
+
+
+def _born(name: str, fallback: float) -> float:
+    """When a spool file was begun, from its name (``<YYYYmmddHHMMSSffffff>-<uuid>``, UTC)."""
+    try:
+        stamp = dt.datetime.strptime(name[:20], "%Y%m%d%H%M%S%f")
+    except ValueError:
+        return fallback
+    return stamp.replace(tzinfo=dt.UTC).timestamp()

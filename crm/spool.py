@@ -138,6 +138,7 @@ class _ChildRunner:
         self.pool: ProcessPoolExecutor | None = None
 
     async def run(self, purge: bool) -> tuple[int, str | None]:
+        from . import metrics
         from .spoolworker import child_init, child_run
 
         if self.pool is None:
@@ -146,11 +147,15 @@ class _ChildRunner:
                 initializer=child_init, initargs=(self.config,),
             )
         try:
-            return await asyncio.get_running_loop().run_in_executor(self.pool, child_run, purge)
+            done, error, counts = await asyncio.get_running_loop().run_in_executor(
+                self.pool, child_run, purge
+            )
         except BrokenProcessPool:
             self.pool.shutdown(wait=False, cancel_futures=True)
             self.pool = None
             return 0, self.DIED
+        metrics.add_counts(counts)  # the child's captures, in the counters /metrics serves
+        return done, error
 
     async def close(self) -> None:
         if self.pool is not None:

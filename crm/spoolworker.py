@@ -36,6 +36,7 @@ from typing import Any
 from sqlalchemy import Row, delete, func, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
+from . import metrics
 from .capture import Capturer, CaptureResult, Incoming
 from .config import Config
 from .db import Database
@@ -302,12 +303,13 @@ def child_init(config: Config) -> None:
     _child = SpoolWorker(Database(config.database_url, migrate=False), FileSpool(spool_dir(config)))
 
 
-def child_run(purge: bool) -> tuple[int, str | None]:
-    """One round in the worker process: (entries done, error text); never raises across."""
+def child_run(purge: bool) -> tuple[int, str | None, metrics.Counts]:
+    """One round in the worker process: (entries done, error text, what its counters moved by:
+    the parent adds that to the ones it serves); never raises across."""
     assert _child is not None
     try:
         if purge:
             _child.purge()
-        return _child.run_once(), None
+        return _child.run_once(), None, metrics.take_counts()
     except (SQLAlchemyError, OSError) as exc:
-        return 0, f"{exc.__class__.__name__}: {exc}"
+        return 0, f"{exc.__class__.__name__}: {exc}", metrics.take_counts()

@@ -26,7 +26,7 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
-from crm import spool
+from crm import metrics, spool
 from crm.db import Database
 from crm.journal import Journal
 from crm.spool import Envelope
@@ -118,6 +118,8 @@ class Deliverer:
             if start.code != 354:
                 return start
             reply = await upstream.send_message(buffer)
+            if reply.ok:
+                metrics.relayed()
             if reply.ok and env is not None:
                 guard = self._big if buffer.spilled else contextlib.nullcontext()
                 async with guard:

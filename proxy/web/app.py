@@ -14,17 +14,18 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from sqlalchemy import text
 
 from crm import metrics
 from crm.config import Config
 from crm.db import Database
+from crm.spool import spool_dir
 
 from .page import render
 from .status import Check, gather, probe_relay
 
 log = logging.getLogger(__name__)
 HEALTH_TIMEOUT = 5.0
+WRITE_WAIT = 3.0  # s /healthz waits for SQLite's write lock before it says "locked"
 CONFIG: web.AppKey[Config] = web.AppKey("config", Config)
 DB: web.AppKey[Database] = web.AppKey("db", Database)
 REGISTRY: web.AppKey[CollectorRegistry] = web.AppKey("registry", CollectorRegistry)
@@ -33,7 +34,8 @@ REGISTRY: web.AppKey[CollectorRegistry] = web.AppKey("registry", CollectorRegist
 def make_app(config: Config, db: Database) -> web.Application:
     """The aiohttp application for one node."""
     app = web.Application()
-    app[CONFIG], app[DB], app[REGISTRY] = config, db, metrics.registry(db)
+    app[CONFIG], app[DB] = config, db
+    app[REGISTRY] = metrics.registry(db, spool=spool_dir(config))
     app.router.add_get("/", status_page)
     app.router.add_get("/status.json", status_json)
     app.router.add_get("/healthz", healthz)
@@ -59,11 +61,11 @@ async def run_http(config: Config, db: Database, stop: asyncio.Event) -> None:
 
 
 async def healthz(request: web.Request) -> web.Response:
-    """200 when this node can reach its database, 503 otherwise."""
+    """200 when this node can write to its database, 503 (with the reason) otherwise."""
     config, db = request.app[CONFIG], request.app[DB]
     body: dict[str, Any] = {"status": "ok", "node": config.cluster.node_name}
     try:
-        await asyncio.wait_for(asyncio.to_thread(_ping, db), HEALTH_TIMEOUT)
+        await asyncio.wait_for(asyncio.to_thread(db.check_writable, WRITE_WAIT), HEALTH_TIMEOUT)
     except Exception as exc:
         reason = str(getattr(exc, "orig", None) or exc) or type(exc).__name__
         body.update(status="unavailable", database=f"unreachable: {reason.splitlines()[0][:200]}")
@@ -72,19 +74,11 @@ async def healthz(request: web.Request) -> web.Response:
     return web.json_response(body)
 
 
-def _ping(db: Database) -> None:
-    with db.engine.connect() as conn:
-        conn.execute(text("SELECT 1"))
-
-
 async def metrics_page(request: web.Request) -> web.Response:
-    """Prometheus text exposition: counters, database gauges, listener probes, process."""
+    """Prometheus text exposition: counters, database gauges (``mailcrm_database_up`` 0 and
+    none of them while the database is down), listener probes, process."""
     listeners = await probe_relay(request.app[CONFIG])
-    try:
-        body = await asyncio.to_thread(generate_latest, request.app[REGISTRY])
-    except Exception as exc:
-        log.warning("metrics from the database failed: %s", exc)
-        raise web.HTTPServiceUnavailable(text="database unreachable\n") from None
+    body = await asyncio.to_thread(generate_latest, request.app[REGISTRY])
     extra = CollectorRegistry(auto_describe=False)
     extra.register(_ListenerCollector(listeners))
     response = web.Response(body=body + generate_latest(extra))
