@@ -5,6 +5,11 @@ and mailbox a login belongs to, which upstream server checks its password, and w
 addresses it may use; after the upstream accepted the password it links the user's mailbox (U3).
 Answers are cached per login: while the database is down, known users keep sending with what was
 last known, unknown ones are checked against the company's upstream server.
+
+Linking stores the login's password sealed with the installation's secret key, which every node
+shares. The relay never makes a key of its own: a node without the key would seal passwords
+no other node can open, so there a login that would store its password is refused for now
+(``454``, :meth:`Directory.key_missing`) and the log says which key is missing.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from dataclasses import replace
 from crm.addresses import try_normalize
 from crm.config import Config
 from crm.db import Database
-from crm.errors import MailcrmError
+from crm.errors import MailcrmError, SecretError
 from crm.linking import LoginView, link_on_login, lookup_login
 from crm.secrets import SecretBox, load_key
 
@@ -34,6 +39,7 @@ class Directory:
         self.gate = gate
         self._cache: dict[str, LoginView] = {}
         self._secrets: SecretBox | None = None
+        self._said_missing = False
 
     def company_endpoint(self) -> Endpoint | None:
         """The company's own upstream server from the config, if any."""
@@ -83,8 +89,26 @@ class Directory:
         self._cache[view.login.strip().lower()] = fresh
         return replace(fresh, smtp=fresh.smtp or view.smtp)
 
-    def _link(self, login: str, password: str) -> LoginView:
+    def secrets(self) -> SecretBox:
+        """The shared key's box; :class:`SecretError` when this node lacks the key (never made
+        here: a key of this node's own would seal passwords other nodes cannot open)."""
         if self._secrets is None:
-            self._secrets = SecretBox(load_key(self.config))
+            self._secrets = SecretBox(load_key(self.config, create=False))
+        return self._secrets
+
+    def key_missing(self, view: LoginView) -> str | None:
+        """Why ``view``'s login cannot be linked on this node (None: it can, or needs no key)."""
+        if not view.crm_access:
+            return None
+        try:
+            self.secrets()
+        except SecretError as exc:
+            if not self._said_missing:
+                self._said_missing = True
+                log.error("relay: %s; CRM users' logins are refused (454) until it is there", exc)
+            return str(exc)
+        return None
+
+    def _link(self, login: str, password: str) -> LoginView:
         with self.db.session() as session:
-            return link_on_login(session, self._secrets, self.config, login, password)
+            return link_on_login(session, self.secrets(), self.config, login, password)

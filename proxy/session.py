@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 AUTH_UNAVAILABLE = "454 4.7.0 Temporary authentication failure: upstream server unreachable"
+KEY_MISSING = "454 4.7.0 Temporary authentication failure: gateway not fully configured"
 NO_UPSTREAM = "535 5.7.8 Authentication credentials invalid (no upstream server for this login)"
 
 
@@ -119,6 +120,10 @@ class RelayConnection:
             self.refusal = f"{login}: refused by {endpoint}: {line.splitlines()[-1]}"
             message = line if reply.code >= 500 else AUTH_UNAVAILABLE
             return AuthResult(success=False, handled=False, message=message)
+        if (missing := self.relay.directory.key_missing(view)) is not None:
+            upstream.close()  # the password is right, but could not be kept for the CRM
+            self.refusal = f"{login}: {missing}"
+            return AuthResult(success=False, handled=False, message=KEY_MISSING)
         self.view = await self.relay.directory.after_login(view, password)
         self.upstream, self._password = upstream, password
         log.info("relay login %s accepted by %s", login, endpoint)
