@@ -7,7 +7,9 @@ creates engines or runs DDL.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -40,6 +42,18 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+def _private_file(path: Path) -> None:
+    """Create the SQLite file (and its directory, when new) for its owner only: 0600 in 0700.
+
+    SQLite gives its -wal, -shm and -journal files the mode of the database file. An existing
+    file keeps its mode (an admin may have shared it on purpose).
+    """
+    if not path.parent.exists():
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+
+
 def make_engine(url: str) -> Engine:
     """An engine for ``url``; SQLite gets WAL, foreign keys and a busy timeout."""
     try:
@@ -50,8 +64,8 @@ def make_engine(url: str) -> Engine:
             f"not a database URL: {url!r} (use sqlite:///PATH or postgresql+psycopg://...)"
         ) from exc
     if parsed.drivername.startswith("sqlite"):
-        if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        if parsed.database and parsed.database != ":memory:" and not parsed.query.get("mode"):
+            _private_file(Path(parsed.database))
         engine = create_engine(parsed, connect_args={"timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine

@@ -1,7 +1,8 @@
 """Credentials at rest: mailbox passwords are encrypted with Fernet (``cryptography``).
 
 The key comes from ``MAILCRM_SECRET_KEY``, the config's ``secret_key_file``, or a key file created
-on first use beside the default database (mode 0600). Every node of a gateway must share the key.
+on first use beside the default database (mode 0600, in a 0700 directory when that is new). Every
+node of a gateway must share the key: the relay only ever loads it (``create=False``).
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ def load_key(config: Config, create: bool = True) -> bytes:
         return path.read_bytes().strip()
     if not create:
         raise SecretError(f"no secret key: set MAILCRM_SECRET_KEY or create {path}")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.parent.exists():
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     key = Fernet.generate_key()
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as handle:
