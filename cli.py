@@ -166,11 +166,24 @@ def root(
 ) -> None:
     """Root options shared by every command."""
     STATE.db_url, STATE.config_path = db, config
+    if db and _has_password(db):
+        typer.echo("mailcrm: warning: the password in --db is visible to every local user (ps); "
+                   "set MAILCRM_DATABASE_URL or database_url in the config file instead", err=True)
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+
+
+def _has_password(url: str) -> bool:
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return bool(make_url(url).password)
+    except (ArgumentError, ValueError):
+        return False
 
 
 # --- users -----------------------------------------------------------------------------------
