@@ -96,6 +96,7 @@ class HttpConfig:
     enabled: bool = True
     host: str = "127.0.0.1"
     port: int = 8025
+    allowed_hosts: list[str] = field(default_factory=list)  # Host names answered (DNS rebinding)
 
 
 def default_node_name() -> str:

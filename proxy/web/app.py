@@ -1,16 +1,18 @@
 """The HTTP listener of ``mailcrm serve`` (B6): ``/healthz``, ``/metrics``, ``/``, ``/status.json``.
 
 Loopback (127.0.0.1:8025) unless ``[http]`` in the config says otherwise. Database work runs in
-worker threads so a slow database never stalls the relay on the same event loop.
+worker threads so a slow database never stalls the relay on the same event loop. Requests whose
+``Host`` this node does not go by are answered 421 (:mod:`proxy.web.hosts`, DNS rebinding).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-from aiohttp import web
+from aiohttp import hdrs, web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -20,6 +22,7 @@ from crm.config import Config
 from crm.db import Database
 from crm.spool import spool_dir
 
+from .hosts import HostPolicy
 from .page import render
 from .status import Check, gather, probe_relay
 
@@ -29,12 +32,14 @@ WRITE_WAIT = 3.0  # s /healthz waits for SQLite's write lock before it says "loc
 CONFIG: web.AppKey[Config] = web.AppKey("config", Config)
 DB: web.AppKey[Database] = web.AppKey("db", Database)
 REGISTRY: web.AppKey[CollectorRegistry] = web.AppKey("registry", CollectorRegistry)
+HOSTS: web.AppKey[HostPolicy] = web.AppKey("hosts", HostPolicy)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def make_app(config: Config, db: Database) -> web.Application:
     """The aiohttp application for one node."""
-    app = web.Application()
-    app[CONFIG], app[DB] = config, db
+    app = web.Application(middlewares=[check_host])
+    app[CONFIG], app[DB], app[HOSTS] = config, db, HostPolicy(config.http)
     app[REGISTRY] = metrics.registry(db, spool=spool_dir(config))
     app.router.add_get("/", status_page)
     app.router.add_get("/status.json", status_json)
@@ -58,6 +63,19 @@ async def run_http(config: Config, db: Database, stop: asyncio.Event) -> None:
         await stop.wait()
     finally:
         await runner.cleanup()
+
+
+@web.middleware
+async def check_host(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """421 for a Host this node does not go by (a DNS rebinding page, a wrong proxy)."""
+    sockname = request.transport.get_extra_info("sockname") if request.transport else None
+    local = str(sockname[0]) if isinstance(sockname, tuple) else None
+    if not request.app[HOSTS].allows(request.headers.get(hdrs.HOST), local):
+        log.info("http: request for Host %r refused (not in [http] allowed_hosts)",
+                 request.headers.get(hdrs.HOST, "")[:100])
+        return web.Response(status=421, text="421 Misdirected Request: this node does not "
+                            "answer for that Host (see [http] allowed_hosts)\n")
+    return await handler(request)
 
 
 async def healthz(request: web.Request) -> web.Response:
