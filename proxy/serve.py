@@ -5,6 +5,10 @@ The loop is uvloop's when it is installed (a dependency on Linux), asyncio's oth
 Components are coroutines ``run(config, db, stop)`` that return when ``stop`` is set; each is
 started here, and one that crashes is logged and restarted after a pause, so a fault in one part
 (say, the poller) never takes down another (say, the relay).
+
+The secret key that seals mailbox passwords is made here, at the start, and only on SQLite (one
+node by nature); a node of a PostgreSQL gateway must be given the shared key, and says so when
+it lacks it (its relay then refuses CRM users' logins for now: :mod:`proxy.directory`).
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ from typing import Any
 from crm import logs
 from crm.config import Config
 from crm.db import Database
+from crm.errors import SecretError
+from crm.secrets import load_key
 
 log = logging.getLogger(__name__)
 Component = Callable[[Config, Database, asyncio.Event], Awaitable[None]]
@@ -105,6 +111,18 @@ def raise_fd_limit() -> int:
     return soft
 
 
+def check_secret_key(config: Config, db: Database) -> bool:
+    """Make sure this node has the secret key: made when missing on SQLite, never on a shared
+    database (a key of this node's own would seal passwords no other node can open)."""
+    try:
+        load_key(config, create=db.engine.dialect.name == "sqlite")
+    except (SecretError, OSError) as exc:
+        log.error("%s; every node of a gateway needs the same key: relay logins of CRM users "
+                  "are refused (454) until it is there", exc)
+        return False
+    return True
+
+
 async def serve(config: Config, db: Database, stop: asyncio.Event | None = None,
                 components: tuple[tuple[str, str], ...] = COMPONENTS) -> None:
     """Run the components until ``stop`` is set (by SIGTERM or SIGINT when not given)."""
@@ -112,6 +130,7 @@ async def serve(config: Config, db: Database, stop: asyncio.Event | None = None,
     if config.log_format != "text":
         logs.configure(config.log_format)  # structured logs (B6)
     log.debug("open files limit: %d", raise_fd_limit())
+    check_secret_key(config, db)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
@@ -124,7 +143,8 @@ async def serve(config: Config, db: Database, stop: asyncio.Event | None = None,
     try:
         await stop.wait()
     finally:
-        await asyncio.wait(tasks, timeout=30)
+        if tasks:
+            await asyncio.wait(tasks, timeout=30)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

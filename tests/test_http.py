@@ -14,6 +14,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from cryptography.fernet import Fernet
 from prometheus_client.parser import text_string_to_metric_families
 
 from crm import logs, metrics
@@ -36,7 +37,7 @@ def free_port() -> int:
 
 
 def node_config(db_url: str) -> Config:
-    config = Config(database_url=db_url)
+    config = Config(database_url=db_url, secret_key=Fernet.generate_key().decode())
     config.http.port = free_port()
     config.relay.port = free_port()  # nothing listens there unless a test starts something
     config.cluster.node_name = "node-test"

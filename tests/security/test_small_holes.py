@@ -8,6 +8,7 @@ rebinding).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import stat
@@ -22,6 +23,7 @@ from sqlalchemy import text
 
 from crm.config import Config
 from crm.db import Database
+from proxy.serve import serve
 from tests.conftest import Cli
 from tests.relaykit import PASSWORD, message, running
 from tests.servers import Postfix
@@ -68,6 +70,23 @@ async def test_relay_without_the_shared_key_refuses_crm_logins_and_makes_no_key(
         await smtp.quit()
         assert errors == {}
         await env.delivered(customer)
+
+
+async def test_serve_makes_the_key_on_sqlite_only(
+    db: Database, db_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = node_config(db_url)
+    config.secret_key, config.secret_key_file = None, str(tmp_path / "keys" / "secret.key")
+    stop = asyncio.Event()
+    stop.set()
+    with caplog.at_level(logging.ERROR):
+        await serve(config, db, stop, components=())
+    key = Path(config.secret_key_file)
+    if db.engine.dialect.name == "sqlite":  # one node by nature: its key is made at the start
+        assert mode(key) == 0o600 and mode(key.parent) == 0o700
+    else:  # a gateway's nodes share one key: this node is told it lacks it
+        assert not key.exists()
+        assert f"no secret key: set MAILCRM_SECRET_KEY or create {key}" in caplog.text
 
 
 def test_a_new_sqlite_database_and_its_files_are_private(tmp_path: Path, umask_022: None) -> None:
