@@ -1,19 +1,25 @@
-"""One message's DATA as the relay holds it: the client's exact bytes, in memory or spilled to disk.
+"""One message's DATA as the relay holds it: canonical wire bytes, in memory or spilled to disk.
 
-The relay keeps the *wire form* (dot-stuffed, line endings as the client sent them) so the upstream
-gets exactly what the client would have sent it directly, streamed in chunks. Messages beyond
-``spill_at`` bytes continue in an unlinked temporary file, so ten 20 MB messages in flight do not
-mean 200 MB of memory. :meth:`MessageBuffer.raw` gives the RFC 5322 message itself (dots
-un-stuffed) for the capture spool; :meth:`MessageBuffer.ensure_message_id` adds a Message-ID
-header when the client gave none, as MTAs do, so a later copy from the Sent folder dedups.
+The relay keeps the *wire form* (dot-stuffed) so the upstream gets the message as the client
+sent it, streamed in chunks; :func:`read_data` puts it there in canonical form (CRLF line ends
+only, :mod:`proxy.lineends`), so no upstream can read it as anything but this one message.
+Messages beyond ``spill_at`` bytes continue in an unlinked temporary file, so ten 20 MB messages
+in flight do not mean 200 MB of memory; the spill directory is made again when it went missing,
+and the system's temporary directory serves when it cannot be. :meth:`MessageBuffer.raw` gives
+the RFC 5322 message itself (dots un-stuffed) for the capture spool;
+:meth:`MessageBuffer.ensure_message_id` adds a Message-ID header when the client gave none, as
+MTAs do, so a later copy from the Sent folder dedups.
 
-:func:`read_data` reads DATA from the client in large chunks until the lone ``.`` line.
+:func:`read_data` reads DATA from the client in large chunks until ``<CR><LF>.<CR><LF>``,
+whatever goes wrong on the way.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
+import logging
 import os
 import re
 import tempfile
@@ -21,6 +27,9 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
+from .lineends import Canonical
+
+log = logging.getLogger(__name__)
 END = b"\r\n.\r\n"
 CHUNK = 64 * 1024
 HEAD_KEEP = 64 * 1024
@@ -32,6 +41,7 @@ class DataResult(enum.Enum):
 
     OK = "ok"
     TOO_BIG = "too_big"
+    FAILED = "failed"  # the relay could not keep the data (e.g. the disk refused it)
 
 
 class MessageBuffer:
@@ -76,24 +86,26 @@ class MessageBuffer:
             view, offset = view[written:], offset + written
 
     def _spill(self) -> None:
-        fd, path = tempfile.mkstemp(prefix="mailcrm-data-", dir=self.spill_dir)
-        os.unlink(path)
-        self._fd = fd
-        self._write(self._mem, 0)
+        fd = self._spill_file()
+        try:
+            self._fd = fd
+            self._write(self._mem, 0)
+        except BaseException:
+            self.close()
+            raise
         self._mem = bytearray()
 
-    def truncate(self, count: int) -> None:
-        """Drop the last ``count`` bytes (a piece of the end marker taken for content)."""
-        if count <= 0:
-            return
-        self._raw = None
-        self.size -= count
-        if len(self.head) > self.size:
-            del self.head[self.size :]
-        if self._fd is not None:
-            os.ftruncate(self._fd, self.size)
-        else:
-            del self._mem[self.size :]
+    def _spill_file(self) -> int:
+        """An unlinked temporary file: in ``spill_dir`` (made again if it went missing), else
+        in the system's temporary directory."""
+        if self.spill_dir is not None:
+            try:
+                self.spill_dir.mkdir(parents=True, exist_ok=True)
+                return _unlinked(self.spill_dir)
+            except OSError as exc:
+                log.warning("relay: cannot spill to %s (%s), using %s instead", self.spill_dir,
+                            exc, tempfile.gettempdir())
+        return _unlinked(None)
 
     def has_message_id(self) -> bool:
         end = self.head.find(b"\r\n\r\n")
@@ -160,6 +172,12 @@ class MessageBuffer:
         self._raw = None
 
 
+def _unlinked(directory: Path | None) -> int:
+    fd, path = tempfile.mkstemp(prefix="mailcrm-data-", dir=directory)
+    os.unlink(path)
+    return fd
+
+
 def unstuff(wire: bytes) -> bytes:
     """RFC 5321 4.5.2: remove the leading dot a sender added to lines starting with one."""
     if wire.startswith(b"."):
@@ -180,12 +198,16 @@ async def read_data(
     limit: int | None,
     progress: Callable[[], object] = lambda: None,
 ) -> tuple[DataResult, bytes]:
-    """Read DATA up to the lone dot; returns the outcome and bytes read past the end marker.
+    """Read DATA up to ``<CR><LF>.<CR><LF>``; returns the outcome and bytes read past the end.
 
-    Over ``limit`` the rest is read and dropped (the reply comes after the dot, RFC 5321 4.2.5).
+    Only that sequence ends the data; the text goes into ``buffer`` in canonical form
+    (:mod:`proxy.lineends`). Over ``limit``, or once the buffer fails (the disk refuses the spill
+    file, or anything else), the rest is read and dropped: the one reply comes after the end
+    (RFC 5321 4.2.5), and nothing of the message is ever read as a command.
     """
-    tail = b"\r\n"  # the CRLF before the first line, so an empty message ends at ".\r\n"
-    too_big = False
+    sink = _Sink(buffer, limit)
+    tail, virtual = b"\r\n", 2  # a CRLF before the first line (not data): ".\r\n" ends at once
+    keep = len(END) - 1  # bytes that may be the start of the end, held back from the buffer
     while True:
         chunk = await reader.read(CHUNK)
         if not chunk:
@@ -194,15 +216,44 @@ async def read_data(
         window = tail + chunk
         found = window.find(END)
         if found >= 0:
-            cut = found + 2 - len(tail)
-            if not too_big:
-                if cut > 0:
-                    buffer.append(chunk[:cut])
-                buffer.truncate(-cut)
-                too_big = limit is not None and buffer.size > limit
-            rest = chunk[found + len(END) - len(tail) :]
-            return (DataResult.TOO_BIG if too_big else DataResult.OK), rest
-        if not too_big:
-            buffer.append(chunk)
-            too_big = limit is not None and buffer.size > limit
-        tail = window[-4:]
+            sink.add(window[virtual : found + 2])  # the last line's CRLF is data
+            sink.finish()
+            return sink.outcome, window[found + len(END) :]
+        edge = max(len(window) - keep, 0)
+        if edge > virtual:
+            sink.add(window[virtual:edge])
+        tail, virtual = window[edge:], max(virtual - edge, 0)
+
+
+class _Sink:
+    """Where :func:`read_data` puts the text: canonical, into the buffer, until the limit or a
+    failure (then the rest is only read)."""
+
+    def __init__(self, buffer: MessageBuffer, limit: int | None) -> None:
+        self.buffer = buffer
+        self.limit = limit
+        self.canonical = Canonical()
+        self.outcome = DataResult.OK
+
+    def add(self, data: bytes) -> None:
+        self._keep(self.canonical.feed, data)
+
+    def finish(self) -> None:
+        self._keep(lambda _: self.canonical.finish(), b"")
+        if self.canonical.changed:
+            log.info("relay: bare CR or LF (or NUL) in message data, sent on as CRLF")
+
+    def _keep(self, form: Callable[[bytes], bytes], data: bytes) -> None:
+        if self.outcome is not DataResult.OK:
+            return
+        try:
+            self.buffer.append(form(data))
+        except Exception as exc:  # whatever it is, the data is read to its end
+            log.error("relay: message data not kept, reading it to its end to refuse it: %r",
+                      exc)
+            self.outcome = DataResult.FAILED
+            with contextlib.suppress(Exception):
+                self.buffer.close()
+            return
+        if self.limit is not None and self.buffer.size > self.limit:
+            self.outcome = DataResult.TOO_BIG

@@ -79,6 +79,9 @@ class GroupCommit(Generic[T, R]):
             except (DbUnavailable, OSError) as exc:
                 log.warning("%d capture copies not in the %s: %s", len(batch), self.where, exc)
                 results = [None] * len(batch)
+            except Exception:  # never leave a waiting delivery without an answer
+                log.exception("%d capture copies not in the %s", len(batch), self.where)
+                results = [None] * len(batch)
             for (_, done), result in zip(batch, results, strict=True):
                 if not done.done():
                     done.set_result(result)
@@ -121,13 +124,23 @@ class Deliverer:
             if reply.ok:
                 metrics.relayed()
             if reply.ok and env is not None:
-                guard = self._big if buffer.spilled else contextlib.nullcontext()
-                async with guard:
-                    await self._keep(buffer, env)
+                await self._keep_guarded(buffer, env)
             return reply
         except UpstreamUnavailable as exc:
             log.warning("upstream %s failed during DATA: %s", upstream.endpoint, exc)
             return UNREACHABLE
+
+    async def _keep_guarded(self, buffer: MessageBuffer, env: Envelope) -> None:
+        """After the upstream accepted: the capture copy, whatever happens to it, and then the
+        upstream's reply for the client (the message is delivered: a 4xx would only make the
+        client send it again)."""
+        guard = self._big if buffer.spilled else contextlib.nullcontext()
+        try:
+            async with guard:
+                await self._keep(buffer, env)
+        except Exception:
+            log.critical("capture copy of a delivered message LOST (mailbox %s, to %s)",
+                         env.mailbox, ", ".join(env.envelope_to), exc_info=True)
 
     async def _keep(self, buffer: MessageBuffer, env: Envelope) -> None:
         """Make the capture copy durable: in the first store, else in the other one."""

@@ -3,9 +3,12 @@
 * AUTH needs TLS (STARTTLS, or the implicit TLS listener); plaintext AUTH only when the config
   allows it *and* the client is on loopback.
 * ``MAIL FROM:<a@x> AUTH=<>`` (Outlook) is accepted: the AUTH parameter is dropped.
-* DATA is read in large chunks into a :class:`~proxy.databuf.MessageBuffer` (kept as sent,
-  spilled to disk when large) instead of aiosmtpd's list of lines, and handed to the connection's
-  ``deliver``; a message over the size limit is read to its end and refused with 552.
+* DATA is read in large chunks into a :class:`~proxy.databuf.MessageBuffer` (canonical CRLF
+  form, spilled to disk when large) instead of aiosmtpd's list of lines, and handed to the
+  connection's ``deliver``. Only ``<CR><LF>.<CR><LF>`` ends it; bare CR/LF are normalised
+  (:mod:`proxy.lineends`: no smuggled second transaction upstream). Whatever goes wrong during
+  DATA (too big: 552; the spill file refused, an error in delivery: 451) the data is read to its
+  end and answered once, so no line of a message is ever taken for a command.
 * The connection handler hears when the client goes away, so the upstream session goes too.
 * With PROXY protocol on (:mod:`proxy.proxyproto`), a connection is served only after a valid
   header from a trusted load balancer (aiosmtpd reads it; the ``PROXY`` hook here judges it), and
@@ -17,6 +20,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 from collections.abc import Callable
@@ -25,14 +29,15 @@ from typing import Any
 from aiosmtpd.proxy_protocol import ProxyData
 from aiosmtpd.smtp import SMTP, Envelope, Session, syntax
 
-from .databuf import DataResult, read_data
+from .databuf import DataResult, MessageBuffer, read_data
 from .proxyproto import CLOSED_EARLY, Peer, ProxyPolicy, ProxyRefused, log_drop, show
 from .session import RelayConnection
-from .smtpvalues import is_loopback
+from .smtpvalues import Reply, is_loopback
 
 log = logging.getLogger(__name__)
 _AUTH_PARAM = re.compile(r"\s+AUTH=\S*", re.IGNORECASE)
 TOO_BIG = "552 5.3.4 Message size exceeds fixed maximum message size"
+LOCAL_ERROR = "451 4.3.0 Local error in processing, try again later"
 
 
 class _LoginDataWarning(logging.Filter):
@@ -205,19 +210,28 @@ class RelaySMTP(SMTP):
         await self.push("354 End data with <CR><LF>.<CR><LF>")
         buffer = self.relay_handler.new_buffer()
         try:
-            result, rest = await read_data(self._reader, buffer, self.data_size_limit,
-                                           self._reset_timeout)
-        except BaseException:
-            await self.relay_handler.abort(started)
-            raise
-        if rest:  # a client pipelining after the dot: give those commands back
-            self._reader._buffer[0:0] = rest  # type: ignore[attr-defined]
-        if result is DataResult.TOO_BIG:
-            buffer.close()
-            await self.relay_handler.abort(started)
-            status = TOO_BIG
-        else:
-            status = await self.relay_handler.deliver(envelope, buffer, started)
+            try:
+                result, rest = await read_data(self._reader, buffer, self.data_size_limit,
+                                               self._reset_timeout)
+            except BaseException:  # the client went away (or timed out) during DATA
+                await self.relay_handler.abort(started)
+                raise
+            if rest:  # a client pipelining after the end: give those commands back
+                self._reader._buffer[0:0] = rest  # type: ignore[attr-defined]
+            status = await self._data_status(result, envelope, buffer, started)
+        finally:
             buffer.close()
         self._set_post_data_state()  # type: ignore[no-untyped-call]
         await self.push(status)
+
+    async def _data_status(self, result: DataResult, envelope: Envelope, buffer: MessageBuffer,
+                           started: asyncio.Task[Reply] | None) -> str:
+        """The one reply to a DATA read to its end: the delivery's, or why there was none."""
+        if result is DataResult.OK:
+            try:
+                return await self.relay_handler.deliver(envelope, buffer, started)
+            except Exception:
+                log.exception("relay: message not delivered: error during delivery")
+        with contextlib.suppress(Exception):
+            await self.relay_handler.abort(started)
+        return TOO_BIG if result is DataResult.TOO_BIG else LOCAL_ERROR

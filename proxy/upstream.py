@@ -6,7 +6,9 @@ reply to MAIL, every RCPT and DATA goes back to the mail client as it is. aiosmt
 negotiates TLS and logs in; the transaction then runs on :class:`~proxy.wire.Wire`, which can
 pipeline (envelope addresses quoted as aiosmtplib does, control characters refused, so nothing
 can be injected). The message goes in one ``BDAT`` where the upstream offers CHUNKING (RFC 3030: one
-round trip instead of DATA's two), else after DATA, streamed in chunks with flow control.
+round trip instead of DATA's two), else after DATA, streamed in chunks with flow control; either
+way in the canonical form the relay read it in (CRLF only, dots stuffed), so no smuggled command
+can ride along.
 
 Network trouble (refused, timeout, dropped, TLS failure) raises :class:`UpstreamUnavailable`,
 which the relay answers with ``451 4.4.1`` so the client keeps the message and retries.
@@ -224,14 +226,14 @@ class UpstreamSession:
         """After :meth:`start_data`: the message; the upstream's final reply.
 
         A deferred DATA becomes one ``BDAT <size> LAST`` with the message itself (no dot-stuffing
-        on the wire), or, for a message spilled to disk or with bare LF line ends (whose
-        un-stuffing only DATA's reader does as the client meant it), DATA after all.
+        on the wire), or, for a message spilled to disk, DATA after all. Either way the message
+        is in canonical form (CRLF line ends only, :mod:`proxy.lineends`): the upstream reads
+        this one message and nothing after it.
         """
         if self.deferred:
             self.deferred = False
-            raw = None if buffer.spilled else buffer.raw()
-            if raw is not None and raw.count(b"\n") == raw.count(b"\r\n"):
-                return await self._final(self._bdat(raw))
+            if not buffer.spilled:
+                return await self._final(self._bdat(buffer.raw()))
             [start] = await self._exchange(b"DATA\r\n")
             if start.code != 354:
                 return start
