@@ -21,7 +21,7 @@ from typer._click.core import Context as ClickContext  # typer vendors click
 from typer._click.exceptions import ClickException, UsageError
 from typer.core import TyperGroup
 
-from crm import admin, views
+from crm import admin, logs, views
 from crm.capture import Capturer, CaptureResult
 from crm.config import Config, load_config
 from crm.db import Database
@@ -166,11 +166,9 @@ def root(
 ) -> None:
     """Root options shared by every command."""
     STATE.db_url, STATE.config_path = db, config
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logs.formatter("text"))  # escaped, cut, redacted; json replaces it later
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, handlers=[handler])
 
 
 # --- users -----------------------------------------------------------------------------------
@@ -659,7 +657,6 @@ def tls_selfsigned(
 @app.command("serve")
 def serve() -> None:
     """SMTP relay, IMAP pollers and scheduler, until SIGTERM."""
-    from crm import logs
     from proxy.serve import run_loop
     from proxy.serve import serve as serve_all
 
