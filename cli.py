@@ -224,6 +224,7 @@ def _settings(**options: Any) -> admin.MailboxSettings:
         options["password"] = password
     options["folders"] = _split(options["folders"])
     options["queue"] = _split(options["queue"])
+    options["allow_plaintext_smtp"] = STATE.config.relay.allow_plaintext_upstream
     return admin.MailboxSettings(**options)
 
 
