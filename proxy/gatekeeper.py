@@ -2,8 +2,8 @@
 
 :class:`Gatekeeper` (one per relay) keeps:
 
-* the open connections per client address (``relay.max_connections_per_client``, IPv6 by /64):
-  one more is told ``421`` before its greeting;
+* the open connections per client address (``relay.max_connections_per_client``, IPv6 by /64,
+  0 for no limit): one more is told ``421`` before its greeting;
 * how long a connection may stay without logging in (``relay.unauthenticated_timeout`` from its
   start; ``relay.unauthenticated_timeout_busy`` while more than half of ``max_connections`` are
   open, as Postfix's stress mode shortens its timeouts), so idle connections cannot hold the
