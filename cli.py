@@ -21,7 +21,7 @@ from typer._click.core import Context as ClickContext  # typer vendors click
 from typer._click.exceptions import ClickException, UsageError
 from typer.core import TyperGroup
 
-from crm import admin, views
+from crm import admin, logs, views
 from crm.capture import Capturer, CaptureResult
 from crm.config import Config, load_config
 from crm.db import Database
@@ -169,11 +169,9 @@ def root(
     if db and _has_password(db):
         typer.echo("mailcrm: warning: the password in --db is visible to every local user (ps); "
                    "set MAILCRM_DATABASE_URL or database_url in the config file instead", err=True)
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logs.formatter("text"))  # escaped, cut, redacted; json replaces it later
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, handlers=[handler])
 
 
 def _has_password(url: str) -> bool:
@@ -239,6 +237,7 @@ def _settings(**options: Any) -> admin.MailboxSettings:
         options["password"] = password
     options["folders"] = _split(options["folders"])
     options["queue"] = _split(options["queue"])
+    options["allow_plaintext_smtp"] = STATE.config.relay.allow_plaintext_upstream
     return admin.MailboxSettings(**options)
 
 
@@ -672,7 +671,6 @@ def tls_selfsigned(
 @app.command("serve")
 def serve() -> None:
     """SMTP relay, IMAP pollers and scheduler, until SIGTERM."""
-    from crm import logs
     from proxy.serve import run_loop
     from proxy.serve import serve as serve_all
 

@@ -6,6 +6,7 @@ for the user; the CLI only parses arguments and prints.
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 from typing import Any
 
@@ -79,6 +80,7 @@ class MailboxSettings:
     folders: list[str] | None = None
     interval: str | None = None
     queue: list[str] | None = None
+    allow_plaintext_smtp: bool = False  # ``relay.allow_plaintext_upstream`` of the config
 
 
 def add_mailbox(
@@ -170,6 +172,23 @@ def _apply_connection(box: Mailbox, s: MailboxSettings) -> None:
         box.imap_port = 993 if box.imap_tls == "ssl" else 143
     if box.smtp_port is None and box.smtp_host:
         box.smtp_port = 465 if box.smtp_tls == "ssl" else 587
+    touched = s.preset is not None or s.smtp_host is not None or s.smtp_tls is not None
+    if touched and box.smtp_host and box.smtp_tls == "none" and not s.allow_plaintext_smtp and (
+        not _loopback(box.smtp_host)
+    ):
+        raise InvalidInput(
+            f"--smtp-tls none: the relay would send this mailbox's password to {box.smtp_host} "
+            "in clear; use ssl or starttls (or set relay.allow_plaintext_upstream = true)"
+        )
+
+
+def _loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _apply_company_extras(session: Session, box: Mailbox, s: MailboxSettings) -> None:

@@ -60,6 +60,16 @@ class RelayConfig:
     proxy_protocol: bool = False
     proxy_trusted: list[str] = field(default_factory=lambda: ["127.0.0.1/32", "::1/128"])
     proxy_timeout: float = 10.0
+    # abuse limits (proxy/gatekeeper.py)
+    max_connections_per_client: int = 50  # as Postfix's smtpd_client_connection_count_limit
+    unauthenticated_timeout: float = 30.0
+    unauthenticated_timeout_busy: float = 10.0
+    auth_failures_before_delay: int = 3
+    auth_delay: float = 1.0
+    auth_delay_max: float = 8.0
+    auth_failures_before_refusal: int = 10
+    auth_refusal_seconds: float = 300.0
+    allow_plaintext_upstream: bool = False
 
 
 @dataclass

@@ -8,9 +8,9 @@ of them, in :class:`ProxyPolicy`:
 * only a connection from one of ``relay.proxy_trusted`` (networks) may send a header; any other
   is dropped before a byte is read, as is one whose header is missing or malformed;
 * a ``PROXY`` command for TCP over IPv4/IPv6 names the real client, which the relay then uses
-  for its logs and its decisions; ``LOCAL`` (v2, the balancer's own health checks) and
-  ``UNKNOWN``/``AF_UNSPEC`` keep the connection's own address; anything else (UDP, UNIX) is
-  refused.
+  for its logs and its decisions; ``LOCAL`` (v2, the balancer's own health checks) keeps the
+  connection's own address; ``UNKNOWN`` (v1) and ``AF_UNSPEC`` (v2) leave the client unknown
+  (None): it is not the balancer, so never loopback; anything else (UDP, UNIX) is refused.
 
 :class:`SocketReader` feeds aiosmtpd's parser from a bare socket without reading past the header,
 for the implicit-TLS listener (:mod:`proxy.proxytls`), where TLS starts right after it.
@@ -98,12 +98,12 @@ class ProxyPolicy:
         ip = _address(str(peer[0])) if peer else None
         return ip is not None and any(ip in network for network in self.trusted)
 
-    def client(self, data: ProxyData, balancer: Peer) -> Peer:
-        """The real client a valid header names (``balancer`` for LOCAL and UNKNOWN)."""
+    def client(self, data: ProxyData, balancer: Peer) -> Peer | None:
+        """The real client a valid header names: ``balancer`` for LOCAL, None for UNKNOWN."""
         if data.version == 2 and data.command == V2_CMD.LOCAL:
             return balancer
         if data.family == AF.UNSPEC:
-            return balancer
+            return None  # the balancer does not know: someone, somewhere
         if data.family in (AF.INET, AF.INET6) and data.protocol == PROTO.STREAM:
             return str(data.src_addr), int(data.src_port or 0)
         raise ProxyRefused(f"PROXY v{data.version}: only TCP over IPv4 or IPv6 is accepted")

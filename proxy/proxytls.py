@@ -109,8 +109,9 @@ class PreTLSListener:
             log.info("relay: TLS with %s failed: %s", show(client), exc)
             conn.close()
 
-    async def _handshake(self, conn: socket.socket, balancer: Peer) -> Peer:
-        """The real client's address, from the PROXY header ``conn`` starts with."""
+    async def _handshake(self, conn: socket.socket, balancer: Peer) -> Peer | None:
+        """The real client's address (None: unknown), from the PROXY header ``conn`` starts
+        with."""
         if not self.policy.trusts(balancer):
             raise ProxyRefused("not a trusted load balancer (relay.proxy_trusted)")
         try:
@@ -124,7 +125,7 @@ class PreTLSListener:
             raise ProxyRefused(f"invalid PROXY header: {data.error or 'unrecognised'}")
         return self.policy.client(data, balancer)
 
-    def _attach(self, client: Peer, balancer: Peer) -> asyncio.BaseProtocol:
+    def _attach(self, client: Peer | None, balancer: Peer) -> asyncio.BaseProtocol:
         protocol = self.factory()
         if isinstance(protocol, RelaySMTP):
             protocol.proxied(client, balancer)

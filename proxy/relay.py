@@ -3,8 +3,9 @@
 Mail clients submit to the STARTTLS listener (default 127.0.0.1:2587) or, when ``relay.tls_port``
 is set, to the implicit-TLS one. Each connection gets its own :class:`~proxy.session.
 RelayConnection`; what they share lives in :class:`Relay`: the upstream client and its capability
-cache, the login directory, the database gate, the deliverer, the per-user rate limiter and the
-connection count (one over the limit is told ``421`` and closed).
+cache, the login directory, the database gate, the deliverer, the per-user rate limiter, the
+connection count (one over the limit is told ``421`` and closed) and the
+:class:`~proxy.gatekeeper.Gatekeeper` (per-client limits, login deadline and throttling).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from crm.spool import files_first, spool_dir
 from .dbgate import DbGate
 from .delivery import Deliverer
 from .directory import Directory
+from .gatekeeper import Gatekeeper, plaintext_upstream
 from .proxyproto import ProxyPolicy
 from .proxytls import PreTLSListener
 from .session import RelayConnection
@@ -91,6 +93,7 @@ class Relay:
         # open sessions (from connection_made to connection_lost); one still in its TLS
         # handshake on an implicit TLS port is not one yet (asyncio ends those in 60 s)
         self.connections = 0
+        self.gatekeeper = Gatekeeper(config.relay, lambda: self.connections)
         self.servers: list[asyncio.Server | PreTLSListener] = []
         self._probe: asyncio.Task[Caps] | None = None
         self._warmup: asyncio.Task[Caps] | None = None
@@ -131,6 +134,7 @@ class Relay:
             plaintext_auth_on_loopback=self.config.allow_plaintext_auth_on_loopback,
             on_open=self._opened,
             on_close=self._closed,
+            gatekeeper=self.gatekeeper,
             proxy=self.proxy,
             hostname=self.hostname,
             ident="mailcrm relay",
@@ -167,7 +171,11 @@ class Relay:
                                          ssl=self.tls_context)
             )
         log.info("relay listening on %s", ", ".join(f"{cfg.host}:{p}" for p in self.ports))
-        if self.directory.company_endpoint() is not None:
+        company = self.directory.company_endpoint()
+        if company is not None and plaintext_upstream(company) and not cfg.allow_plaintext_upstream:
+            log.error("relay: upstream %s has no TLS: logins through it are refused (set "
+                      "relay.upstream_tls, or relay.allow_plaintext_upstream = true)", company)
+        if company is not None:
             self._warmup = asyncio.create_task(self.default_caps())
 
     @property

@@ -1,9 +1,11 @@
 """One mail client's connection to the relay: the aiosmtpd handler, one instance per connection.
 
 It holds the client's upstream session and login. EHLO mirrors what the upstream can take; AUTH
-is checked by logging in upstream; MAIL, each RCPT and DATA are passed through and the upstream's
-replies go back as they are (cut-through), after the relay's own checks: the sender must belong
-to the user (553), recipients are counted (452), each user has a message rate (450).
+is checked by logging in upstream, after the relay's gatekeeper (:mod:`proxy.gatekeeper`) let the
+attempt through (not throttled, no password in clear to the upstream); MAIL, each RCPT and DATA
+are passed through and the upstream's replies go back as they are (cut-through), after the
+relay's own checks: the sender must belong to the user (553), recipients are counted (452), each
+user has a message rate (450).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from crm.spool import Envelope as SpoolEnvelope
 from . import smtpauth
 from .databuf import MessageBuffer
 from .delivery import UNREACHABLE
+from .gatekeeper import PLAINTEXT
 from .smtpvalues import Caps, Reply
 from .upstream import UpstreamSession, UpstreamUnavailable
 
@@ -82,6 +85,7 @@ class RelayConnection:
         self.utf8 = False
         self._retry_mail: tuple[str, list[str], bool] | None = None  # MAIL to redo on a new session
         self.refusal: str | None = None  # the login and why the last AUTH failed (for the log)
+        self.client: str | None = None  # the real client's address, once known
 
     # --- greeting and login -------------------------------------------------------------------
 
@@ -103,27 +107,39 @@ class RelayConnection:
     async def auth_LOGIN(self, server: Any, args: list[str]) -> AuthResult:
         return await smtpauth.auth_login(server, args, self._check)
 
+    def _refuse(self, why: str, message: str) -> AuthResult:
+        self.refusal = why
+        return AuthResult(success=False, handled=False, message=message)
+
     async def _check(self, login: str, password: str) -> AuthResult:
+        gate = self.relay.gatekeeper
+        refusal = await gate.before_login(self.client, login)
+        if refusal is not None:
+            return self._refuse(f"{login}: too many failed logins, not asked upstream", refusal)
         view = await self.relay.directory.lookup(login)
         endpoint = self.relay.directory.endpoint(view)
         if endpoint is None:
-            self.refusal = f"{login}: no upstream server known"
-            return AuthResult(success=False, handled=False, message=NO_UPSTREAM)
+            gate.failed(self.client, login)
+            return self._refuse(f"{login}: no upstream server known", NO_UPSTREAM)
+        if gate.refuses_upstream(endpoint):
+            return self._refuse(f"{login}: upstream {endpoint} has no TLS, password not sent "
+                                "(relay.allow_plaintext_upstream is off)", PLAINTEXT)
         upstream = UpstreamSession(self.relay.client, endpoint)
         try:
             reply = await upstream.login(login, password)
         except UpstreamUnavailable as exc:
-            self.refusal = f"{login}: upstream {endpoint} unreachable: {exc}"
-            return AuthResult(success=False, handled=False, message=AUTH_UNAVAILABLE)
+            return self._refuse(f"{login}: upstream {endpoint} unreachable: {exc}",
+                                AUTH_UNAVAILABLE)
         if not reply.ok:
             line = reply.line()
-            self.refusal = f"{login}: refused by {endpoint}: {line.splitlines()[-1]}"
-            message = line if reply.code >= 500 else AUTH_UNAVAILABLE
-            return AuthResult(success=False, handled=False, message=message)
+            if reply.code >= 500:
+                gate.failed(self.client, login)
+            return self._refuse(f"{login}: refused by {endpoint}: {line.splitlines()[-1]}",
+                                line if reply.code >= 500 else AUTH_UNAVAILABLE)
+        gate.succeeded(self.client, login)
         if (missing := self.relay.directory.key_missing(view)) is not None:
             upstream.close()  # the password is right, but could not be kept for the CRM
-            self.refusal = f"{login}: {missing}"
-            return AuthResult(success=False, handled=False, message=KEY_MISSING)
+            return self._refuse(f"{login}: {missing}", KEY_MISSING)
         self.view = await self.relay.directory.after_login(view, password)
         self.upstream, self._password = upstream, password
         log.info("relay login %s accepted by %s", login, endpoint)

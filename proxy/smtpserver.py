@@ -14,7 +14,11 @@
   header from a trusted load balancer (aiosmtpd reads it; the ``PROXY`` hook here judges it), and
   the real client it names is the peer from then on: in aiosmtpd's session and log lines (also
   after STARTTLS), in the plaintext-on-loopback decision, in the AUTH log lines. A connection
-  dropped for want of such a header is logged once, with the reason.
+  dropped for want of such a header is logged once, with the reason. A ``PROXY UNKNOWN`` header
+  leaves the client unknown: never loopback.
+* Once the client is known, the :class:`~proxy.gatekeeper.Gatekeeper` admits it (or it is told
+  ``421``: too many connections from its address); until it has logged in, its connection lasts
+  at most the gatekeeper's login timeout from its start, then the long idle timeout applies.
 """
 
 from __future__ import annotations
@@ -24,12 +28,13 @@ import contextlib
 import logging
 import re
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from aiosmtpd.proxy_protocol import ProxyData
 from aiosmtpd.smtp import SMTP, Envelope, Session, syntax
 
 from .databuf import DataResult, MessageBuffer, read_data
+from .gatekeeper import LOGIN_TIMEOUT, TOO_MANY_CONNECTIONS, Gatekeeper
 from .proxyproto import CLOSED_EARLY, Peer, ProxyPolicy, ProxyRefused, log_drop, show
 from .session import RelayConnection
 from .smtpvalues import Reply, is_loopback
@@ -61,7 +66,8 @@ class RelaySMTP(SMTP):
 
     def __init__(self, handler: RelayConnection, *, plaintext_auth_on_loopback: bool,
                  on_open: Callable[[], None], on_close: Callable[[], None],
-                 proxy: ProxyPolicy | None = None, **kwargs: Any) -> None:
+                 gatekeeper: Gatekeeper, proxy: ProxyPolicy | None = None,
+                 **kwargs: Any) -> None:
         if proxy is not None:
             kwargs["proxy_protocol_timeout"] = proxy.timeout
         super().__init__(handler, auth_required=True, auth_require_tls=True,
@@ -72,24 +78,30 @@ class RelaySMTP(SMTP):
         # and ends: a connection whose handshake fails never starts, so it never counted.
         self._on_open, self._on_close = on_open, on_close
         self._open = False
+        self.gatekeeper = gatekeeper
+        self._admitted = False  # counted by the gatekeeper under its client's address
+        self._started = 0.0
         self.proxy = proxy
         self.client: Peer | None = None  # the real client, once known
         self._balancer: Peer | None = None  # the connection's own peer, with PROXY on
         self._proxy_data: ProxyData | None = None
         self._awaiting_header = proxy is not None
+        self._header_read = False  # by the implicit TLS listener, before the connection
         self._eof = False
         self._handle_hooks["PROXY"] = self._on_proxy
 
-    def proxied(self, client: Peer, balancer: Peer) -> None:
+    def proxied(self, client: Peer | None, balancer: Peer) -> None:
         """Before the connection starts: its PROXY header was read already (implicit TLS)."""
         self._proxy_timeout = None
         self._awaiting_header = False
+        self._header_read = True
         self.client, self._balancer = client, balancer
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         first = self._original_transport is None and self.transport is None
         if first:
             self._open = True
+            self._started = self.loop.time()
             self._on_open()
         super().connection_made(transport)
         if not first:
@@ -100,10 +112,9 @@ class RelaySMTP(SMTP):
             self._auth_require_tls = False
         raw = transport.get_extra_info("peername")
         peer = (str(raw[0]), int(raw[1])) if raw else None
-        if self.client is not None:
-            self._known(self.client, self._balancer)
-        elif self.proxy is None:
-            self._known(peer, None)
+        if self.proxy is None or self._header_read:
+            if not self._known(self.client if self._header_read else peer, self._balancer):
+                self._turn_away(transport)
         elif self.proxy.trusts(peer):
             self._balancer = peer  # aiosmtpd now reads the header, then calls _on_proxy
         else:
@@ -111,17 +122,48 @@ class RelaySMTP(SMTP):
             log_drop(log, peer, "not a trusted load balancer (relay.proxy_trusted)")
             transport.close()
 
-    def _known(self, client: Peer | None, balancer: Peer | None) -> None:
-        """Who the client really is: from now on the peer in decisions and log lines."""
+    def _known(self, client: Peer | None, balancer: Peer | None) -> bool:
+        """Who the client really is (None: a PROXY ``UNKNOWN``): from now on the peer in
+        decisions and log lines. False when the gatekeeper does not admit it."""
         self.client = client
+        self.relay_handler.client = client[0] if client else None
         if balancer is not None and client is not None:
             _set_peer(self.session, client)
+        if balancer is not None:
             level = logging.DEBUG if client == balancer else logging.INFO  # LOCAL: a check
             log.log(level, "relay: client %s via load balancer %s", show(client),
                     show(balancer))
         hops = [peer for peer in (client, balancer) if peer is not None]
-        if self._plaintext_loopback and hops and all(is_loopback(h[0]) for h in hops):
+        if self._plaintext_loopback and client and all(is_loopback(h[0]) for h in hops):
             self._auth_require_tls = False  # the whole way to the relay is on loopback
+        self._admitted = self.gatekeeper.admit(self.relay_handler.client)
+        return self._admitted
+
+    def _turn_away(self, transport: asyncio.BaseTransport) -> None:
+        """Too many connections from this client: 421 instead of the greeting, and close."""
+        if self._handler_coroutine is not None:
+            self._handler_coroutine.cancel()  # before it ran: no greeting
+        cast(asyncio.WriteTransport, transport).write(TOO_MANY_CONNECTIONS.encode() + b"\r\n")
+        transport.close()
+
+    def _reset_timeout(self, duration: float | None = None) -> None:
+        """Until the login, the deadline counts from the connection's start (no idling)."""
+        session = self.session
+        if duration is None and not (session is not None and session.authenticated):
+            left = self._started + self.gatekeeper.login_timeout() - self.loop.time()
+            duration = max(left, 0.01)
+        super()._reset_timeout(duration)
+
+    def _timeout_cb(self) -> None:
+        session = self.session
+        if (session is not None and not session.authenticated and not self._awaiting_header
+                and self.transport is not None):
+            log.info("relay: %s dropped: no login within the time allowed", show(self.client))
+            with contextlib.suppress(Exception):
+                cast(asyncio.WriteTransport, self.transport).write(
+                    LOGIN_TIMEOUT.encode() + b"\r\n"
+                )
+        super()._timeout_cb()  # type: ignore[no-untyped-call]
 
     async def _on_proxy(self, server: SMTP, session: Session, envelope: Envelope,
                         data: ProxyData) -> bool:
@@ -134,7 +176,9 @@ class RelaySMTP(SMTP):
             log_drop(log, self._balancer, str(exc))
             return False
         self._proxy_data = data
-        self._known(client, self._balancer)
+        if not self._known(client, self._balancer):
+            await self.push(TOO_MANY_CONNECTIONS)
+            return False
         return True
 
     def _after_starttls(self) -> None:
@@ -170,6 +214,9 @@ class RelaySMTP(SMTP):
         try:
             super().connection_lost(error)
         finally:
+            if self._admitted:
+                self._admitted = False
+                self.gatekeeper.release(self.relay_handler.client)
             if self._open:
                 self._open = False
                 self.relay_handler.closed()
@@ -184,6 +231,7 @@ class RelaySMTP(SMTP):
         if session is None or before or not arg or self.transport is None:
             return
         if session.authenticated:
+            self._reset_timeout()  # the long idle timeout from now on
             log.info("relay: %s logged in as %s", show(self.client), session.auth_data)
         else:  # one line per failure: who, as whom and why (where the login got that far)
             log.warning("relay: failed AUTH from %s%s", show(self.client),
