@@ -459,52 +459,46 @@ def exclude_remove(entry: str, mailbox: MailboxOpt = None) -> None:
 
 @app.command("capture")
 def capture(
-    mailbox: Annotated[str, typer.Option(help="The mailbox the mail belongs to.")],
-    direction: Annotated[str, typer.Option(help="in or out.")],
+    mailbox: Annotated[
+        str, typer.Option(metavar="ADDRESS", help="The mailbox the mail belongs to.")
+    ],
+    direction: Annotated[str, typer.Option(metavar="in|out", help="in or out.")],
     paths: Annotated[
-        list[str] | None, typer.Argument(help="Files, Maildirs, mbox files or -.")
+        list[str] | None,
+        typer.Argument(metavar="[PATH]...", help="Files, Maildirs, mbox files or -."),
     ] = None,
-    folder: Annotated[str | None, typer.Option(help="Folder name to record.")] = None,
+    folder: Annotated[
+        str | None, typer.Option(metavar="NAME", help="Folder name to record.")
+    ] = None,
     seen: Annotated[bool, typer.Option("--seen", help="The mail was read.")] = False,
+    since: Annotated[
+        str | None,
+        typer.Option(
+            metavar="3d|all",
+            help="all: capture old mail too, whatever the mailbox's import window.",
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Run raw RFC 5322 messages through the capture path and print what it did."""
+    from crm import archive
+
     if direction not in ("in", "out"):
         fail("--direction must be in or out", 2)
+    if since not in (None, "3d", "all"):
+        fail(f"--since must be 3d or all, not {since!r}", 2)
     way = Direction.INCOMING if direction == "in" else Direction.OUTGOING
-    capturer = Capturer(STATE.db)
     with STATE.db.session() as s:
-        admin.get_mailbox(s, mailbox)
-    results = [
-        _capture_one(capturer, source, raw, mailbox, way, seen or flag)
-        for source, raw, flag in read_sources(paths or ["-"], sys.stdin.buffer)
-    ]
+        address = admin.get_mailbox(s, mailbox).address
+    batch = archive.Batch(address, way, seen, window=since != "all")
+    sources = read_sources(paths or ["-"], sys.stdin.buffer)
+    results = archive.capture_batch(Capturer(STATE.db), batch, sources)
     if as_json:
         print_json([r.as_json() for r in results])
         return
     for r in results:
-        out.print(_describe(r))
-    counts = {a: sum(r.action == a for r in results) for a in ("captured", "duplicate", "skipped")}
-    out.print(", ".join(f"{n} {a}" for a, n in counts.items()))
-
-
-def _capture_one(
-    capturer: Capturer,
-    source: str,
-    raw: bytes | Exception,
-    mailbox: str,
-    way: Direction,
-    seen: bool,
-) -> CaptureResult:
-    if isinstance(raw, Exception):
-        return CaptureResult(source, "skipped", f"cannot read: {raw}")
-    try:
-        return capturer.capture(raw, mailbox, way, source=source, seen=seen)
-    except MailcrmError as exc:
-        return CaptureResult(source, "skipped", str(exc))
-    except Exception as exc:  # one bad message never stops the batch; the cause is logged
-        logging.getLogger("mailcrm.capture").exception("capture of %s failed", source)
-        return CaptureResult(source, "skipped", f"error: {type(exc).__name__}: {exc}"[:300])
+        out.print(_describe(r), markup=False)
+    out.print(archive.summary(results, address), markup=False)
 
 
 def _describe(r: CaptureResult) -> str:

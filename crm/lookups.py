@@ -85,6 +85,7 @@ class Staff:
         self.seconds = seconds
         self.loaded_at = -1e9
         self.employees: frozenset[str] = frozenset()
+        self.own_domains: frozenset[str] = frozenset()
         self.excluded: frozenset[str] = frozenset()
 
     def refresh(self, conn: Connection) -> None:

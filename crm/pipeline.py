@@ -67,6 +67,8 @@ class Context:
     threads: Mapping[str, str] = field(default_factory=dict)
     envelope_to: tuple[str, ...] = ()
     vcards: tuple[VCardContact, ...] = ()
+    history: bool = False
+    own_domains: frozenset[str] = frozenset()  # registrable domains of employees and mailboxes
 
 
 @dataclass(frozen=True)
@@ -139,9 +141,11 @@ def check_duplicate(msg: ParsedMessage, ctx: Context, work: Work) -> Decision | 
 
 
 def check_window(msg: ParsedMessage, ctx: Context, work: Work) -> Decision | None:
-    """C12: only mail dated inside the mailbox's import window, counted back from linking."""
+    """C12: history found at linking (``ctx.history``) only when dated inside the mailbox's
+    import window, counted back from linking. Live mail (relayed, or arriving after linking) is
+    always captured, whatever its Date header says (a wrong clock, an old draft sent now)."""
     span = WINDOWS.get(ctx.mailbox.since)
-    if span is None or msg.date is None:
+    if not ctx.history or span is None or msg.date is None:
         return None
     start = (ctx.mailbox.linked_at or ctx.now) - span
     if msg.date < start:
