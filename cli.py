@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Annotated, Any, NoReturn
 
@@ -21,7 +20,7 @@ from typer._click.core import Context as ClickContext  # typer vendors click
 from typer._click.exceptions import ClickException, UsageError
 from typer.core import TyperGroup
 
-from crm import admin, views
+from crm import admin, queries, views
 from crm.capture import Capturer, CaptureResult
 from crm.config import Config, load_config
 from crm.db import Database
@@ -71,11 +70,13 @@ mailbox_app = typer.Typer(no_args_is_help=True, help="Linked mailboxes (M1-M6)."
 exclude_app = typer.Typer(no_args_is_help=True, help="Exclusion list (C6).")
 db_app = typer.Typer(no_args_is_help=True, help="The database.")
 leads_app = typer.Typer(no_args_is_help=True, help="Leads.")
-lead_app = typer.Typer(no_args_is_help=True, help="Edit one lead.")
+lead_app = typer.Typer(no_args_is_help=True, help="One lead: show, edit, convert.")
 contacts_app = typer.Typer(no_args_is_help=True, help="Contacts.")
 companies_app = typer.Typer(no_args_is_help=True, help="Companies.")
 activities_app = typer.Typer(no_args_is_help=True, help="Activities.")
 activity_app = typer.Typer(no_args_is_help=True, help="Edit one activity.")
+contact_app = typer.Typer(no_args_is_help=True, help="One contact.")
+company_app = typer.Typer(no_args_is_help=True, help="One company.")
 for sub, name in (
     (user_app, "user"),
     (mailbox_app, "mailbox"),
@@ -87,6 +88,8 @@ for sub, name in (
     (companies_app, "companies"),
     (activities_app, "activities"),
     (activity_app, "activity"),
+    (contact_app, "contact"),
+    (company_app, "company"),
 ):
     app.add_typer(sub, name=name)
 
@@ -511,53 +514,134 @@ def _describe(r: CaptureResult) -> str:
 # --- listings --------------------------------------------------------------------------------
 
 
-def _listing(
-    fetch: Callable[..., list[dict[str, Any]]],
-    columns: list[str],
-    empty: str,
-    as_json: bool,
-    *args: Any,
-) -> None:
-    with STATE.db.session() as s:
-        rows = fetch(s, *args)
-    print_json(rows) if as_json else table(rows, columns, empty)
+TABLE_LIMIT = 100
+Search = Annotated[
+    str | None,
+    typer.Option(metavar="TEXT", help="Only rows whose name, address or subject has TEXT."),
+]
+Limit = Annotated[
+    int | None,
+    typer.Option(
+        metavar="N", min=0, help=f"At most N rows (default: {TABLE_LIMIT} in a table, all in JSON)."
+    ),
+]
+
+
+def _page(page: queries.Page, columns: list[str], empty: str, as_json: bool) -> None:
+    """Print a page of a listing; say on stderr when it is not everything."""
+    if len(page.rows) < page.total:
+        typer.echo(
+            f"mailcrm: showing {len(page.rows)} of {page.total}; use --limit N or --search TEXT",
+            err=True,
+        )
+    print_json(page.rows) if as_json else table(page.rows, columns, empty)
+
+
+def _filter(search: str | None, limit: int | None, as_json: bool) -> queries.Filter:
+    return queries.Filter(search, limit if limit is not None or as_json else TABLE_LIMIT)
 
 
 @leads_app.command("list")
-def leads_list(as_json: JsonOpt = False) -> None:
-    """List leads."""
-    _listing(
-        views.leads_json,
-        ["id", "name", "emails", "company", "responsible", "mailbox", "status"],
-        "no leads",
-        as_json,
-    )
+def leads_list(
+    as_json: JsonOpt = False,
+    search: Search = None,
+    limit: Limit = None,
+    show_all: Annotated[bool, typer.Option("--all", help="Converted leads too.")] = False,
+) -> None:
+    """List leads (not the converted ones unless --all)."""
+    with STATE.db.session() as s:
+        page = queries.leads(s, _filter(search, limit, as_json), converted=show_all)
+    columns = ["id", "name", "emails", "company", "responsible", "mailbox", "status"]
+    _page(page, columns, "no leads", as_json)
 
 
 @contacts_app.command("list")
-def contacts_list(as_json: JsonOpt = False) -> None:
+def contacts_list(as_json: JsonOpt = False, search: Search = None, limit: Limit = None) -> None:
     """List contacts."""
-    _listing(
-        views.contacts_json, ["id", "name", "emails", "phones", "company"], "no contacts", as_json
-    )
+    with STATE.db.session() as s:
+        page = queries.contacts(s, _filter(search, limit, as_json))
+    _page(page, ["id", "name", "emails", "phones", "company"], "no contacts", as_json)
 
 
 @companies_app.command("list")
 def companies_list(as_json: JsonOpt = False) -> None:
     """List companies."""
-    _listing(views.companies_json, ["id", "name", "domain"], "no companies", as_json)
+    with STATE.db.session() as s:
+        rows = views.companies_json(s)
+    print_json(rows) if as_json else table(rows, ["id", "name", "domain"], "no companies")
 
 
 @activities_app.command("list")
-def activities_list(as_json: JsonOpt = False, mailbox: MailboxOpt = None) -> None:
+def activities_list(
+    as_json: JsonOpt = False, mailbox: MailboxOpt = None, search: Search = None, limit: Limit = None
+) -> None:
     """List activities."""
-    _listing(
-        views.activities_json,
-        ["id", "direction", "subject", "mailbox", "completed", "bindings"],
-        "no activities",
-        as_json,
-        mailbox,
-    )
+    with STATE.db.session() as s:
+        page = queries.activities(s, _filter(search, limit, as_json), mailbox)
+    columns = ["id", "direction", "subject", "mailbox", "completed", "bindings"]
+    _page(page, columns, "no activities", as_json)
+
+
+IdArg = Annotated[int, typer.Argument(metavar="ID")]
+
+
+def _show(record: dict[str, Any], as_json: bool) -> None:
+    """One record: JSON, or its fields and then its activity timeline."""
+    if as_json:
+        print_json(record)
+        return
+    for key, value in record.items():
+        if key not in ("activities", "contacts", "leads"):
+            out.print(f"{key}: {_cell(value)}", markup=False)
+    for key in ("contacts", "leads"):
+        if key in record:
+            names = [f"{r['id']} {r['name']}" for r in record[key]]
+            out.print(f"{key}: {', '.join(names) or '-'}", markup=False)
+    table(record["activities"], ["date", "direction", "subject", "mailbox", "completed"],
+          "no activities")  # fmt: skip
+
+
+@lead_app.command("show")
+def lead_show(lead_id: IdArg, as_json: JsonOpt = False) -> None:
+    """Show a lead and its activity timeline."""
+    with STATE.db.session() as s:
+        _show(queries.lead(s, lead_id), as_json)
+
+
+@contact_app.command("show")
+def contact_show(contact_id: IdArg, as_json: JsonOpt = False) -> None:
+    """Show a contact and its activity timeline."""
+    with STATE.db.session() as s:
+        _show(queries.contact(s, contact_id), as_json)
+
+
+@company_app.command("show")
+def company_show(company_id: IdArg, as_json: JsonOpt = False) -> None:
+    """Show a company, its contacts and leads, and their activity timeline."""
+    with STATE.db.session() as s:
+        _show(queries.company(s, company_id), as_json)
+
+
+@lead_app.command("convert")
+def lead_convert(
+    lead_id: IdArg,
+    company: Annotated[
+        str | None, typer.Option(metavar="NAME", help="The contact's company (found or made).")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Convert a lead into a contact; its activities move to the contact."""
+    from crm.convert import convert_lead
+
+    with STATE.db.session() as s:
+        done = convert_lead(s, lead_id, company)
+    if as_json:
+        print_json(vars(done))
+        return
+    made = "new contact" if done.new_contact else "contact"
+    where = f", company {done.company}" if done.company is not None else ""
+    out.print(f"lead {lead_id} converted: {made} {done.contact}{where}; "
+              f"{done.activities} activities moved")  # fmt: skip
 
 
 @activity_app.command("complete")

@@ -64,7 +64,10 @@ _KNOWN = (
         CONTACTS, (EMAILS.c.entity_type == "contact") & (CONTACTS.c.id == EMAILS.c.entity_id)
     )
     .outerjoin(LEADS, (EMAILS.c.entity_type == "lead") & (LEADS.c.id == EMAILS.c.entity_id))
-    .where(EMAILS.c.address.in_(bindparam("addresses", expanding=True)))
+    .where(
+        EMAILS.c.address.in_(bindparam("addresses", expanding=True)),
+        LEADS.c.status.is_(None) | (LEADS.c.status != "converted"),  # its contact has the mail
+    )
 )
 _EXISTING = select(ACTIVITIES.c.id).where(ACTIVITIES.c.message_key == bindparam("key"))
 _ALIAS = (
