@@ -318,9 +318,13 @@ def mailbox_list(as_json: JsonOpt = False) -> None:
     from sqlalchemy import select
 
     from crm.models import Mailbox
+    from crm.schedule import schedule_json
 
     with STATE.db.session() as s:
-        rows = [views.mailbox_json(b) for b in s.scalars(select(Mailbox).order_by(Mailbox.address))]
+        rows = []
+        for box in s.scalars(select(Mailbox).order_by(Mailbox.address)):
+            rows.append(views.mailbox_json(box))
+            rows[-1]["schedule"] = schedule_json(box, STATE.config.poller)
     print_json(rows) if as_json else table(
         rows,
         ["address", "kind", "owner", "linked", "status", "status_reason", "last_check"],
@@ -331,8 +335,12 @@ def mailbox_list(as_json: JsonOpt = False) -> None:
 @mailbox_app.command("show")
 def mailbox_show(address: str, as_json: JsonOpt = False) -> None:
     """Show one mailbox."""
+    from crm.schedule import schedule_json
+
     with STATE.db.session() as s:
-        data = views.mailbox_json(admin.get_mailbox(s, address))
+        box = admin.get_mailbox(s, address)
+        data = views.mailbox_json(box)
+        data["schedule"] = schedule_json(box, STATE.config.poller)
     if as_json:
         print_json(data)
         return
@@ -379,6 +387,7 @@ def mailbox_import(
     """Import a mailbox now, in the foreground with a progress bar (Ctrl-C stops, rerun resumes)."""
     import asyncio
 
+    from crm.schedule import touch_owner
     from proxy.imap.foreground import ForegroundImport, prepare
     from proxy.imap.importview import make_view
     from proxy.imap.plan import load_plan
@@ -386,6 +395,10 @@ def mailbox_import(
     config = STATE.config
     plan = load_plan(STATE.db, address, STATE.secrets(), config.poller)
     window = prepare(plan, since, config.poller)
+    with STATE.db.session() as s:
+        owner = admin.get_mailbox(s, address).owner
+        if owner is not None:
+            touch_owner(s, owner.email)  # T1: an import run for the owner's mailbox
     resume = f"mailcrm mailbox import {plan.address}" + (f" --since {since}" if since else "")
     job = ForegroundImport(config, STATE.db, plan, window, make_view(plan.address))
     try:

@@ -16,6 +16,7 @@ from .addresses import normalize_address, parse_exclusion
 from .errors import AlreadyExists, InvalidInput, NotFound, PermissionDenied
 from .models import Activity, Exclusion, Lead, Mailbox, MailboxKind, QueueMember, User, utcnow
 from .presets import PRESETS
+from .schedule import touch
 from .secrets import SecretBox
 
 INTERVALS = {"2m": 120, "5m": 300, "10m": 600, "1h": 3600, "3h": 10800, "12h": 43200}
@@ -126,6 +127,8 @@ def apply_settings(
         box.login = settings.login
     if settings.password is not None:
         box.secret = secrets.seal(settings.password)
+        if box.owner is not None:
+            touch(box.owner)  # T1: the owner's own password, given just now
     if settings.since is not None:
         if settings.since not in ("3d", "all"):
             raise InvalidInput(f"--since must be 3d or all, not {settings.since!r}")
