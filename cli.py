@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Annotated, Any, NoReturn
 
@@ -18,9 +19,10 @@ from rich.console import Console
 from rich.table import Table
 from typer._click.core import Context as ClickContext  # typer vendors click
 from typer._click.exceptions import ClickException, UsageError
-from typer.core import TyperGroup
+from typer.core import TyperArgument, TyperGroup, TyperOption
 
 from crm import admin, queries, views
+from crm.admin import INTERVALS, TLS_MODES
 from crm.capture import Capturer, CaptureResult
 from crm.config import Config, load_config
 from crm.db import Database
@@ -29,6 +31,32 @@ from crm.models import Direction
 from crm.presets import PRESETS
 from crm.secrets import SecretBox, load_key
 from crm.sources import read_sources
+
+
+def _flag_type(self: TyperOption, ctx: ClickContext) -> str | None:
+    """--help: a flag shows as a flag (no ``<bool>``), a value as its metavar."""
+    return None if self.is_flag and self.metavar is None else _OPTION_TYPE(self, ctx)
+
+
+def _argument_type(self: TyperArgument, ctx: ClickContext) -> str | None:
+    """--help: an argument named by its metavar (``ADDRESS``) needs no ``<str>`` besides."""
+    return None if self.metavar is not None else _ARGUMENT_TYPE(self, ctx)
+
+
+_OPTION_TYPE, _ARGUMENT_TYPE = TyperOption.display_type_rich, TyperArgument.display_type_rich
+TyperOption.display_type_rich = _flag_type  # type: ignore[method-assign]
+TyperArgument.display_type_rich = _argument_type  # type: ignore[method-assign,assignment]
+
+
+def _choice(*allowed: str) -> Callable[[str | None], str | None]:
+    """A usage check (exit 2): the value is one of ``allowed``."""
+
+    def check(value: str | None) -> str | None:
+        if value is not None and value not in allowed:
+            raise typer.BadParameter(f"must be one of {', '.join(allowed)}, not {value!r}")
+        return value
+
+    return check
 
 
 class _Group(TyperGroup):
@@ -147,10 +175,12 @@ def table(rows: list[dict[str, Any]], columns: list[str], empty: str) -> None:
     if not rows:
         out.print(empty)
         return
-    grid = Table(*columns)
+    grid = Table()
+    for name in columns:  # at 80 columns long values fold onto more lines, never cut off
+        grid.add_column(name, overflow="fold", min_width=min(len(name), 12))
     for row in rows:
         grid.add_row(*(_cell(row.get(c)) for c in columns))
-    out.print(grid)
+    out.print(grid, soft_wrap=False)
 
 
 def _cell(value: Any) -> str:
@@ -163,8 +193,10 @@ def _cell(value: Any) -> str:
 
 @app.callback()
 def root(
-    db: Annotated[str | None, typer.Option("--db", help="Database URL.")] = None,
-    config: Annotated[str | None, typer.Option("--config", help="TOML config file.")] = None,
+    db: Annotated[str | None, typer.Option("--db", metavar="URL", help="Database URL.")] = None,
+    config: Annotated[
+        str | None, typer.Option("--config", metavar="PATH", help="TOML config file.")
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log to stderr.")] = False,
 ) -> None:
     """Root options shared by every command."""
@@ -181,8 +213,8 @@ def root(
 
 @user_app.command("add")
 def user_add(
-    email: str,
-    name: Annotated[str, typer.Option(help="Full name.")] = "",
+    email: Email,
+    name: Annotated[str, typer.Option(metavar="TEXT", help="Full name.")] = "",
     is_admin: Annotated[bool, typer.Option("--admin", help="May manage the gateway.")] = False,
     no_crm: Annotated[bool, typer.Option("--no-crm", help="No CRM access.")] = False,
 ) -> None:
@@ -207,7 +239,7 @@ def user_list(as_json: JsonOpt = False) -> None:
 
 
 @user_app.command("remove")
-def user_remove(email: str) -> None:
+def user_remove(email: Email) -> None:
     """Remove an employee."""
     with STATE.db.session() as s:
         admin.remove_user(s, email)
@@ -233,25 +265,38 @@ def _settings(**options: Any) -> admin.MailboxSettings:
 
 
 Opt = typer.Option
-Preset = Annotated[str | None, Opt(help="A preset of `mailbox presets`.")]
-Host = Annotated[str | None, Opt()]
-Port = Annotated[int | None, Opt(min=1, max=65535)]
-Tls = Annotated[str | None, Opt(help="ssl, starttls or none.")]
-Login = Annotated[str | None, Opt(help="Login name (default: the address).")]
+Preset = Annotated[str | None, Opt(metavar="NAME", help="A preset of `mailbox presets`.")]
+Host = Annotated[str | None, Opt(metavar="HOST")]
+Port = Annotated[int | None, Opt(metavar="PORT", min=1, max=65535)]
+Tls = Annotated[
+    str | None, Opt(metavar="ssl|starttls|none", callback=_choice(*TLS_MODES), help="TLS mode.")
+]
+Login = Annotated[str | None, Opt(metavar="NAME", help="Login name (default: the address).")]
 PwStdin = Annotated[bool, Opt("--password-stdin", help="Read the password from stdin.")]
 Link = Annotated[bool | None, Opt("--link/--no-link", help="Link to the CRM.")]
-Since = Annotated[str | None, Opt(help="Initial import window: 3d or all.")]
+Since = Annotated[
+    str | None, Opt(metavar="3d|all", callback=_choice("3d", "all"), help="Initial import window.")
+]
 Leads = Annotated[bool | None, Opt("--create-leads/--no-create-leads")]
 Vcards = Annotated[bool | None, Opt("--vcard-contacts/--no-vcard-contacts")]
-Folders = Annotated[str | None, Opt(help="Folders to process, comma separated.")]
-Interval = Annotated[str | None, Opt(help="Company: 2m, 5m, 10m, 1h, 3h or 12h.")]
-Queue = Annotated[str | None, Opt(help="Company: distribution queue, comma separated.")]
+Folders = Annotated[str | None, Opt(metavar="NAME,NAME", help="Folders to process.")]
+Interval = Annotated[
+    str | None,
+    Opt(metavar="|".join(INTERVALS), callback=_choice(*INTERVALS), help="Company: check interval."),
+]
+Queue = Annotated[
+    str | None, Opt(metavar="EMAIL,EMAIL", help="Company: distribution queue of employees.")
+]
+Address = Annotated[str, typer.Argument(metavar="ADDRESS", show_default=False)]
+Email = Annotated[str, typer.Argument(metavar="EMAIL", show_default=False)]
 
 
 @mailbox_app.command("add")
 def mailbox_add(
-    address: str,
-    owner: Annotated[str | None, Opt(help="Owner of a personal mailbox.")] = None,
+    address: Address,
+    owner: Annotated[
+        str | None, Opt(metavar="USER_EMAIL", help="Owner of a personal mailbox.")
+    ] = None,
     company: Annotated[bool, Opt("--company", help="A company mailbox.")] = False,
     preset: Preset = None,
     imap_host: Host = None,
@@ -285,7 +330,7 @@ def mailbox_add(
 
 @mailbox_app.command("set")
 def mailbox_set(
-    address: str,
+    address: Address,
     preset: Preset = None,
     imap_host: Host = None,
     imap_port: Port = None,
@@ -333,7 +378,7 @@ def mailbox_list(as_json: JsonOpt = False) -> None:
 
 
 @mailbox_app.command("show")
-def mailbox_show(address: str, as_json: JsonOpt = False) -> None:
+def mailbox_show(address: Address, as_json: JsonOpt = False) -> None:
     """Show one mailbox."""
     from crm.schedule import schedule_json
 
@@ -349,7 +394,7 @@ def mailbox_show(address: str, as_json: JsonOpt = False) -> None:
 
 
 @mailbox_app.command("check")
-def mailbox_check(address: str, as_json: JsonOpt = False) -> None:
+def mailbox_check(address: Address, as_json: JsonOpt = False) -> None:
     """Verify settings and connection (IMAP login, folders, SMTP login); collects no mail."""
     import asyncio
 
@@ -374,9 +419,10 @@ def mailbox_check(address: str, as_json: JsonOpt = False) -> None:
 
 @mailbox_app.command("import")
 def mailbox_import(
-    address: str,
+    address: Address,
     since: Annotated[
-        str | None, Opt(help="Import window, stored as the mailbox's: 3d or all.")
+        str | None,
+        Opt(metavar="3d|all", callback=_choice("3d", "all"), help="Import window, stored."),
     ] = None,
     wait: Annotated[
         bool,
@@ -414,7 +460,7 @@ def mailbox_import(
 
 
 @mailbox_app.command("remove")
-def mailbox_remove(address: str) -> None:
+def mailbox_remove(address: Address) -> None:
     """Remove a mailbox (its activities stay in the CRM)."""
     with STATE.db.session() as s:
         s.delete(admin.get_mailbox(s, address))
@@ -443,11 +489,15 @@ def mailbox_presets(as_json: JsonOpt = False) -> None:
 
 # --- exclusions ------------------------------------------------------------------------------
 
-MailboxOpt = Annotated[str | None, typer.Option("--mailbox", help="Only for this mailbox.")]
+MailboxOpt = Annotated[
+    str | None, typer.Option("--mailbox", metavar="ADDRESS", help="Only for this mailbox.")
+]
 
 
 @exclude_app.command("add")
-def exclude_add(entry: str, mailbox: MailboxOpt = None) -> None:
+def exclude_add(
+    entry: Annotated[str, typer.Argument(metavar="ENTRY")], mailbox: MailboxOpt = None
+) -> None:
     """Exclude an address (a@x.com) or a domain (@x.com or x.com)."""
     with STATE.db.session() as s:
         excl = admin.add_exclusion(s, entry, mailbox)
@@ -463,7 +513,9 @@ def exclude_list(as_json: JsonOpt = False) -> None:
 
 
 @exclude_app.command("remove")
-def exclude_remove(entry: str, mailbox: MailboxOpt = None) -> None:
+def exclude_remove(
+    entry: Annotated[str, typer.Argument(metavar="ENTRY")], mailbox: MailboxOpt = None
+) -> None:
     """Remove an exclusion."""
     with STATE.db.session() as s:
         admin.remove_exclusion(s, entry, mailbox)
@@ -478,7 +530,9 @@ def capture(
     mailbox: Annotated[
         str, typer.Option(metavar="ADDRESS", help="The mailbox the mail belongs to.")
     ],
-    direction: Annotated[str, typer.Option(metavar="in|out", help="in or out.")],
+    direction: Annotated[
+        str, typer.Option(metavar="in|out", callback=_choice("in", "out"), help="in or out.")
+    ],
     paths: Annotated[
         list[str] | None,
         typer.Argument(metavar="[PATH]...", help="Files, Maildirs, mbox files or -."),
@@ -491,6 +545,7 @@ def capture(
         str | None,
         typer.Option(
             metavar="3d|all",
+            callback=_choice("3d", "all"),
             help="all: capture old mail too, whatever the mailbox's import window.",
         ),
     ] = None,
@@ -676,8 +731,8 @@ def activity_reopen(activity_id: Annotated[int, typer.Argument(metavar="ID")]) -
 @lead_app.command("update")
 def lead_update(
     lead_id: Annotated[int, typer.Argument(metavar="ID")],
-    name: Annotated[str | None, typer.Option()] = None,
-    status: Annotated[str | None, typer.Option()] = None,
+    name: Annotated[str | None, typer.Option(metavar="TEXT")] = None,
+    status: Annotated[str | None, typer.Option(metavar="TEXT")] = None,
 ) -> None:
     """Edit a lead."""
     with STATE.db.session() as s:
@@ -726,12 +781,17 @@ app.add_typer(tls_app, name="tls")
 
 @tls_app.command("selfsigned")
 def tls_selfsigned(
-    cert: Annotated[str | None, Opt(help="Certificate file (default: in the data dir).")] = None,
-    key: Annotated[str | None, Opt(help="Key file (default: in the data dir).")] = None,
-    hostname: Annotated[
-        list[str] | None, Opt("--hostname", help="Host name or IP it is for (repeatable).")
+    cert: Annotated[
+        str | None, Opt(metavar="PATH", help="Certificate file (default: in the data dir).")
     ] = None,
-    days: Annotated[int, Opt(min=1, help="Validity in days.")] = 825,
+    key: Annotated[
+        str | None, Opt(metavar="PATH", help="Key file (default: in the data dir).")
+    ] = None,
+    hostname: Annotated[
+        list[str] | None,
+        Opt("--hostname", metavar="NAME", help="Host name or IP it is for (repeatable)."),
+    ] = None,
+    days: Annotated[int, Opt(metavar="N", min=1, help="Validity in days.")] = 825,
     force: Annotated[bool, Opt("--force", help="Replace existing files.")] = False,
 ) -> None:
     """Write a self-signed certificate and key for the relay's listeners."""
