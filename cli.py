@@ -239,11 +239,33 @@ def user_list(as_json: JsonOpt = False) -> None:
 
 
 @user_app.command("remove")
-def user_remove(email: Email) -> None:
-    """Remove an employee."""
+def user_remove(
+    email: Email,
+    force: Annotated[
+        bool, typer.Option("--force", help="Also when they own a mailbox (it is unlinked).")
+    ] = False,
+) -> None:
+    """Remove an employee (refused while they own a mailbox, unless --force)."""
     with STATE.db.session() as s:
-        admin.remove_user(s, email)
-    out.print(f"user {email} removed")
+        unlinked = admin.remove_user(s, email, force)
+    out.print(f"user {email} removed", markup=False)
+    for address in unlinked:
+        out.print(f"mailbox {address} kept, without owner and unlinked", markup=False)
+
+
+@user_app.command("set")
+def user_set(
+    email: Email,
+    name: Annotated[str | None, typer.Option(metavar="TEXT", help="Full name.")] = None,
+    is_admin: Annotated[
+        bool | None, typer.Option("--admin/--no-admin", help="May manage the gateway.")
+    ] = None,
+    crm: Annotated[bool | None, typer.Option("--crm/--no-crm", help="CRM access.")] = None,
+) -> None:
+    """Change an employee."""
+    with STATE.db.session() as s:
+        admin.set_user(s, email, name, is_admin, crm)
+    out.print(f"user {email} updated", markup=False)
 
 
 # --- mailboxes -------------------------------------------------------------------------------

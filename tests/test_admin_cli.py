@@ -72,3 +72,26 @@ def test_tables_fold_long_values_at_80_columns(sqlite_cli: Cli) -> None:
     assert "".join(line.split("│")[1].strip() for line in text.splitlines() if "│" in line).find(
         long
     ) >= 0
+
+
+def test_user_set_changes_name_admin_and_crm_access(sqlite_cli: Cli) -> None:
+    sqlite_cli.ok("user", "add", BOB, "--name", "Bob")
+    sqlite_cli.ok("user", "set", BOB, "--name", "Bob Sales", "--admin", "--no-crm")
+    (user,) = sqlite_cli.json("user", "list")
+    assert (user["name"], user["admin"], user["crm_access"]) == ("Bob Sales", True, False)
+    sqlite_cli.ok("user", "set", BOB, "--crm")
+    assert sqlite_cli.json("user", "list")[0]["crm_access"] is True
+    assert sqlite_cli.run("user", "set", "nobody@example.com", "--crm").exit_code == 1
+
+
+def test_user_remove_refuses_an_owner_of_a_mailbox_unless_forced(sqlite_cli: Cli) -> None:
+    sqlite_cli.ok("user", "add", BOB)
+    sqlite_cli.ok("mailbox", "add", BOB, "--owner", BOB, "--preset", "gmail", "--password-stdin",
+                  input="pw\n")  # fmt: skip
+    refused = sqlite_cli.run("user", "remove", BOB)
+    assert refused.exit_code == 1 and f"owns mailbox {BOB}" in refused.stderr
+    assert sqlite_cli.json("mailbox", "show", BOB)["linked"] is True
+    text = sqlite_cli.ok("user", "remove", BOB, "--force")
+    assert f"mailbox {BOB} kept, without owner and unlinked" in text
+    box = sqlite_cli.json("mailbox", "show", BOB)
+    assert (box["owner"], box["linked"]) == (None, False)
