@@ -345,9 +345,11 @@ def mailbox_add(
         options.pop(key)
     with STATE.db.session() as s:
         box = admin.add_mailbox(s, STATE.secrets(), address, owner, _settings(**options))
-        out.print(
-            f"mailbox {box.address} added ({box.kind}, {'linked' if box.linked else 'not linked'})"
-        )
+        state = "linked" if box.linked else "not linked"
+        if box.linked and box.secret is None:
+            state += f"; no password stored: not checked until `mailcrm mailbox set {box.address}"
+            state += " --password-stdin`"
+        out.print(f"mailbox {box.address} added ({box.kind}, {state})", markup=False)
 
 
 @mailbox_app.command("set")

@@ -95,3 +95,11 @@ def test_user_remove_refuses_an_owner_of_a_mailbox_unless_forced(sqlite_cli: Cli
     assert f"mailbox {BOB} kept, without owner and unlinked" in text
     box = sqlite_cli.json("mailbox", "show", BOB)
     assert (box["owner"], box["linked"]) == (None, False)
+
+
+def test_a_company_mailbox_without_a_password_says_what_is_missing(sqlite_cli: Cli) -> None:
+    text = sqlite_cli.ok("mailbox", "add", "info@example.com", "--company")
+    assert "no password stored" in text and "--password-stdin" in text
+    text = sqlite_cli.ok("mailbox", "add", "help@example.com", "--company", "--password-stdin",
+                         input="pw\n")  # fmt: skip
+    assert "no password stored" not in text
