@@ -19,9 +19,10 @@ from rich.console import Console
 from rich.table import Table
 from typer._click.core import Context as ClickContext  # typer vendors click
 from typer._click.exceptions import ClickException, UsageError
-from typer.core import TyperGroup
+from typer.core import TyperArgument, TyperGroup, TyperOption
 
-from crm import admin, logs, views
+from crm import admin, logs, queries, views
+from crm.admin import INTERVALS, TLS_MODES
 from crm.capture import Capturer, CaptureResult
 from crm.config import Config, load_config
 from crm.db import Database
@@ -30,6 +31,32 @@ from crm.models import Direction
 from crm.presets import PRESETS
 from crm.secrets import SecretBox, load_key
 from crm.sources import read_sources
+
+
+def _flag_type(self: TyperOption, ctx: ClickContext) -> str | None:
+    """--help: a flag shows as a flag (no ``<bool>``), a value as its metavar."""
+    return None if self.is_flag and self.metavar is None else _OPTION_TYPE(self, ctx)
+
+
+def _argument_type(self: TyperArgument, ctx: ClickContext) -> str | None:
+    """--help: an argument named by its metavar (``ADDRESS``) needs no ``<str>`` besides."""
+    return None if self.metavar is not None else _ARGUMENT_TYPE(self, ctx)
+
+
+_OPTION_TYPE, _ARGUMENT_TYPE = TyperOption.display_type_rich, TyperArgument.display_type_rich
+TyperOption.display_type_rich = _flag_type  # type: ignore[method-assign]
+TyperArgument.display_type_rich = _argument_type  # type: ignore[method-assign,assignment]
+
+
+def _choice(*allowed: str) -> Callable[[str | None], str | None]:
+    """A usage check (exit 2): the value is one of ``allowed``."""
+
+    def check(value: str | None) -> str | None:
+        if value is not None and value not in allowed:
+            raise typer.BadParameter(f"must be one of {', '.join(allowed)}, not {value!r}")
+        return value
+
+    return check
 
 
 class _Group(TyperGroup):
@@ -71,11 +98,13 @@ mailbox_app = typer.Typer(no_args_is_help=True, help="Linked mailboxes (M1-M6)."
 exclude_app = typer.Typer(no_args_is_help=True, help="Exclusion list (C6).")
 db_app = typer.Typer(no_args_is_help=True, help="The database.")
 leads_app = typer.Typer(no_args_is_help=True, help="Leads.")
-lead_app = typer.Typer(no_args_is_help=True, help="Edit one lead.")
+lead_app = typer.Typer(no_args_is_help=True, help="One lead: show, edit, convert.")
 contacts_app = typer.Typer(no_args_is_help=True, help="Contacts.")
 companies_app = typer.Typer(no_args_is_help=True, help="Companies.")
 activities_app = typer.Typer(no_args_is_help=True, help="Activities.")
 activity_app = typer.Typer(no_args_is_help=True, help="Edit one activity.")
+contact_app = typer.Typer(no_args_is_help=True, help="One contact.")
+company_app = typer.Typer(no_args_is_help=True, help="One company.")
 for sub, name in (
     (user_app, "user"),
     (mailbox_app, "mailbox"),
@@ -87,6 +116,8 @@ for sub, name in (
     (companies_app, "companies"),
     (activities_app, "activities"),
     (activity_app, "activity"),
+    (contact_app, "contact"),
+    (company_app, "company"),
 ):
     app.add_typer(sub, name=name)
 
@@ -144,10 +175,12 @@ def table(rows: list[dict[str, Any]], columns: list[str], empty: str) -> None:
     if not rows:
         out.print(empty)
         return
-    grid = Table(*columns)
+    grid = Table()
+    for name in columns:  # at 80 columns long values fold onto more lines, never cut off
+        grid.add_column(name, overflow="fold", min_width=min(len(name), 12))
     for row in rows:
         grid.add_row(*(_cell(row.get(c)) for c in columns))
-    out.print(grid)
+    out.print(grid, soft_wrap=False)
 
 
 def _cell(value: Any) -> str:
@@ -160,8 +193,10 @@ def _cell(value: Any) -> str:
 
 @app.callback()
 def root(
-    db: Annotated[str | None, typer.Option("--db", help="Database URL.")] = None,
-    config: Annotated[str | None, typer.Option("--config", help="TOML config file.")] = None,
+    db: Annotated[str | None, typer.Option("--db", metavar="URL", help="Database URL.")] = None,
+    config: Annotated[
+        str | None, typer.Option("--config", metavar="PATH", help="TOML config file.")
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log to stderr.")] = False,
 ) -> None:
     """Root options shared by every command."""
@@ -189,8 +224,8 @@ def _has_password(url: str) -> bool:
 
 @user_app.command("add")
 def user_add(
-    email: str,
-    name: Annotated[str, typer.Option(help="Full name.")] = "",
+    email: Email,
+    name: Annotated[str, typer.Option(metavar="TEXT", help="Full name.")] = "",
     is_admin: Annotated[bool, typer.Option("--admin", help="May manage the gateway.")] = False,
     no_crm: Annotated[bool, typer.Option("--no-crm", help="No CRM access.")] = False,
 ) -> None:
@@ -215,11 +250,33 @@ def user_list(as_json: JsonOpt = False) -> None:
 
 
 @user_app.command("remove")
-def user_remove(email: str) -> None:
-    """Remove an employee."""
+def user_remove(
+    email: Email,
+    force: Annotated[
+        bool, typer.Option("--force", help="Also when they own a mailbox (it is unlinked).")
+    ] = False,
+) -> None:
+    """Remove an employee (refused while they own a mailbox, unless --force)."""
     with STATE.db.session() as s:
-        admin.remove_user(s, email)
-    out.print(f"user {email} removed")
+        unlinked = admin.remove_user(s, email, force)
+    out.print(f"user {email} removed", markup=False)
+    for address in unlinked:
+        out.print(f"mailbox {address} kept, without owner and unlinked", markup=False)
+
+
+@user_app.command("set")
+def user_set(
+    email: Email,
+    name: Annotated[str | None, typer.Option(metavar="TEXT", help="Full name.")] = None,
+    is_admin: Annotated[
+        bool | None, typer.Option("--admin/--no-admin", help="May manage the gateway.")
+    ] = None,
+    crm: Annotated[bool | None, typer.Option("--crm/--no-crm", help="CRM access.")] = None,
+) -> None:
+    """Change an employee."""
+    with STATE.db.session() as s:
+        admin.set_user(s, email, name, is_admin, crm)
+    out.print(f"user {email} updated", markup=False)
 
 
 # --- mailboxes -------------------------------------------------------------------------------
@@ -242,25 +299,38 @@ def _settings(**options: Any) -> admin.MailboxSettings:
 
 
 Opt = typer.Option
-Preset = Annotated[str | None, Opt(help="A preset of `mailbox presets`.")]
-Host = Annotated[str | None, Opt()]
-Port = Annotated[int | None, Opt(min=1, max=65535)]
-Tls = Annotated[str | None, Opt(help="ssl, starttls or none.")]
-Login = Annotated[str | None, Opt(help="Login name (default: the address).")]
+Preset = Annotated[str | None, Opt(metavar="NAME", help="A preset of `mailbox presets`.")]
+Host = Annotated[str | None, Opt(metavar="HOST")]
+Port = Annotated[int | None, Opt(metavar="PORT", min=1, max=65535)]
+Tls = Annotated[
+    str | None, Opt(metavar="ssl|starttls|none", callback=_choice(*TLS_MODES), help="TLS mode.")
+]
+Login = Annotated[str | None, Opt(metavar="NAME", help="Login name (default: the address).")]
 PwStdin = Annotated[bool, Opt("--password-stdin", help="Read the password from stdin.")]
 Link = Annotated[bool | None, Opt("--link/--no-link", help="Link to the CRM.")]
-Since = Annotated[str | None, Opt(help="Initial import window: 3d or all.")]
+Since = Annotated[
+    str | None, Opt(metavar="3d|all", callback=_choice("3d", "all"), help="Initial import window.")
+]
 Leads = Annotated[bool | None, Opt("--create-leads/--no-create-leads")]
 Vcards = Annotated[bool | None, Opt("--vcard-contacts/--no-vcard-contacts")]
-Folders = Annotated[str | None, Opt(help="Folders to process, comma separated.")]
-Interval = Annotated[str | None, Opt(help="Company: 2m, 5m, 10m, 1h, 3h or 12h.")]
-Queue = Annotated[str | None, Opt(help="Company: distribution queue, comma separated.")]
+Folders = Annotated[str | None, Opt(metavar="NAME,NAME", help="Folders to process.")]
+Interval = Annotated[
+    str | None,
+    Opt(metavar="|".join(INTERVALS), callback=_choice(*INTERVALS), help="Company: check interval."),
+]
+Queue = Annotated[
+    str | None, Opt(metavar="EMAIL,EMAIL", help="Company: distribution queue of employees.")
+]
+Address = Annotated[str, typer.Argument(metavar="ADDRESS", show_default=False)]
+Email = Annotated[str, typer.Argument(metavar="EMAIL", show_default=False)]
 
 
 @mailbox_app.command("add")
 def mailbox_add(
-    address: str,
-    owner: Annotated[str | None, Opt(help="Owner of a personal mailbox.")] = None,
+    address: Address,
+    owner: Annotated[
+        str | None, Opt(metavar="USER_EMAIL", help="Owner of a personal mailbox.")
+    ] = None,
     company: Annotated[bool, Opt("--company", help="A company mailbox.")] = False,
     preset: Preset = None,
     imap_host: Host = None,
@@ -287,14 +357,16 @@ def mailbox_add(
         options.pop(key)
     with STATE.db.session() as s:
         box = admin.add_mailbox(s, STATE.secrets(), address, owner, _settings(**options))
-        out.print(
-            f"mailbox {box.address} added ({box.kind}, {'linked' if box.linked else 'not linked'})"
-        )
+        state = "linked" if box.linked else "not linked"
+        if box.linked and box.secret is None:
+            state += f"; no password stored: not checked until `mailcrm mailbox set {box.address}"
+            state += " --password-stdin`"
+        out.print(f"mailbox {box.address} added ({box.kind}, {state})", markup=False)
 
 
 @mailbox_app.command("set")
 def mailbox_set(
-    address: str,
+    address: Address,
     preset: Preset = None,
     imap_host: Host = None,
     imap_port: Port = None,
@@ -327,9 +399,13 @@ def mailbox_list(as_json: JsonOpt = False) -> None:
     from sqlalchemy import select
 
     from crm.models import Mailbox
+    from crm.schedule import schedule_json
 
     with STATE.db.session() as s:
-        rows = [views.mailbox_json(b) for b in s.scalars(select(Mailbox).order_by(Mailbox.address))]
+        rows = []
+        for box in s.scalars(select(Mailbox).order_by(Mailbox.address)):
+            rows.append(views.mailbox_json(box))
+            rows[-1]["schedule"] = schedule_json(box, STATE.config.poller)
     print_json(rows) if as_json else table(
         rows,
         ["address", "kind", "owner", "linked", "status", "status_reason", "last_check"],
@@ -338,10 +414,14 @@ def mailbox_list(as_json: JsonOpt = False) -> None:
 
 
 @mailbox_app.command("show")
-def mailbox_show(address: str, as_json: JsonOpt = False) -> None:
+def mailbox_show(address: Address, as_json: JsonOpt = False) -> None:
     """Show one mailbox."""
+    from crm.schedule import schedule_json
+
     with STATE.db.session() as s:
-        data = views.mailbox_json(admin.get_mailbox(s, address))
+        box = admin.get_mailbox(s, address)
+        data = views.mailbox_json(box)
+        data["schedule"] = schedule_json(box, STATE.config.poller)
     if as_json:
         print_json(data)
         return
@@ -350,7 +430,7 @@ def mailbox_show(address: str, as_json: JsonOpt = False) -> None:
 
 
 @mailbox_app.command("check")
-def mailbox_check(address: str, as_json: JsonOpt = False) -> None:
+def mailbox_check(address: Address, as_json: JsonOpt = False) -> None:
     """Verify settings and connection (IMAP login, folders, SMTP login); collects no mail."""
     import asyncio
 
@@ -375,9 +455,10 @@ def mailbox_check(address: str, as_json: JsonOpt = False) -> None:
 
 @mailbox_app.command("import")
 def mailbox_import(
-    address: str,
+    address: Address,
     since: Annotated[
-        str | None, Opt(help="Import window, stored as the mailbox's: 3d or all.")
+        str | None,
+        Opt(metavar="3d|all", callback=_choice("3d", "all"), help="Import window, stored."),
     ] = None,
     wait: Annotated[
         bool,
@@ -388,6 +469,7 @@ def mailbox_import(
     """Import a mailbox now, in the foreground with a progress bar (Ctrl-C stops, rerun resumes)."""
     import asyncio
 
+    from crm.schedule import touch_owner
     from proxy.imap.foreground import ForegroundImport, prepare
     from proxy.imap.importview import make_view
     from proxy.imap.plan import load_plan
@@ -395,6 +477,10 @@ def mailbox_import(
     config = STATE.config
     plan = load_plan(STATE.db, address, STATE.secrets(), config.poller)
     window = prepare(plan, since, config.poller)
+    with STATE.db.session() as s:
+        owner = admin.get_mailbox(s, address).owner
+        if owner is not None:
+            touch_owner(s, owner.email)  # T1: an import run for the owner's mailbox
     resume = f"mailcrm mailbox import {plan.address}" + (f" --since {since}" if since else "")
     job = ForegroundImport(config, STATE.db, plan, window, make_view(plan.address))
     try:
@@ -410,7 +496,7 @@ def mailbox_import(
 
 
 @mailbox_app.command("remove")
-def mailbox_remove(address: str) -> None:
+def mailbox_remove(address: Address) -> None:
     """Remove a mailbox (its activities stay in the CRM)."""
     with STATE.db.session() as s:
         s.delete(admin.get_mailbox(s, address))
@@ -439,11 +525,15 @@ def mailbox_presets(as_json: JsonOpt = False) -> None:
 
 # --- exclusions ------------------------------------------------------------------------------
 
-MailboxOpt = Annotated[str | None, typer.Option("--mailbox", help="Only for this mailbox.")]
+MailboxOpt = Annotated[
+    str | None, typer.Option("--mailbox", metavar="ADDRESS", help="Only for this mailbox.")
+]
 
 
 @exclude_app.command("add")
-def exclude_add(entry: str, mailbox: MailboxOpt = None) -> None:
+def exclude_add(
+    entry: Annotated[str, typer.Argument(metavar="ENTRY")], mailbox: MailboxOpt = None
+) -> None:
     """Exclude an address (a@x.com) or a domain (@x.com or x.com)."""
     with STATE.db.session() as s:
         excl = admin.add_exclusion(s, entry, mailbox)
@@ -459,7 +549,9 @@ def exclude_list(as_json: JsonOpt = False) -> None:
 
 
 @exclude_app.command("remove")
-def exclude_remove(entry: str, mailbox: MailboxOpt = None) -> None:
+def exclude_remove(
+    entry: Annotated[str, typer.Argument(metavar="ENTRY")], mailbox: MailboxOpt = None
+) -> None:
     """Remove an exclusion."""
     with STATE.db.session() as s:
         admin.remove_exclusion(s, entry, mailbox)
@@ -471,52 +563,49 @@ def exclude_remove(entry: str, mailbox: MailboxOpt = None) -> None:
 
 @app.command("capture")
 def capture(
-    mailbox: Annotated[str, typer.Option(help="The mailbox the mail belongs to.")],
-    direction: Annotated[str, typer.Option(help="in or out.")],
+    mailbox: Annotated[
+        str, typer.Option(metavar="ADDRESS", help="The mailbox the mail belongs to.")
+    ],
+    direction: Annotated[
+        str, typer.Option(metavar="in|out", callback=_choice("in", "out"), help="in or out.")
+    ],
     paths: Annotated[
-        list[str] | None, typer.Argument(help="Files, Maildirs, mbox files or -.")
+        list[str] | None,
+        typer.Argument(metavar="[PATH]...", help="Files, Maildirs, mbox files or -."),
     ] = None,
-    folder: Annotated[str | None, typer.Option(help="Folder name to record.")] = None,
+    folder: Annotated[
+        str | None, typer.Option(metavar="NAME", help="Folder name to record.")
+    ] = None,
     seen: Annotated[bool, typer.Option("--seen", help="The mail was read.")] = False,
+    since: Annotated[
+        str | None,
+        typer.Option(
+            metavar="3d|all",
+            callback=_choice("3d", "all"),
+            help="all: capture old mail too, whatever the mailbox's import window.",
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Run raw RFC 5322 messages through the capture path and print what it did."""
+    from crm import archive
+
     if direction not in ("in", "out"):
         fail("--direction must be in or out", 2)
+    if since not in (None, "3d", "all"):
+        fail(f"--since must be 3d or all, not {since!r}", 2)
     way = Direction.INCOMING if direction == "in" else Direction.OUTGOING
-    capturer = Capturer(STATE.db)
     with STATE.db.session() as s:
-        admin.get_mailbox(s, mailbox)
-    results = [
-        _capture_one(capturer, source, raw, mailbox, way, seen or flag)
-        for source, raw, flag in read_sources(paths or ["-"], sys.stdin.buffer)
-    ]
+        address = admin.get_mailbox(s, mailbox).address
+    batch = archive.Batch(address, way, seen, window=since != "all")
+    sources = read_sources(paths or ["-"], sys.stdin.buffer)
+    results = archive.capture_batch(Capturer(STATE.db), batch, sources)
     if as_json:
         print_json([r.as_json() for r in results])
         return
     for r in results:
-        out.print(_describe(r))
-    counts = {a: sum(r.action == a for r in results) for a in ("captured", "duplicate", "skipped")}
-    out.print(", ".join(f"{n} {a}" for a, n in counts.items()))
-
-
-def _capture_one(
-    capturer: Capturer,
-    source: str,
-    raw: bytes | Exception,
-    mailbox: str,
-    way: Direction,
-    seen: bool,
-) -> CaptureResult:
-    if isinstance(raw, Exception):
-        return CaptureResult(source, "skipped", f"cannot read: {raw}")
-    try:
-        return capturer.capture(raw, mailbox, way, source=source, seen=seen)
-    except MailcrmError as exc:
-        return CaptureResult(source, "skipped", str(exc))
-    except Exception as exc:  # one bad message never stops the batch; the cause is logged
-        logging.getLogger("mailcrm.capture").exception("capture of %s failed", source)
-        return CaptureResult(source, "skipped", f"error: {type(exc).__name__}: {exc}"[:300])
+        out.print(_describe(r), markup=False)
+    out.print(archive.summary(results, address), markup=False)
 
 
 def _describe(r: CaptureResult) -> str:
@@ -529,53 +618,134 @@ def _describe(r: CaptureResult) -> str:
 # --- listings --------------------------------------------------------------------------------
 
 
-def _listing(
-    fetch: Callable[..., list[dict[str, Any]]],
-    columns: list[str],
-    empty: str,
-    as_json: bool,
-    *args: Any,
-) -> None:
-    with STATE.db.session() as s:
-        rows = fetch(s, *args)
-    print_json(rows) if as_json else table(rows, columns, empty)
+TABLE_LIMIT = 100
+Search = Annotated[
+    str | None,
+    typer.Option(metavar="TEXT", help="Only rows whose name, address or subject has TEXT."),
+]
+Limit = Annotated[
+    int | None,
+    typer.Option(
+        metavar="N", min=0, help=f"At most N rows (default: {TABLE_LIMIT} in a table, all in JSON)."
+    ),
+]
+
+
+def _page(page: queries.Page, columns: list[str], empty: str, as_json: bool) -> None:
+    """Print a page of a listing; say on stderr when it is not everything."""
+    if len(page.rows) < page.total:
+        typer.echo(
+            f"mailcrm: showing {len(page.rows)} of {page.total}; use --limit N or --search TEXT",
+            err=True,
+        )
+    print_json(page.rows) if as_json else table(page.rows, columns, empty)
+
+
+def _filter(search: str | None, limit: int | None, as_json: bool) -> queries.Filter:
+    return queries.Filter(search, limit if limit is not None or as_json else TABLE_LIMIT)
 
 
 @leads_app.command("list")
-def leads_list(as_json: JsonOpt = False) -> None:
-    """List leads."""
-    _listing(
-        views.leads_json,
-        ["id", "name", "emails", "company", "responsible", "mailbox", "status"],
-        "no leads",
-        as_json,
-    )
+def leads_list(
+    as_json: JsonOpt = False,
+    search: Search = None,
+    limit: Limit = None,
+    show_all: Annotated[bool, typer.Option("--all", help="Converted leads too.")] = False,
+) -> None:
+    """List leads (not the converted ones unless --all)."""
+    with STATE.db.session() as s:
+        page = queries.leads(s, _filter(search, limit, as_json), converted=show_all)
+    columns = ["id", "name", "emails", "company", "responsible", "mailbox", "status"]
+    _page(page, columns, "no leads", as_json)
 
 
 @contacts_app.command("list")
-def contacts_list(as_json: JsonOpt = False) -> None:
+def contacts_list(as_json: JsonOpt = False, search: Search = None, limit: Limit = None) -> None:
     """List contacts."""
-    _listing(
-        views.contacts_json, ["id", "name", "emails", "phones", "company"], "no contacts", as_json
-    )
+    with STATE.db.session() as s:
+        page = queries.contacts(s, _filter(search, limit, as_json))
+    _page(page, ["id", "name", "emails", "phones", "company"], "no contacts", as_json)
 
 
 @companies_app.command("list")
 def companies_list(as_json: JsonOpt = False) -> None:
     """List companies."""
-    _listing(views.companies_json, ["id", "name", "domain"], "no companies", as_json)
+    with STATE.db.session() as s:
+        rows = views.companies_json(s)
+    print_json(rows) if as_json else table(rows, ["id", "name", "domain"], "no companies")
 
 
 @activities_app.command("list")
-def activities_list(as_json: JsonOpt = False, mailbox: MailboxOpt = None) -> None:
+def activities_list(
+    as_json: JsonOpt = False, mailbox: MailboxOpt = None, search: Search = None, limit: Limit = None
+) -> None:
     """List activities."""
-    _listing(
-        views.activities_json,
-        ["id", "direction", "subject", "mailbox", "completed", "bindings"],
-        "no activities",
-        as_json,
-        mailbox,
-    )
+    with STATE.db.session() as s:
+        page = queries.activities(s, _filter(search, limit, as_json), mailbox)
+    columns = ["id", "direction", "subject", "mailbox", "completed", "bindings"]
+    _page(page, columns, "no activities", as_json)
+
+
+IdArg = Annotated[int, typer.Argument(metavar="ID")]
+
+
+def _show(record: dict[str, Any], as_json: bool) -> None:
+    """One record: JSON, or its fields and then its activity timeline."""
+    if as_json:
+        print_json(record)
+        return
+    for key, value in record.items():
+        if key not in ("activities", "contacts", "leads"):
+            out.print(f"{key}: {_cell(value)}", markup=False)
+    for key in ("contacts", "leads"):
+        if key in record:
+            names = [f"{r['id']} {r['name']}" for r in record[key]]
+            out.print(f"{key}: {', '.join(names) or '-'}", markup=False)
+    table(record["activities"], ["date", "direction", "subject", "mailbox", "completed"],
+          "no activities")  # fmt: skip
+
+
+@lead_app.command("show")
+def lead_show(lead_id: IdArg, as_json: JsonOpt = False) -> None:
+    """Show a lead and its activity timeline."""
+    with STATE.db.session() as s:
+        _show(queries.lead(s, lead_id), as_json)
+
+
+@contact_app.command("show")
+def contact_show(contact_id: IdArg, as_json: JsonOpt = False) -> None:
+    """Show a contact and its activity timeline."""
+    with STATE.db.session() as s:
+        _show(queries.contact(s, contact_id), as_json)
+
+
+@company_app.command("show")
+def company_show(company_id: IdArg, as_json: JsonOpt = False) -> None:
+    """Show a company, its contacts and leads, and their activity timeline."""
+    with STATE.db.session() as s:
+        _show(queries.company(s, company_id), as_json)
+
+
+@lead_app.command("convert")
+def lead_convert(
+    lead_id: IdArg,
+    company: Annotated[
+        str | None, typer.Option(metavar="NAME", help="The contact's company (found or made).")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Convert a lead into a contact; its activities move to the contact."""
+    from crm.convert import convert_lead
+
+    with STATE.db.session() as s:
+        done = convert_lead(s, lead_id, company)
+    if as_json:
+        print_json(vars(done))
+        return
+    made = "new contact" if done.new_contact else "contact"
+    where = f", company {done.company}" if done.company is not None else ""
+    out.print(f"lead {lead_id} converted: {made} {done.contact}{where}; "
+              f"{done.activities} activities moved")  # fmt: skip
 
 
 @activity_app.command("complete")
@@ -597,8 +767,8 @@ def activity_reopen(activity_id: Annotated[int, typer.Argument(metavar="ID")]) -
 @lead_app.command("update")
 def lead_update(
     lead_id: Annotated[int, typer.Argument(metavar="ID")],
-    name: Annotated[str | None, typer.Option()] = None,
-    status: Annotated[str | None, typer.Option()] = None,
+    name: Annotated[str | None, typer.Option(metavar="TEXT")] = None,
+    status: Annotated[str | None, typer.Option(metavar="TEXT")] = None,
 ) -> None:
     """Edit a lead."""
     with STATE.db.session() as s:
@@ -647,12 +817,17 @@ app.add_typer(tls_app, name="tls")
 
 @tls_app.command("selfsigned")
 def tls_selfsigned(
-    cert: Annotated[str | None, Opt(help="Certificate file (default: in the data dir).")] = None,
-    key: Annotated[str | None, Opt(help="Key file (default: in the data dir).")] = None,
-    hostname: Annotated[
-        list[str] | None, Opt("--hostname", help="Host name or IP it is for (repeatable).")
+    cert: Annotated[
+        str | None, Opt(metavar="PATH", help="Certificate file (default: in the data dir).")
     ] = None,
-    days: Annotated[int, Opt(min=1, help="Validity in days.")] = 825,
+    key: Annotated[
+        str | None, Opt(metavar="PATH", help="Key file (default: in the data dir).")
+    ] = None,
+    hostname: Annotated[
+        list[str] | None,
+        Opt("--hostname", metavar="NAME", help="Host name or IP it is for (repeatable)."),
+    ] = None,
+    days: Annotated[int, Opt(metavar="N", min=1, help="Validity in days.")] = 825,
     force: Annotated[bool, Opt("--force", help="Replace existing files.")] = False,
 ) -> None:
     """Write a self-signed certificate and key for the relay's listeners."""

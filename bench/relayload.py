@@ -15,6 +15,7 @@ import os
 import random
 import ssl
 import time
+from email.utils import formatdate
 
 import aiosmtplib
 
@@ -35,7 +36,7 @@ def make_message(sender: str, to: str, subject: str, body: bytes) -> bytes:
     head = (
         f"From: {sender}\r\nTo: {to}\r\nSubject: {subject}\r\n"
         f"Message-ID: <{os.urandom(12).hex()}@bench.example>\r\n"
-        "Date: Mon, 30 Nov 2026 10:00:00 +0000\r\nMIME-Version: 1.0\r\n"
+        f"Date: {formatdate()}\r\nMIME-Version: 1.0\r\n"
         "Content-Type: text/plain; charset=us-ascii\r\n\r\n"
     )
     return head.encode() + body

@@ -17,6 +17,7 @@ from .addresses import normalize_address, parse_exclusion
 from .errors import AlreadyExists, InvalidInput, NotFound, PermissionDenied
 from .models import Activity, Exclusion, Lead, Mailbox, MailboxKind, QueueMember, User, utcnow
 from .presets import PRESETS
+from .schedule import touch
 from .secrets import SecretBox
 
 INTERVALS = {"2m": 120, "5m": 300, "10m": 600, "1h": 3600, "3h": 10800, "12h": 43200}
@@ -44,12 +45,34 @@ def add_user(
     return user
 
 
-def remove_user(session: Session, email: str) -> None:
-    """Delete a user; their personal mailboxes lose their owner and are unlinked."""
+def remove_user(session: Session, email: str, force: bool = False) -> list[str]:
+    """Delete a user. One who owns mailboxes is refused (naming them) unless ``force``: then
+    those mailboxes lose their owner and are unlinked; their addresses are returned."""
     user = get_user(session, email)
-    for box in session.scalars(select(Mailbox).where(Mailbox.owner_id == user.id)):
+    boxes = list(session.scalars(select(Mailbox).where(Mailbox.owner_id == user.id)))
+    if boxes and not force:
+        names = ", ".join(b.address for b in boxes)
+        raise PermissionDenied(
+            f"{user.email} owns mailbox {names}: remove it first, or --force to keep it unlinked"
+        )
+    for box in boxes:
         box.linked = False
     session.delete(user)
+    return [b.address for b in boxes]
+
+
+def set_user(
+    session: Session, email: str, name: str | None, admin: bool | None, crm_access: bool | None
+) -> User:
+    """Change an employee's name, admin right or CRM access (None: leave as it is)."""
+    user = get_user(session, email)
+    if name is not None:
+        user.name = name
+    if admin is not None:
+        user.admin = admin
+    if crm_access is not None:
+        user.crm_access = crm_access
+    return user
 
 
 def get_mailbox(session: Session, address: str) -> Mailbox:
@@ -128,6 +151,8 @@ def apply_settings(
         box.login = settings.login
     if settings.password is not None:
         box.secret = secrets.seal(settings.password)
+        if box.owner is not None:
+            touch(box.owner)  # T1: the owner's own password, given just now
     if settings.since is not None:
         if settings.since not in ("3d", "all"):
             raise InvalidInput(f"--since must be 3d or all, not {settings.since!r}")

@@ -70,6 +70,7 @@ class Incoming:
     envelope_from: str | None = None
     envelope_to: tuple[str, ...] = ()
     location: Location | None = None
+    history: bool = False  # found in the mailbox at linking: the import window applies (C12)
 
 
 @dataclass
@@ -123,12 +124,14 @@ class Capturer:
         envelope_from: str | None = None,
         envelope_to: Iterable[str] = (),
         location: Location | None = None,
+        history: bool = False,
     ) -> CaptureResult:
         """Capture one message seen in ``mailbox`` in a transaction of its own; never raises
-        for bad mail."""
+        for bad mail. ``history``: the message is part of an import of old mail (C12)."""
         item = Incoming(
-            raw, mailbox, direction, source, seen, envelope_from, tuple(envelope_to), location
-        )
+            raw, mailbox, direction, source, seen, envelope_from, tuple(envelope_to), location,
+            history,
+        )  # fmt: skip
         return self._attempts(item, self._own_transaction)
 
     def capture_many(self, items: Sequence[Incoming]) -> list[CaptureResult]:
@@ -272,6 +275,8 @@ class Capturer:
             threads=threads(conn, msg.in_reply_to + msg.references),
             envelope_to=envelope_to,
             vcards=cards,
+            history=item.history,
+            own_domains=self.staff.own_domains,
         )
 
 

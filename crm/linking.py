@@ -11,7 +11,6 @@ business and stay as they are. Every login marks the user active (SPEC T1).
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 from dataclasses import dataclass
 
@@ -22,11 +21,11 @@ from . import admin
 from .addresses import try_normalize
 from .config import Config
 from .errors import SecretError
-from .models import Mailbox, MailboxKind, User, utcnow
+from .models import Mailbox, MailboxKind, User
+from .schedule import touch
 from .secrets import SecretBox
 
 log = logging.getLogger(__name__)
-TOUCH_EVERY = dt.timedelta(minutes=1)
 
 
 @dataclass(frozen=True)
@@ -108,7 +107,7 @@ def link_on_login(
     user = box.owner if box is not None else _user_for(session, login)
     if user is None:
         return lookup_login(session, login)
-    _touch(user)
+    touch(user)
     if not user.crm_access:
         log.info("relay login of %s: no CRM access, mailbox not linked (U2)", user.email)
         return lookup_login(session, login)
@@ -120,13 +119,6 @@ def link_on_login(
         _refresh(session, secrets, box, login, password)
     session.flush()
     return lookup_login(session, login)
-
-
-def _touch(user: User) -> None:
-    """T1: the user is active now (written at most once a minute, logins are frequent)."""
-    now = utcnow()
-    if user.last_active_at is None or now - user.last_active_at > TOUCH_EVERY:
-        user.last_active_at = now
 
 
 def _create(

@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from sqlalchemy import Connection, Executable, bindparam, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
+from .domains import registrable_domain
 from .errors import NotFound
 from .message import ParsedMessage
 from .models import (
@@ -63,7 +64,10 @@ _KNOWN = (
         CONTACTS, (EMAILS.c.entity_type == "contact") & (CONTACTS.c.id == EMAILS.c.entity_id)
     )
     .outerjoin(LEADS, (EMAILS.c.entity_type == "lead") & (LEADS.c.id == EMAILS.c.entity_id))
-    .where(EMAILS.c.address.in_(bindparam("addresses", expanding=True)))
+    .where(
+        EMAILS.c.address.in_(bindparam("addresses", expanding=True)),
+        LEADS.c.status.is_(None) | (LEADS.c.status != "converted"),  # its contact has the mail
+    )
 )
 _EXISTING = select(ACTIVITIES.c.id).where(ACTIVITIES.c.message_key == bindparam("key"))
 _ALIAS = (
@@ -79,12 +83,14 @@ _THREADS = select(ACTIVITIES.c.message_id, ACTIVITIES.c.alt_message_id, ACTIVITI
 
 
 class Staff:
-    """Employees' addresses and global exclusions, re-read at most every ``seconds``."""
+    """Employees' addresses (and so the company's own domains) and global exclusions, re-read
+    at most every ``seconds``."""
 
     def __init__(self, seconds: float = 5.0) -> None:
         self.seconds = seconds
         self.loaded_at = -1e9
         self.employees: frozenset[str] = frozenset()
+        self.own_domains: frozenset[str] = frozenset()
         self.excluded: frozenset[str] = frozenset()
 
     def refresh(self, conn: Connection) -> None:
@@ -93,6 +99,8 @@ class Staff:
         users = conn.scalars(select(USERS.c.email))
         boxes = conn.scalars(select(MAILBOXES.c.address))
         self.employees = frozenset(users) | frozenset(boxes)
+        domains = {a.rpartition("@")[2] for a in self.employees}
+        self.own_domains = frozenset(registrable_domain(d) or d for d in domains)
         rows = conn.scalars(select(EXCLUSIONS.c.entry).where(EXCLUSIONS.c.mailbox_id.is_(None)))
         self.excluded = frozenset(rows)
         self.loaded_at = time.monotonic()

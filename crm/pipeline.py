@@ -67,6 +67,8 @@ class Context:
     threads: Mapping[str, str] = field(default_factory=dict)
     envelope_to: tuple[str, ...] = ()
     vcards: tuple[VCardContact, ...] = ()
+    history: bool = False
+    own_domains: frozenset[str] = frozenset()  # registrable domains of employees and mailboxes
 
 
 @dataclass(frozen=True)
@@ -139,9 +141,11 @@ def check_duplicate(msg: ParsedMessage, ctx: Context, work: Work) -> Decision | 
 
 
 def check_window(msg: ParsedMessage, ctx: Context, work: Work) -> Decision | None:
-    """C12: only mail dated inside the mailbox's import window, counted back from linking."""
+    """C12: history found at linking (``ctx.history``) only when dated inside the mailbox's
+    import window, counted back from linking. Live mail (relayed, or arriving after linking) is
+    always captured, whatever its Date header says (a wrong clock, an old draft sent now)."""
     span = WINDOWS.get(ctx.mailbox.since)
-    if span is None or msg.date is None:
+    if not ctx.history or span is None or msg.date is None:
         return None
     start = (ctx.mailbox.linked_at or ctx.now) - span
     if msg.date < start:
@@ -207,8 +211,10 @@ def contacts_from_vcards(msg: ParsedMessage, ctx: Context, work: Work) -> Decisi
             continue
         claimed.update(addresses)
         taken.add(card.name.casefold())
-        guess = next((g for g in map(_company_of, addresses) if g), None)
-        if card.organization:
+        guess = next((g for a in addresses if (g := _company_of(a, ctx))), None)
+        if any(_own(a, ctx) for a in addresses):
+            guess = None  # a colleague's card: the company itself is no CRM company
+        elif card.organization:
             domain = guess.domain if guess else ""
             guess = CompanyGuess(name=card.organization, domain=domain)
         work.new_contacts.append(NewContact(card, addresses, guess))
@@ -219,8 +225,15 @@ def _is_contact(ctx: Context, address: str) -> bool:
     return any(ref.type is EntityType.CONTACT for ref in ctx.known.get(address, ()))
 
 
-def _company_of(address: str) -> CompanyGuess | None:
-    return company_for_domain(domain_of(address))
+def _company_of(address: str, ctx: Context) -> CompanyGuess | None:
+    """B5, and the company's own domains never become a CRM company (a lead there is fine)."""
+    guess = company_for_domain(domain_of(address))
+    return None if guess is None or guess.domain in ctx.own_domains else guess
+
+
+def _own(address: str, ctx: Context) -> bool:
+    domain = domain_of(address)
+    return any(domain == d or domain.endswith("." + d) for d in ctx.own_domains)
 
 
 def bind_known(msg: ParsedMessage, ctx: Context, work: Work) -> Decision | None:
@@ -259,7 +272,8 @@ def create_leads(msg: ParsedMessage, ctx: Context, work: Work) -> Decision | Non
             cursor += 1
             work.queue_cursor = cursor % len(ctx.mailbox.queue)
         name = party.name or party.address
-        work.new_leads.append(NewLead(party.address, name, _company_of(party.address), responsible))
+        company = _company_of(party.address, ctx)
+        work.new_leads.append(NewLead(party.address, name, company, responsible))
     return None
 
 

@@ -93,12 +93,13 @@ def _pairs(session: Session, query: Any) -> dict[Any, Any]:
     return {key: value for key, value in session.execute(query)}
 
 
-def _emails(session: Session, etype: str) -> dict[int, list[str]]:
-    rows = session.execute(
-        select(EntityEmail.entity_id, EntityEmail.address)
-        .where(EntityEmail.entity_type == etype)
-        .order_by(EntityEmail.entity_id, EntityEmail.position)
+def _emails(session: Session, etype: str, ids: list[int] | None = None) -> dict[int, list[str]]:
+    query = select(EntityEmail.entity_id, EntityEmail.address).where(
+        EntityEmail.entity_type == etype
     )
+    if ids is not None:
+        query = query.where(EntityEmail.entity_id.in_(ids))
+    rows = session.execute(query.order_by(EntityEmail.entity_id, EntityEmail.position))
     found: dict[int, list[str]] = {}
     for eid, address in rows:
         found.setdefault(eid, []).append(address)
@@ -109,9 +110,16 @@ def _names(session: Session, model: Any) -> dict[int, str]:
     return _pairs(session, select(model.id, model.name))
 
 
-def leads_json(session: Session) -> list[JSON]:
-    """lead: id, name, emails, company, responsible, mailbox (plus status, changed)."""
-    emails = _emails(session, "lead")
+def _only(query: Any, model: Any, ids: list[int] | None) -> Any:
+    """``query`` ordered by id, restricted to ``ids`` when given."""
+    query = query.order_by(model.id)
+    return query if ids is None else query.where(model.id.in_(ids))
+
+
+def leads_json(session: Session, ids: list[int] | None = None) -> list[JSON]:
+    """lead: id, name, emails, company, responsible, mailbox (plus status, changed); every lead,
+    or those of ``ids``."""
+    emails = _emails(session, "lead", ids)
     companies = _names(session, Company)
     users = _pairs(session, select(User.id, User.email))
     boxes = _pairs(session, select(Mailbox.id, Mailbox.address))
@@ -127,13 +135,13 @@ def leads_json(session: Session) -> list[JSON]:
             "changed": lead.changed_by_person,
             "created_at": iso(lead.created_at),
         }
-        for lead in session.scalars(select(Lead).order_by(Lead.id))
+        for lead in session.scalars(_only(select(Lead), Lead, ids))
     ]
 
 
-def contacts_json(session: Session) -> list[JSON]:
-    """contact: id, name, emails, phones, company."""
-    emails = _emails(session, "contact")
+def contacts_json(session: Session, ids: list[int] | None = None) -> list[JSON]:
+    """contact: id, name, emails, phones, company; every contact, or those of ``ids``."""
+    emails = _emails(session, "contact", ids)
     companies = _names(session, Company)
     return [
         {
@@ -144,15 +152,15 @@ def contacts_json(session: Session) -> list[JSON]:
             "company": companies.get(c.company_id) if c.company_id else None,
             "title": c.title,
         }
-        for c in session.scalars(select(Contact).order_by(Contact.id))
+        for c in session.scalars(_only(select(Contact), Contact, ids))
     ]
 
 
-def companies_json(session: Session) -> list[JSON]:
+def companies_json(session: Session, ids: list[int] | None = None) -> list[JSON]:
     """company: id, name, domain."""
     return [
         {"id": c.id, "name": c.name, "domain": c.domain}
-        for c in session.scalars(select(Company).order_by(Company.id))
+        for c in session.scalars(_only(select(Company), Company, ids))
     ]
 
 
@@ -174,20 +182,26 @@ def activity_json(activity: Activity, mailbox: str | None) -> JSON:
     }
 
 
-def activities_json(session: Session, mailbox: str | None = None) -> list[JSON]:
-    """Every activity, oldest first, optionally of one mailbox."""
+def activities_json(
+    session: Session, mailbox: str | None = None, ids: list[int] | None = None
+) -> list[JSON]:
+    """Every activity, oldest first, optionally of one mailbox or only those of ``ids``."""
     boxes = _pairs(session, select(Mailbox.id, Mailbox.address))
-    query = select(Activity).order_by(Activity.id)
+    query = _only(select(Activity), Activity, ids)
     if mailbox is not None:
-        wanted = normalize_address(mailbox)
-        box_id = next((i for i, a in boxes.items() if a == wanted), None)
-        if box_id is None:
-            raise NotFound(f"no mailbox {mailbox}")
-        query = query.where(Activity.mailbox_id == box_id)
+        query = query.where(Activity.mailbox_id == mailbox_id(session, mailbox))
     return [
         activity_json(a, boxes.get(a.mailbox_id) if a.mailbox_id else None)
         for a in session.scalars(query)
     ]
+
+
+def mailbox_id(session: Session, address: str) -> int:
+    """The id of the mailbox ``address`` (NotFound otherwise)."""
+    found = session.scalar(select(Mailbox.id).where(Mailbox.address == normalize_address(address)))
+    if found is None:
+        raise NotFound(f"no mailbox {address}")
+    return int(found)
 
 
 def exclusions_json(session: Session) -> list[JSON]:

@@ -195,10 +195,7 @@ ERRORS_1 = [
     (["user", "remove", "ghost@example.com"], "no user"),
     (["mailbox", "add", SALES, "--company"], "exists already"),
     (["mailbox", "add", "x@example.com", "--owner", "ghost@example.com"], "no user"),
-    (["mailbox", "add", "x@example.com", "--company", "--interval", "7m"], "--interval"),
-    (["mailbox", "add", "x@example.com", "--company", "--since", "5d"], "--since"),
     (["mailbox", "add", "x@example.com", "--company", "--preset", "nosuch"], "preset"),
-    (["mailbox", "add", "x@example.com", "--company", "--imap-tls", "maybe"], "--imap-tls"),
     (["mailbox", "add", "x@example.com", "--owner", BOB, "--queue", BOB], "company"),
     (["mailbox", "set", SALES, "--queue", "ghost@example.com"], "no user"),
     (["exclude", "add", "*@spamcorp.com"], "wildcard"),
@@ -218,6 +215,18 @@ ERRORS_1 = [
 @pytest.mark.parametrize(("args", "needle"), ERRORS_1, ids=[" ".join(a[:3]) for a, _ in ERRORS_1])
 def test_errors_are_one_line_and_exit_1(shared_cli: Cli, args: list[str], needle: str) -> None:
     assert_one_line_error(shared_cli.run(*args), 1, needle)
+
+
+USAGE_2 = [  # bad choices are usage errors (issue 14); the full table is tests/test_admin_cli.py
+    (["mailbox", "add", "x@example.com", "--company", "--interval", "7m"], "--interval"),
+    (["mailbox", "add", "x@example.com", "--company", "--since", "5d"], "--since"),
+    (["mailbox", "add", "x@example.com", "--company", "--imap-tls", "maybe"], "--imap-tls"),
+]
+
+
+@pytest.mark.parametrize(("args", "needle"), USAGE_2, ids=[" ".join(a[3:]) for a, _ in USAGE_2])
+def test_bad_choices_are_usage_errors_exit_2(shared_cli: Cli, args: list[str], needle: str) -> None:
+    assert_one_line_error(shared_cli.run(*args), 2, needle)
 
 
 def test_wildcard_exclusion_names_the_accepted_forms(shared_cli: Cli) -> None:

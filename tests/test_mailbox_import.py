@@ -149,8 +149,8 @@ def test_default_window_then_a_wider_one_brings_the_older_mail(env: MailEnv) -> 
 def test_window_forms(env: MailEnv) -> None:
     env.link("--since", "all")
     bad = env.cli.run("mailbox", "import", env.address, "--since", "7d")
-    assert bad.exit_code == 1
-    assert bad.stderr == "mailcrm: --since must be 3d or all, not '7d'\n"
+    assert bad.exit_code == 2, "a bad choice is a usage error (issue 14)"
+    assert "--since': must be one of 3d, all, not '7d'" in bad.stderr
     assert env.checkpoints() == {} and env.mailbox()["settings"]["since"] == "all"
     fill(env, 3, days_ago=30)
     fill(env, 2)

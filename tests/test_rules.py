@@ -488,8 +488,8 @@ def window(since: str, linked_at: dt.datetime | None = LINKED_AT) -> MailboxView
 
 
 def test_c12_three_days_counted_back_from_linking() -> None:
-    inside = run("C12_inside_window.eml", mailbox=window("3d"))
-    before = run("C12_before_window.eml", mailbox=window("3d"))
+    inside = run("C12_inside_window.eml", mailbox=window("3d"), history=True)
+    before = run("C12_before_window.eml", mailbox=window("3d"), history=True)
     assert inside.action == "captured", "linked 3 months before `now`: the window is from linking"
     assert before.action == "skipped"
     assert before.reason is not None and "import window" in before.reason
@@ -498,23 +498,29 @@ def test_c12_three_days_counted_back_from_linking() -> None:
 
 def test_c12_all_time_takes_everything() -> None:
     for name in ("C12_inside_window.eml", "C12_before_window.eml"):
-        assert run(name, mailbox=window("all")).action == "captured"
+        assert run(name, mailbox=window("all"), history=True).action == "captured"
 
 
 def test_c12_the_window_moves_with_the_linking_time() -> None:
     """Mail after linking is always in; mail long before linking is out."""
     linked_earlier = window("3d", LINKED_AT - dt.timedelta(days=30))
-    assert run("C12_before_window.eml", mailbox=linked_earlier).action == "captured"
+    assert run("C12_before_window.eml", mailbox=linked_earlier, history=True).action == "captured"
     linked_later = window("3d", LINKED_AT + dt.timedelta(days=10))
-    assert run("C12_inside_window.eml", mailbox=linked_later).action == "skipped"
+    assert run("C12_inside_window.eml", mailbox=linked_later, history=True).action == "skipped"
 
 
 def test_c12_without_a_linking_time_the_window_ends_now() -> None:
-    assert run("C12_inside_window.eml", mailbox=window("3d", None)).action == "skipped"
+    unlinked = window("3d", None)
+    assert run("C12_inside_window.eml", mailbox=unlinked, history=True).action == "skipped"
+
+
+def test_c12_live_mail_is_never_judged_by_its_date() -> None:
+    """The window is for the history found at linking; relayed or later mail is always in."""
+    assert run("C12_before_window.eml", mailbox=window("3d")).action == "captured"
 
 
 def test_c12_undated_mail_is_not_dropped_by_the_window() -> None:
-    assert run("BAD_header_only.eml", mailbox=window("3d")).action == "captured"
+    assert run("BAD_header_only.eml", mailbox=window("3d"), history=True).action == "captured"
 
 
 # --- B3 ---------------------------------------------------------------------------------------

@@ -102,7 +102,17 @@ def _incoming(
         source=f"imap:{plan.address}/{folder.name}/{uidvalidity}/{record.uid}",
         seen=record.seen,
         location=Location(folder.name, uidvalidity, record.uid),
+        history=found_at_linking(plan, record),
     )
+
+
+def found_at_linking(plan: MailboxPlan, record: FetchRecord) -> bool:
+    """C12: the message was in the mailbox when it was linked (it arrived, by the server's
+    INTERNALDATE, before ``linked_at``), so the import window applies to it; mail that arrived
+    later is live mail and always captured. Without either date: history, as before."""
+    if plan.linked_at is None or record.internaldate is None:
+        return True
+    return record.internaldate < plan.linked_at
 
 
 class Importer:
@@ -152,7 +162,7 @@ class Importer:
         for chunk in chunks(todo, self.ctx.config.chunk_size):
             wanted = await self._remap(chunk) if remapping else list(chunk)
             for batch in await self._batches(wanted):
-                records = await self.client.uid_fetch(batch, "(UID FLAGS BODY.PEEK[])")
+                records = await self.client.uid_fetch(batch, "(UID FLAGS INTERNALDATE BODY.PEEK[])")
                 await self._store(records, batch[-1])
             if not wanted:
                 await self._store([], chunk[-1])

@@ -9,6 +9,7 @@ unless the command was asked about exactly that UID).
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ _UID = re.compile(rb"\bUID (\d+)")
 _FLAGS = re.compile(rb"\bFLAGS \(([^)]*)\)")
 _MODSEQ = re.compile(rb"\bMODSEQ \((\d+)\)")
 _SIZE = re.compile(rb"\bRFC822\.SIZE (\d+)")
+_INTERNALDATE = re.compile(rb'\bINTERNALDATE "([^"]+)"')
 _LITERAL_ITEM = re.compile(rb"BODY\[([^\]]*)\](?:<\d+>)? \{(\d+)\+?\}$")
 _CODE = re.compile(rb"\[([A-Z-]+)(?: ([^\]]*))?\]")
 _EXISTS = re.compile(rb"^(\d+) EXISTS")
@@ -37,6 +39,7 @@ class FetchRecord:
     has_flags: bool = False
     modseq: int | None = None
     size: int | None = None
+    internaldate: dt.datetime | None = None
     body: bytes | None = None
     header: bytes | None = None
     text: bytearray = field(default_factory=bytearray, repr=False)
@@ -120,8 +123,19 @@ def _finish(record: FetchRecord) -> FetchRecord:
         record.modseq = int(match.group(1))
     if match := _SIZE.search(text):
         record.size = int(match.group(1))
+    if match := _INTERNALDATE.search(text):
+        record.internaldate = parse_internaldate(match.group(1))
     record.text = bytearray()
     return record
+
+
+def parse_internaldate(value: bytes) -> dt.datetime | None:
+    """``"17-Jul-1996 02:44:25 -0700"`` (RFC 3501 date-time; the day may be space-padded)."""
+    try:
+        text = value.decode("ascii").strip()
+        return dt.datetime.strptime(text, "%d-%b-%Y %H:%M:%S %z")
+    except (UnicodeDecodeError, ValueError):
+        return None
 
 
 def parse_fetch(lines: Sequence[bytes | bytearray]) -> list[FetchRecord]:

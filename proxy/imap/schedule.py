@@ -1,4 +1,4 @@
-"""When a mailbox is checked (SPEC T1-T3, M4): pure policy, no I/O.
+"""When a mailbox is checked (SPEC T1-T3, M4): the policy of :mod:`crm.schedule`, plus IDLE.
 
 * T3: a mailbox whose link is off, or that nobody can use (a personal mailbox without an owner
   with CRM access), is not checked at all.
@@ -15,11 +15,10 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
+from crm import schedule
 from crm.config import PollerConfig
 
 from .plan import MailboxPlan
-
-COMPANY_DEFAULT_S = 600
 
 
 @dataclass(frozen=True)
@@ -32,22 +31,18 @@ class Mode:
     reason: str
 
 
-def owner_active(plan: MailboxPlan, now: dt.datetime, config: PollerConfig) -> bool:
-    """T1: the owner used the relay or the CLI (or linked the mailbox) recently."""
-    window = dt.timedelta(hours=config.active_window_hours)
-    seen = [t for t in (plan.owner_active_at, plan.linked_at) if t is not None]
-    return any(now - t <= window for t in seen)
-
-
 def mode_for(plan: MailboxPlan, now: dt.datetime, config: PollerConfig) -> Mode:
-    """The watch mode of ``plan`` at ``now``."""
-    if not plan.linked:
-        return Mode(False, 0, False, "link to CRM is off")
-    if plan.is_company:
-        interval = plan.interval_s or COMPANY_DEFAULT_S
-        return Mode(True, interval, config.idle, "company mailbox")
-    if not plan.owner_ok:
-        return Mode(False, 0, False, "no owner with CRM access uses this mailbox")
-    if owner_active(plan, now, config):
-        return Mode(True, config.active_interval_s, config.idle, "owner active")
-    return Mode(True, config.idle_interval_s, False, "owner inactive")
+    """The watch mode of ``plan`` at ``now``: the policy of :func:`crm.schedule.watch`, and IDLE
+    for a mailbox checked often (not a ``daily`` one)."""
+    inputs = schedule.WatchInputs(
+        linked=plan.linked,
+        company=plan.is_company,
+        owner_ok=plan.owner_ok,
+        owner_active_at=plan.owner_active_at,
+        linked_at=plan.linked_at,
+        interval_s=plan.interval_s,
+    )
+    watch = schedule.watch(inputs, now, config)
+    if not watch.check:
+        return Mode(False, 0, False, watch.reason)
+    return Mode(True, watch.interval_s, config.idle and watch.mode != "daily", watch.reason)

@@ -69,7 +69,8 @@ def _checks(title: str, kind: str, checks: list[Check], with_address: bool) -> s
 
 
 def _mailboxes(boxes: list[dict[str, Any]]) -> str:
-    head = ["Mailbox", "Status", "Reason", "Kind", "Owner", "Last check", "Last error", "Node"]
+    head = ["Mailbox", "Status", "Reason", "Kind", "Owner", "Last check", "Schedule", "Last error",
+            "Node"]  # fmt: skip
     rows = []
     for box in boxes:
         cells = [
@@ -79,15 +80,26 @@ def _mailboxes(boxes: list[dict[str, Any]]) -> str:
             e(box["kind"]),
             e(box["owner"]),
             e(box["last_check"] or "never"),
+            e(_schedule(box.get("schedule"))),
             e(box["last_error"]),
             e(box.get("node") or "-"),
         ]
         rows.append(
             f'<tr class="mailbox {_cls(box["status"])}" data-mailbox="{e(box["address"])}">'
-            + _cells(cells, ["", "status", "reason", "", "", "", "err", ""])
+            + _cells(cells, ["", "status", "reason", "", "", "", "schedule", "err", ""])
             + "</tr>"
         )
     return _section("Mailboxes", head, rows, "no mailboxes")
+
+
+def _schedule(plan: dict[str, Any] | None) -> str:
+    """T1/T2: ``active, next 2026-12-06T18:20:00+00:00`` (and the owner's last use)."""
+    if not plan:
+        return "-"
+    text = str(plan["mode"]) + (f", next {plan['next_check']}" if plan["next_check"] else "")
+    if plan["mode"] in ("active", "daily"):
+        text += f"; owner last active {plan['owner_last_active'] or 'never'}"
+    return text
 
 
 def _recent(snap: Snapshot) -> str:

@@ -21,6 +21,7 @@ from crm.config import Config
 from crm.db import Database
 from crm.leases import lease_owners
 from crm.models import Activity, EntityEmail, Lead, Mailbox, Node, utcnow
+from crm.schedule import schedule_json
 from crm.views import iso, mailbox_json
 from proxy.proxyproto import LOCAL_HEADER
 
@@ -169,6 +170,7 @@ def _read_database(config: Config, db: Database, snap: Snapshot) -> None:
     with db.session() as session:
         for box in session.scalars(select(Mailbox).order_by(Mailbox.address)).unique():
             row = mailbox_json(box)
+            row["schedule"] = schedule_json(box, config.poller, now)
             row["node"] = owners.get(box.id)
             snap.mailboxes.append(row)
         snap.nodes = _nodes(session, now, config.cluster.lease_seconds, owners)
