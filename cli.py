@@ -21,15 +21,15 @@ from typer._click.core import Context as ClickContext  # typer vendors click
 from typer._click.exceptions import ClickException, UsageError
 from typer.core import TyperGroup
 
-from crm import admin, views
-from crm.capture import Capturer, CaptureResult
+from crm.capture.path import Capturer, CaptureResult
+from crm.capture.sources import read_sources
 from crm.config import Config, load_config
-from crm.db import Database
 from crm.errors import InvalidInput, MailcrmError
-from crm.models import Direction
-from crm.presets import PRESETS
-from crm.secrets import SecretBox, load_key
-from crm.sources import read_sources
+from crm.face import admin, views
+from crm.mailboxes.presets import PRESETS
+from crm.store.db import Database
+from crm.store.models import Direction
+from crm.store.secrets import SecretBox, load_key
 
 
 class _Group(TyperGroup):
@@ -194,7 +194,7 @@ def user_list(as_json: JsonOpt = False) -> None:
     """List employees."""
     from sqlalchemy import select
 
-    from crm.models import User
+    from crm.store.models import User
 
     with STATE.db.session() as s:
         rows = [views.user_json(u) for u in s.scalars(select(User).order_by(User.email))]
@@ -314,7 +314,7 @@ def mailbox_list(as_json: JsonOpt = False) -> None:
     """List mailboxes with their status."""
     from sqlalchemy import select
 
-    from crm.models import Mailbox
+    from crm.store.models import Mailbox
 
     with STATE.db.session() as s:
         rows = [views.mailbox_json(b) for b in s.scalars(select(Mailbox).order_by(Mailbox.address))]
@@ -342,7 +342,7 @@ def mailbox_check(address: str, as_json: JsonOpt = False) -> None:
     """Verify settings and connection (IMAP login, folders, SMTP login); collects no mail."""
     import asyncio
 
-    from crm import sync
+    from crm.mailboxes import sync
     from proxy.imap.check import check_mailbox
     from proxy.imap.plan import load_plan
 
@@ -646,7 +646,7 @@ def tls_selfsigned(
     """Write a self-signed certificate and key for the relay's listeners."""
     from pathlib import Path
 
-    from proxy.tls import default_names, default_paths, write_selfsigned
+    from proxy.smtp.tls import default_names, default_paths, write_selfsigned
 
     default_cert, default_key = default_paths()
     cert_path, key_path = Path(cert or default_cert), Path(key or default_key)

@@ -27,9 +27,9 @@ from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 from sqlalchemy.orm import lazyload
 
-from .db import Database
-from .models import Lease, Mailbox, SpoolEntry, utcnow
-from .views import mailbox_status
+from crm.face.views import mailbox_status
+from crm.store.db import Database
+from crm.store.models import Lease, Mailbox, SpoolEntry, utcnow
 
 P = ParamSpec("P")
 R = TypeVar("R", bound="_Outcome")

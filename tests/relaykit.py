@@ -25,13 +25,13 @@ from typing import Any
 import aiosmtplib
 from sqlalchemy import select
 
-from crm import spool
 from crm.config import Config, RelayConfig
-from crm.db import Database
-from crm.filespool import FileSpool
-from crm.models import Activity, SpoolEntry
-from proxy.relay import Relay
-from proxy.tls import write_selfsigned
+from crm.spool import runner as spool
+from crm.spool.files import FileSpool
+from crm.store.db import Database
+from crm.store.models import Activity, SpoolEntry
+from proxy.smtp.relay import Relay
+from proxy.smtp.tls import write_selfsigned
 from tests.conftest import Cli
 from tests.servers import Dovecot, Postfix
 

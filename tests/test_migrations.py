@@ -12,8 +12,8 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import inspect
 
-from crm.db import Database, alembic_config
-from crm.models import Base
+from crm.store.db import Database, alembic_config
+from crm.store.models import Base
 from tests.conftest import Cli
 
 

@@ -20,16 +20,18 @@ from typing import Any
 import pytest
 from sqlalchemy import select, update
 
-from crm import filespool, spool, spoolworker
-from crm.capture import Capturer
+from crm.capture.path import Capturer
 from crm.config import Config, RelayConfig
-from crm.db import Database
 from crm.errors import ConfigError
-from crm.filespool import FileSpool
-from crm.journal import Journal
-from crm.models import Activity, Direction, SpoolEntry
-from crm.spool import Envelope
-from crm.spoolworker import SpoolWorker
+from crm.spool import files as filespool
+from crm.spool import runner as spool
+from crm.spool import worker as spoolworker
+from crm.spool.files import FileSpool
+from crm.spool.journal import Journal
+from crm.spool.runner import Envelope
+from crm.spool.worker import SpoolWorker
+from crm.store.db import Database
+from crm.store.models import Activity, Direction, SpoolEntry
 from tests.conftest import Cli
 from tests.relaykit import eventually, message
 
@@ -129,8 +131,8 @@ def test_a_segment_left_by_a_crash_is_recovered_without_its_cut_record(
     to = _customer()
     raw = message(OWNER, to, "Acknowledged before the crash")
     code = (
-        "import sys; from pathlib import Path; from crm.journal import Journal;"
-        "from crm.spool import Envelope;"
+        "import sys; from pathlib import Path; from crm.spool.journal import Journal;"
+        "from crm.spool.runner import Envelope;"
         f"j = Journal(Path({str(tmp_path)!r}));"
         f"j.append([({raw!r}, Envelope({OWNER!r}, {OWNER!r}, [{to!r}]))]);"
         f"j.append([(b'x' * 100, Envelope({OWNER!r}, {OWNER!r}, ['b@c.example']))]);"
@@ -379,7 +381,7 @@ async def test_worker_captures_in_process_when_its_child_keeps_dying(
 
 _PARENT = """
 import asyncio, multiprocessing, sys, time
-from crm import spool
+from crm.spool import runner as spool
 from crm.config import Config, RelayConfig
 config = Config(database_url=sys.argv[1], relay=RelayConfig(spool_dir=sys.argv[2]))
 print(asyncio.run(spool._ChildRunner(config).run(False)), flush=True)

@@ -13,7 +13,7 @@ from typing import Any, cast
 import aiosmtplib
 import pytest
 
-from proxy.wire import Wire, command_line
+from proxy.smtp.wire import Wire, command_line
 
 Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Coroutine[Any, Any, None]]
 

@@ -22,11 +22,13 @@ from dataclasses import dataclass, field, replace
 from sqlalchemy import Connection
 from sqlalchemy.exc import DataError, IntegrityError
 
-from . import metrics
-from .addresses import try_normalize
-from .db import Database
-from .errors import MessageParseError
-from .lookups import (
+from crm import metrics
+from crm.errors import MessageParseError
+from crm.mail.addresses import try_normalize
+from crm.mail.message import ParsedMessage, parse_full, parse_message
+from crm.mail.vcards import VCardContact, may_contain_vcard, parse_vcards, vcard_parts
+from crm.store.db import Database
+from crm.store.lookups import (
     MailboxExtras,
     Staff,
     contact_names,
@@ -36,14 +38,13 @@ from .lookups import (
     remember_alias,
     threads,
 )
-from .lookups import existing_activity as _existing_activity
-from .message import ParsedMessage, parse_full, parse_message
-from .models import Direction, utcnow
+from crm.store.lookups import existing_activity as _existing_activity
+from crm.store.models import Direction, utcnow
+
 from .pipeline import Context, MailboxView, decide
 from .records import CreatedRecords, apply_decision
-from .vcards import VCardContact, may_contain_vcard, parse_vcards, vcard_parts
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("crm.capture")  # its name before the move (issue 17)
 CACHE_SECONDS = 5.0
 SQLITE_BATCH = 16  # SQLite has one writer: a batch holds the lock that long, keep it short
 _VCARD_HINTS = (b"vcard", b".vcf", b"text/directory", b"message/rfc822", b"filename*")

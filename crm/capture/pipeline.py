@@ -16,11 +16,11 @@ import datetime as dt
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from .addresses import domain_of, is_excluded, try_normalize
-from .domains import CompanyGuess, company_for_domain
-from .message import ParsedMessage, Party
-from .models import Direction, EntityType
-from .vcards import VCardContact
+from crm.mail.addresses import domain_of, is_excluded, try_normalize
+from crm.mail.domains import CompanyGuess, company_for_domain
+from crm.mail.message import ParsedMessage, Party
+from crm.mail.vcards import VCardContact
+from crm.store.models import Direction, EntityType
 
 WINDOWS = {"3d": dt.timedelta(days=3), "all": None}
 

@@ -12,14 +12,24 @@ from typing import Any
 from sqlalchemy import Connection, Table, bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 
-from .domains import CompanyGuess
-from .message import ParsedMessage
-from .models import (
+from crm.mail.domains import CompanyGuess
+from crm.mail.message import ParsedMessage
+from crm.store.models import (
     EntityType,
     utcnow,
 )
+from crm.store.tables import (
+    ACTIVITIES,
+    BINDINGS,
+    COMPANIES,
+    CONTACTS,
+    EMAILS,
+    LEADS,
+    MAILBOXES,
+    USERS,
+)
+
 from .pipeline import Decision, EntityRef, NewContact, NewLead
-from .tables import ACTIVITIES, BINDINGS, COMPANIES, CONTACTS, EMAILS, LEADS, MAILBOXES, USERS
 
 
 @dataclass

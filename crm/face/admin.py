@@ -12,11 +12,20 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from .addresses import normalize_address, parse_exclusion
-from .errors import AlreadyExists, InvalidInput, NotFound, PermissionDenied
-from .models import Activity, Exclusion, Lead, Mailbox, MailboxKind, QueueMember, User, utcnow
-from .presets import PRESETS
-from .secrets import SecretBox
+from crm.errors import AlreadyExists, InvalidInput, NotFound, PermissionDenied
+from crm.mail.addresses import normalize_address, parse_exclusion
+from crm.mailboxes.presets import PRESETS
+from crm.store.models import (
+    Activity,
+    Exclusion,
+    Lead,
+    Mailbox,
+    MailboxKind,
+    QueueMember,
+    User,
+    utcnow,
+)
+from crm.store.secrets import SecretBox
 
 INTERVALS = {"2m": 120, "5m": 300, "10m": 600, "1h": 3600, "3h": 10800, "12h": 43200}
 TLS_MODES = ("ssl", "starttls", "none")

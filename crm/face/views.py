@@ -8,9 +8,9 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from .addresses import normalize_address
-from .errors import NotFound
-from .models import (
+from crm.errors import NotFound
+from crm.mail.addresses import normalize_address
+from crm.store.models import (
     Activity,
     Company,
     Contact,

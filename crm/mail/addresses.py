@@ -30,8 +30,8 @@ from functools import lru_cache
 
 import idna
 
-from crm.domains import is_public_suffix
 from crm.errors import InvalidAddress, InvalidExclusion
+from crm.mail.domains import is_public_suffix
 
 __all__ = [
     "MAX_ADDRESS_LENGTH",

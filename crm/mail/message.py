@@ -18,8 +18,9 @@ from email.parser import BytesParser
 from email.utils import getaddresses, parsedate_to_datetime
 from typing import Any
 
+from crm.errors import MessageParseError
+
 from .addresses import try_normalize
-from .errors import MessageParseError
 from .robots import robot_reason
 
 _HEADER_PARSER = BytesParser(policy=policy.default)

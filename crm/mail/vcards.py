@@ -42,7 +42,7 @@ __all__ = [
     "vcard_parts",
 ]
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("crm.vcards")  # its name before the move (issue 17)
 
 MAX_CARDS = 10_000
 """Cards read from one part at most; the rest is skipped with one error."""

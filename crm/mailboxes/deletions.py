@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from .db import Database
-from .models import Activity, ActivityBinding, EntityEmail, Lead, MessageLocation
+from crm.store.db import Database
+from crm.store.models import Activity, ActivityBinding, EntityEmail, Lead, MessageLocation
+
 from .sync import INCOMING, here
 
 

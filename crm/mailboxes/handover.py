@@ -23,8 +23,9 @@ import time
 
 from sqlalchemy import or_, select, update
 
+from crm.store.models import Lease
+
 from .leases import LeaseKeeper, unasked
-from .models import Lease
 
 IMPORT_MARK = "/import-"
 

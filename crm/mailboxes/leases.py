@@ -52,10 +52,10 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from .db import Database
-from .models import Lease, Mailbox, Node, utcnow
+from crm.store.db import Database
+from crm.store.models import Lease, Mailbox, Node, utcnow
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("crm.leases")  # its name before the move (issue 17)
 Ts = TypeVarTuple("Ts")
 FORGET_NODES_AFTER = 20  # lease periods after which a silent node's row is deleted
 

@@ -18,14 +18,14 @@ from dataclasses import dataclass
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
-from . import admin
-from .addresses import try_normalize
-from .config import Config
-from .errors import SecretError
-from .models import Mailbox, MailboxKind, User, utcnow
-from .secrets import SecretBox
+from crm.config import Config
+from crm.errors import SecretError
+from crm.face import admin
+from crm.mail.addresses import try_normalize
+from crm.store.models import Mailbox, MailboxKind, User, utcnow
+from crm.store.secrets import SecretBox
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("crm.linking")  # its name before the move (issue 17)
 TOUCH_EVERY = dt.timedelta(minutes=1)
 
 

@@ -18,8 +18,9 @@ from dataclasses import dataclass
 
 from sqlalchemy import ColumnElement, and_, delete, select, update
 
-from .db import Database
-from .models import (
+from crm.capture.pipeline import WINDOWS
+from crm.store.db import Database
+from crm.store.models import (
     Activity,
     Direction,
     FolderState,
@@ -27,7 +28,6 @@ from .models import (
     MessageLocation,
     utcnow,
 )
-from .pipeline import WINDOWS
 
 INCOMING = Direction.INCOMING.value
 

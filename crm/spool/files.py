@@ -24,10 +24,11 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from .errors import MailcrmError
-from .spool import Envelope
+from crm.errors import MailcrmError
 
-log = logging.getLogger(__name__)
+from .runner import Envelope
+
+log = logging.getLogger("crm.filespool")  # its name before the move (issue 17)
 MAGIC = b"MAILCRM-SPOOL 1 "
 MAGIC_BATCH = b"MAILCRM-SPOOL 2\n"
 Item = tuple[bytes, Envelope]

@@ -27,7 +27,9 @@ import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
-from .filespool import (
+from crm.store.models import utcnow
+
+from .files import (
     MAGIC_BATCH,
     SEGMENT_SUFFIX,
     Item,
@@ -36,7 +38,6 @@ from .filespool import (
     sync_dir,
     write_all,
 )
-from .models import utcnow
 
 SEGMENT_BYTES = 8 * 1024 * 1024
 SEGMENT_AGE = 0.25  # s: how long capture may lag behind the relay under a stream of mail

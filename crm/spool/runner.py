@@ -25,12 +25,12 @@ from typing import Any
 from sqlalchemy import insert, select
 from sqlalchemy.exc import SQLAlchemyError
 
-from .config import Config, data_dir
-from .db import Database
-from .errors import ConfigError
-from .models import Direction, SpoolEntry, utcnow
+from crm.config import Config, data_dir
+from crm.errors import ConfigError
+from crm.store.db import Database
+from crm.store.models import Direction, SpoolEntry, utcnow
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("crm.spool")  # its name before the move (issue 17)
 UNDELIVERED_MAX_AGE = dt.timedelta(days=1)
 PURGE_EVERY = 3600.0
 CHILD_DEATHS = 3  # consecutive deaths of the capture process before capturing in-process
@@ -138,7 +138,7 @@ class _ChildRunner:
         self.pool: ProcessPoolExecutor | None = None
 
     async def run(self, purge: bool) -> tuple[int, str | None]:
-        from .spoolworker import child_init, child_run
+        from .worker import child_init, child_run
 
         if self.pool is None:
             self.pool = ProcessPoolExecutor(
@@ -161,8 +161,8 @@ class _ThreadRunner:
     """Runs worker rounds in a thread of this process (``in_process=True``)."""
 
     def __init__(self, config: Config, db: Database) -> None:
-        from .filespool import FileSpool
-        from .spoolworker import SpoolWorker
+        from .files import FileSpool
+        from .worker import SpoolWorker
 
         self.worker = SpoolWorker(db, FileSpool(spool_dir(config)))
 

@@ -36,15 +36,16 @@ from typing import Any
 from sqlalchemy import Row, delete, func, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
-from .capture import Capturer, CaptureResult, Incoming
-from .config import Config
-from .db import Database
-from .errors import MailcrmError, NotFound
-from .filespool import FileSpool
-from .models import Direction, SpoolEntry, utcnow
-from .spool import ROUND, UNDELIVERED_MAX_AGE, Envelope, enqueue_many, spool_dir
+from crm.capture.path import Capturer, CaptureResult, Incoming
+from crm.config import Config
+from crm.errors import MailcrmError, NotFound
+from crm.store.db import Database
+from crm.store.models import Direction, SpoolEntry, utcnow
 
-log = logging.getLogger(__name__)
+from .files import FileSpool
+from .runner import ROUND, UNDELIVERED_MAX_AGE, Envelope, enqueue_many, spool_dir
+
+log = logging.getLogger("crm.spoolworker")  # its name before the move (issue 17)
 MAX_ATTEMPTS = 5
 MISSING_MAILBOX_ATTEMPTS = 24  # about a day of retries with the delays below
 RETRY_BASE, RETRY_MAX = 30.0, 3600.0

@@ -22,9 +22,9 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from .errors import ConfigError, MailcrmError
+from crm.errors import ConfigError, MailcrmError
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("crm.db")  # its name before the move (issue 17)
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 

@@ -14,12 +14,13 @@ from collections.abc import Iterable
 from sqlalchemy import Connection, Executable, bindparam, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from .errors import NotFound
-from .message import ParsedMessage
+from crm.capture.pipeline import EntityRef, MailboxView
+from crm.errors import NotFound
+from crm.mail.message import ParsedMessage
+
 from .models import (
     EntityType,
 )
-from .pipeline import EntityRef, MailboxView
 from .tables import (
     ACTIVITIES,
     CONTACTS,

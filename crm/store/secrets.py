@@ -11,8 +11,8 @@ from pathlib import Path
 
 from cryptography.fernet import Fernet, InvalidToken
 
-from .config import Config, data_dir
-from .errors import SecretError
+from crm.config import Config, data_dir
+from crm.errors import SecretError
 
 
 def _key_path(config: Config) -> Path:

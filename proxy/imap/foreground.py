@@ -37,13 +37,13 @@ from typing import Any, ParamSpec, TypeVar
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from crm import sync
-from crm.capture import Capturer
+from crm.capture.path import Capturer
 from crm.config import Config, PollerConfig
-from crm.db import Database
 from crm.errors import InvalidInput, UpstreamError
-from crm.handover import import_node
-from crm.models import utcnow
+from crm.mailboxes import sync
+from crm.mailboxes.handover import import_node
+from crm.store.db import Database
+from crm.store.models import utcnow
 
 from .client import ImapClient
 from .context import DbThread, PollerContext

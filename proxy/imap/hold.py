@@ -30,9 +30,9 @@ from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from crm.db import Database
 from crm.errors import MailcrmError
-from crm.handover import ForegroundLease, is_import_node
+from crm.mailboxes.handover import ForegroundLease, is_import_node
+from crm.store.db import Database
 
 from .context import DbThread
 

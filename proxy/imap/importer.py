@@ -22,11 +22,11 @@ import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from crm import sync
-from crm.capture import Capturer, Incoming, Location
+from crm.capture.path import Capturer, Incoming, Location
 from crm.errors import MessageParseError
-from crm.message import parse_message
-from crm.models import utcnow
+from crm.mail.message import parse_message
+from crm.mailboxes import sync
+from crm.store.models import utcnow
 
 from .client import ImapClient
 from .context import PollerContext

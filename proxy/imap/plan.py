@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from sqlalchemy import select
 
 from crm.config import PollerConfig
-from crm.db import Database
 from crm.errors import SecretError
-from crm.models import Direction, Mailbox, MailboxKind
-from crm.secrets import SecretBox
+from crm.store.db import Database
+from crm.store.models import Direction, Mailbox, MailboxKind
+from crm.store.secrets import SecretBox
 
 from .client import Endpoint
 
@@ -136,7 +136,7 @@ def load_plan(
     db: Database, address: str, secrets: SecretBox | None, config: PollerConfig
 ) -> MailboxPlan:
     """One mailbox by address (NotFound when there is none)."""
-    from crm.admin import get_mailbox
+    from crm.face.admin import get_mailbox
 
     with db.session() as s:
         return plan_for(get_mailbox(s, address), secrets, config)

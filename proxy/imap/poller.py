@@ -33,21 +33,21 @@ import time
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from crm import sync
-from crm.capture import Capturer
+from crm.capture.path import Capturer
 from crm.config import Config
-from crm.db import Database
 from crm.errors import SecretError
-from crm.leases import LeaseKeeper
-from crm.models import utcnow
-from crm.secrets import SecretBox, load_key
+from crm.mailboxes import sync
+from crm.mailboxes.leases import LeaseKeeper
+from crm.store.db import Database
+from crm.store.models import utcnow
+from crm.store.secrets import SecretBox, load_key
 
-from .imap.context import DbThread, PollerContext
-from .imap.plan import MailboxPlan, load_plans
-from .imap.schedule import mode_for
-from .imap.worker import MailboxWorker, wait_any
+from .context import DbThread, PollerContext
+from .plan import MailboxPlan, load_plans
+from .schedule import mode_for
+from .worker import MailboxWorker, wait_any
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("proxy.poller")  # its name before the move (issue 17)
 STOP_GRACE_S = 10.0
 GUARD_S = 0.25  # how often the guard checks the leases (never waits on the database)
 

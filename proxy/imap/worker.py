@@ -20,9 +20,10 @@ import time
 from collections.abc import AsyncIterator, Coroutine, Sequence
 from typing import Any
 
-from crm import metrics, sync
+from crm import metrics
 from crm.errors import UpstreamAuthError, UpstreamError
-from crm.models import utcnow
+from crm.mailboxes import sync
+from crm.store.models import utcnow
 
 from .backoff import Backoff, throttle_hint
 from .client import ImapClient

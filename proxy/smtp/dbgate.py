@@ -21,7 +21,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from crm.errors import MailcrmError
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("proxy.dbgate")  # its name before the move (issue 17)
 P = ParamSpec("P")
 T = TypeVar("T")
 COOLDOWN = 5.0

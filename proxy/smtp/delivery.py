@@ -26,17 +26,17 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
-from crm import spool
-from crm.db import Database
-from crm.journal import Journal
-from crm.spool import Envelope
+from crm.spool import runner as spool
+from crm.spool.journal import Journal
+from crm.spool.runner import Envelope
+from crm.store.db import Database
 
 from .databuf import MessageBuffer
 from .dbgate import DbGate, DbUnavailable
-from .smtpvalues import Reply
 from .upstream import UpstreamSession, UpstreamUnavailable
+from .values import Reply
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("proxy.delivery")  # its name before the move (issue 17)
 UNREACHABLE = Reply(451, "4.4.1 Upstream server unreachable or too slow, try again later")
 BIG_AT_ONCE = 2  # spilled (large) messages whose capture copy is in memory at the same time
 T = TypeVar("T")

@@ -12,17 +12,17 @@ from __future__ import annotations
 import logging
 from dataclasses import replace
 
-from crm.addresses import try_normalize
 from crm.config import Config
-from crm.db import Database
 from crm.errors import MailcrmError
-from crm.linking import LoginView, link_on_login, lookup_login
-from crm.secrets import SecretBox, load_key
+from crm.mail.addresses import try_normalize
+from crm.mailboxes.linking import LoginView, link_on_login, lookup_login
+from crm.store.db import Database
+from crm.store.secrets import SecretBox, load_key
 
 from .dbgate import DbGate, DbUnavailable
-from .smtpvalues import Endpoint
+from .values import Endpoint
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("proxy.directory")  # its name before the move (issue 17)
 
 
 class Directory:

@@ -31,9 +31,9 @@ from .proxyproto import (
     log_drop,
     show,
 )
-from .smtpserver import RelaySMTP
+from .server import RelaySMTP
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("proxy.proxytls")  # its name before the move (issue 17)
 ACCEPT_PAUSE = 1.0  # after a failed accept (out of file descriptors, say)
 TLS_HANDSHAKE_TIMEOUT = 60.0
 

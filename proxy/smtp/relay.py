@@ -18,22 +18,22 @@ from pathlib import Path
 from typing import cast
 
 from crm.config import Config
-from crm.db import Database
-from crm.journal import Journal
-from crm.spool import files_first, spool_dir
+from crm.spool.journal import Journal
+from crm.spool.runner import files_first, spool_dir
+from crm.store.db import Database
 
 from .dbgate import DbGate
 from .delivery import Deliverer
 from .directory import Directory
 from .proxyproto import ProxyPolicy
 from .proxytls import PreTLSListener
+from .server import RelaySMTP
 from .session import RelayConnection
-from .smtpserver import RelaySMTP
-from .smtpvalues import Caps
 from .tls import relay_context
 from .upstream import UpstreamClient, UpstreamUnavailable
+from .values import Caps
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("proxy.relay")  # its name before the move (issue 17)
 SPILL_AT = 1024 * 1024
 PROBE_TIMEOUT = 10.0
 PROBE_RETRY = 30.0

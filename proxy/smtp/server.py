@@ -28,9 +28,9 @@ from aiosmtpd.smtp import SMTP, Envelope, Session, syntax
 from .databuf import DataResult, read_data
 from .proxyproto import CLOSED_EARLY, Peer, ProxyPolicy, ProxyRefused, log_drop, show
 from .session import RelayConnection
-from .smtpvalues import is_loopback
+from .values import is_loopback
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("proxy.smtpserver")  # its name before the move (issue 17)
 _AUTH_PARAM = re.compile(r"\s+AUTH=\S*", re.IGNORECASE)
 TOO_BIG = "552 5.3.4 Message size exceeds fixed maximum message size"
 

@@ -15,20 +15,20 @@ from typing import TYPE_CHECKING, Any
 
 from aiosmtpd.smtp import AuthResult, Envelope, Session
 
-from crm.addresses import domain_of, try_normalize
-from crm.linking import LoginView
-from crm.spool import Envelope as SpoolEnvelope
+from crm.mail.addresses import domain_of, try_normalize
+from crm.mailboxes.linking import LoginView
+from crm.spool.runner import Envelope as SpoolEnvelope
+from proxy.smtp import auth as smtpauth
 
-from . import smtpauth
 from .databuf import MessageBuffer
 from .delivery import UNREACHABLE
-from .smtpvalues import Caps, Reply
 from .upstream import UpstreamSession, UpstreamUnavailable
+from .values import Caps, Reply
 
 if TYPE_CHECKING:
     from .relay import Relay
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("proxy.session")  # its name before the move (issue 17)
 AUTH_UNAVAILABLE = "454 4.7.0 Temporary authentication failure: upstream server unreachable"
 NO_UPSTREAM = "535 5.7.8 Authentication credentials invalid (no upstream server for this login)"
 

@@ -24,7 +24,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from crm.config import RelayConfig, data_dir
 from crm.errors import ConfigError
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("proxy.tls")  # its name before the move (issue 17)
 
 
 def default_paths() -> tuple[Path, Path]:

@@ -28,10 +28,10 @@ from crm.config import RelayConfig
 from crm.errors import UpstreamError
 
 from .databuf import MessageBuffer
-from .smtpvalues import Caps, Endpoint, Reply, is_loopback
+from .values import Caps, Endpoint, Reply, is_loopback
 from .wire import Wire, command_line
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("proxy.upstream")  # its name before the move (issue 17)
 TEMPORARY = (SMTPException, OSError, ssl.SSLError, asyncio.TimeoutError, ConnectionError)
 CAPS_TTL = 600.0
 

@@ -18,7 +18,7 @@ from sqlalchemy import text
 
 from crm import metrics
 from crm.config import Config
-from crm.db import Database
+from crm.store.db import Database
 
 from .page import render
 from .status import Check, gather, probe_relay

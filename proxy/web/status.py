@@ -18,11 +18,11 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from crm.config import Config
-from crm.db import Database
-from crm.leases import lease_owners
-from crm.models import Activity, EntityEmail, Lead, Mailbox, Node, utcnow
-from crm.views import iso, mailbox_json
-from proxy.proxyproto import LOCAL_HEADER
+from crm.face.views import iso, mailbox_json
+from crm.mailboxes.leases import lease_owners
+from crm.store.db import Database
+from crm.store.models import Activity, EntityEmail, Lead, Mailbox, Node, utcnow
+from proxy.smtp.proxyproto import LOCAL_HEADER
 
 GREEN, RED = "green", "red"
 PROBE_TIMEOUT = 2.0

@@ -5,7 +5,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import Engine
 
-from crm.models import Base
+from crm.store.models import Base
 
 engine = context.config.attributes.get("engine")
 if not isinstance(engine, Engine):  # pragma: no cover - only when alembic is run by hand
