@@ -26,7 +26,8 @@ import aiosmtplib
 from sqlalchemy import select
 
 from crm.config import Config, RelayConfig
-from crm.spool import runner as spool
+from crm.spool import queue as spool
+from crm.spool import runner
 from crm.spool.files import FileSpool
 from crm.store.db import Database
 from crm.store.models import Activity, SpoolEntry
@@ -247,7 +248,7 @@ async def start_env(
     ca = ssl.create_default_context(cafile=str(tmp / "relay.crt"))
     env = RelayEnv(cli, db, config, postfix, postfix.dovecot, relay, ca, cable=link)
     if worker:
-        env.worker = asyncio.create_task(spool.run_spool_worker(config, db, env.stop))
+        env.worker = asyncio.create_task(runner.run_spool_worker(config, db, env.stop))
     return env
 
 

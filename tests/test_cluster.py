@@ -33,7 +33,7 @@ from sqlalchemy import select
 
 from crm.face import admin
 from crm.mailboxes.leases import lease_owners
-from crm.spool import runner as spool
+from crm.spool import queue as spool
 from crm.store.db import Database
 from crm.store.models import Activity, Mailbox, SpoolEntry
 from crm.store.secrets import SecretBox

@@ -26,7 +26,7 @@ from typing import Any
 
 from crm.errors import MailcrmError
 
-from .runner import Envelope
+from .queue import Envelope
 
 log = logging.getLogger("crm.filespool")  # its name before the move (issue 17)
 MAGIC = b"MAILCRM-SPOOL 1 "

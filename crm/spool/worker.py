@@ -43,7 +43,7 @@ from crm.store.db import Database
 from crm.store.models import Direction, SpoolEntry, utcnow
 
 from .files import FileSpool
-from .runner import ROUND, UNDELIVERED_MAX_AGE, Envelope, enqueue_many, spool_dir
+from .queue import ROUND, UNDELIVERED_MAX_AGE, Envelope, enqueue_many, spool_dir
 
 log = logging.getLogger("crm.spoolworker")  # its name before the move (issue 17)
 MAX_ATTEMPTS = 5

@@ -26,9 +26,9 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
-from crm.spool import runner as spool
+from crm.spool import queue as spool
 from crm.spool.journal import Journal
-from crm.spool.runner import Envelope
+from crm.spool.queue import Envelope
 from crm.store.db import Database
 
 from .databuf import MessageBuffer

@@ -19,7 +19,7 @@ from typing import cast
 
 from crm.config import Config
 from crm.spool.journal import Journal
-from crm.spool.runner import files_first, spool_dir
+from crm.spool.queue import files_first, spool_dir
 from crm.store.db import Database
 
 from .dbgate import DbGate

@@ -11,22 +11,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiosmtpd.smtp import AuthResult, Envelope, Session
 
 from crm.mail.addresses import domain_of, try_normalize
 from crm.mailboxes.linking import LoginView
-from crm.spool.runner import Envelope as SpoolEnvelope
-from proxy.smtp import auth as smtpauth
+from crm.spool.queue import Envelope as SpoolEnvelope
 
+from . import auth as smtpauth
 from .databuf import MessageBuffer
 from .delivery import UNREACHABLE
+from .shared import Shared
 from .upstream import UpstreamSession, UpstreamUnavailable
 from .values import Caps, Reply
-
-if TYPE_CHECKING:
-    from .relay import Relay
 
 log = logging.getLogger("proxy.session")  # its name before the move (issue 17)
 AUTH_UNAVAILABLE = "454 4.7.0 Temporary authentication failure: upstream server unreachable"
@@ -73,7 +71,7 @@ def mail_options(options: list[str], caps: Caps) -> tuple[list[str], str | None]
 class RelayConnection:
     """aiosmtpd handler for one client connection."""
 
-    def __init__(self, relay: Relay) -> None:
+    def __init__(self, relay: Shared) -> None:
         self.relay = relay
         self.view: LoginView | None = None
         self.upstream: UpstreamSession | None = None
