@@ -28,8 +28,8 @@ from crm.errors import InvalidInput, MailcrmError
 from crm.face import admin, views
 from crm.mailboxes.presets import PRESETS
 from crm.store.db import Database
-from crm.store.models import Direction
 from crm.store.secrets import SecretBox, load_key
+from crm.vocab import Direction
 
 
 class _Group(TyperGroup):

@@ -17,6 +17,7 @@ from typing import Any
 from platformdirs import user_data_dir
 
 from .errors import ConfigError
+from .vocab import INTERVALS, WINDOWS
 
 
 def data_dir() -> Path:
@@ -123,8 +124,6 @@ class Config:
     http: HttpConfig = field(default_factory=HttpConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     log_format: str = "text"
-    allowed_since: tuple[str, ...] = ("3d", "all")
-    allowed_intervals: tuple[str, ...] = ("2m", "5m", "10m", "1h", "3h", "12h")
     source: Path | None = None
 
 
@@ -136,6 +135,17 @@ def _section(raw: dict[str, Any], name: str, target: Any) -> None:
         if not hasattr(target, key):
             raise ConfigError(f"config: unknown setting {name}.{key}")
         setattr(target, key, value)
+
+
+def _refuse_removed(raw: dict[str, Any]) -> None:
+    """``[limits] since/intervals`` were read by nothing (the windows and intervals are fixed,
+    :mod:`crm.vocab`); a config that still sets them is told so rather than silently ignored."""
+    if "limits" in raw:
+        raise ConfigError(
+            "config: [limits] is no longer supported (its since/intervals were never applied: "
+            f"the import windows are {', '.join(WINDOWS)} and the intervals "
+            f"{', '.join(INTERVALS)}); remove the [limits] table"
+        )
 
 
 def load_config(path: str | None = None, database_url: str | None = None) -> Config:
@@ -157,9 +167,7 @@ def load_config(path: str | None = None, database_url: str | None = None) -> Con
         _section(raw, "http", config.http)
         _section(raw, "cluster", config.cluster)
         config.log_format = raw.get("log_format", config.log_format)
-        limits = raw.get("limits", {})
-        config.allowed_since = tuple(limits.get("since", config.allowed_since))
-        config.allowed_intervals = tuple(limits.get("intervals", config.allowed_intervals))
+        _refuse_removed(raw)
     config.database_url = (
         database_url or os.environ.get("MAILCRM_DATABASE_URL") or config.database_url
     )

@@ -9,9 +9,10 @@ import itertools
 import pytest
 
 from crm.config import PollerConfig
+from crm.vocab import is_loopback
 from proxy.imap import utf7
 from proxy.imap.backoff import Backoff, throttle_hint
-from proxy.imap.client import Endpoint, is_loopback
+from proxy.imap.client import Endpoint
 from proxy.imap.flags import change_windows
 from proxy.imap.importer import imap_date, uid_windows
 from proxy.imap.parse import (

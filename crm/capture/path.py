@@ -39,7 +39,8 @@ from crm.store.lookups import (
     threads,
 )
 from crm.store.lookups import existing_activity as _existing_activity
-from crm.store.models import Direction, utcnow
+from crm.store.models import utcnow
+from crm.vocab import Direction
 
 from .pipeline import Context, MailboxView, decide
 from .records import CreatedRecords, apply_decision

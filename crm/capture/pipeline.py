@@ -20,9 +20,7 @@ from crm.mail.addresses import domain_of, is_excluded, try_normalize
 from crm.mail.domains import CompanyGuess, company_for_domain
 from crm.mail.message import ParsedMessage, Party
 from crm.mail.vcards import VCardContact
-from crm.store.models import Direction, EntityType
-
-WINDOWS = {"3d": dt.timedelta(days=3), "all": None}
+from crm.vocab import WINDOWS, Direction, EntityType
 
 
 @dataclass(frozen=True)

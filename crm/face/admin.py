@@ -26,9 +26,7 @@ from crm.store.models import (
     utcnow,
 )
 from crm.store.secrets import SecretBox
-
-INTERVALS = {"2m": 120, "5m": 300, "10m": 600, "1h": 3600, "3h": 10800, "12h": 43200}
-TLS_MODES = ("ssl", "starttls", "none")
+from crm.vocab import DEFAULT_WINDOW, INTERVALS, TLS_MODES, WINDOWS
 
 
 def get_user(session: Session, email: str) -> User:
@@ -109,7 +107,7 @@ def add_mailbox(
         folders=[],
         imap_tls="ssl",
         smtp_tls="starttls",
-        since="3d",
+        since=DEFAULT_WINDOW,
         create_leads=True,
         vcard_contacts=True,
         queue_cursor=0,
@@ -136,8 +134,8 @@ def apply_settings(
     if settings.password is not None:
         box.secret = secrets.seal(settings.password)
     if settings.since is not None:
-        if settings.since not in ("3d", "all"):
-            raise InvalidInput(f"--since must be 3d or all, not {settings.since!r}")
+        if settings.since not in WINDOWS:
+            raise InvalidInput(f"--since must be {' or '.join(WINDOWS)}, not {settings.since!r}")
         box.since = settings.since
     for name in ("create_leads", "vcard_contacts"):
         value = getattr(settings, name)

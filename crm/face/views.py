@@ -21,9 +21,9 @@ from crm.store.models import (
     MailboxKind,
     User,
 )
+from crm.vocab import INTERVAL_NAMES
 
 JSON = dict[str, Any]
-INTERVAL_NAMES = {120: "2m", 300: "5m", 600: "10m", 3600: "1h", 10800: "3h", 43200: "12h"}
 
 
 def iso(when: dt.datetime | None) -> str | None:

@@ -22,8 +22,9 @@ from crm.config import Config
 from crm.errors import SecretError
 from crm.face import admin
 from crm.mail.addresses import try_normalize
-from crm.store.models import Mailbox, MailboxKind, User, utcnow
+from crm.store.models import Mailbox, User, utcnow
 from crm.store.secrets import SecretBox
+from crm.vocab import MailboxKind
 
 log = logging.getLogger("crm.linking")  # its name before the move (issue 17)
 TOUCH_EVERY = dt.timedelta(minutes=1)

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 
 from sqlalchemy import ColumnElement, and_, delete, select, update
 
-from crm.capture.pipeline import WINDOWS
 from crm.store.db import Database
 from crm.store.models import (
     Activity,
@@ -28,6 +27,7 @@ from crm.store.models import (
     MessageLocation,
     utcnow,
 )
+from crm.vocab import WINDOWS
 
 INCOMING = Direction.INCOMING.value
 

@@ -26,7 +26,8 @@ from sqlalchemy import insert, select
 from crm.config import Config, data_dir
 from crm.errors import ConfigError
 from crm.store.db import Database
-from crm.store.models import Direction, SpoolEntry, utcnow
+from crm.store.models import SpoolEntry, utcnow
+from crm.vocab import Direction
 
 _wakeups: set[asyncio.Event] = set()  # the spool workers of this process, woken by kick()
 log = logging.getLogger("crm.spool")  # its name before the move (issue 17)

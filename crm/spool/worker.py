@@ -40,7 +40,8 @@ from crm.capture.path import Capturer, CaptureResult, Incoming
 from crm.config import Config
 from crm.errors import MailcrmError, NotFound
 from crm.store.db import Database
-from crm.store.models import Direction, SpoolEntry, utcnow
+from crm.store.models import SpoolEntry, utcnow
+from crm.vocab import Direction
 
 from .files import FileSpool
 from .queue import ROUND, UNDELIVERED_MAX_AGE, Envelope, enqueue_many, spool_dir

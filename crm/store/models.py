@@ -8,7 +8,6 @@ Schema changes go through Alembic (``crm/migrations``), never ``create_all`` in 
 from __future__ import annotations
 
 import datetime as dt
-import enum
 from typing import Any, ClassVar
 
 from sqlalchemy import (
@@ -27,6 +26,14 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+from crm.vocab import DEFAULT_WINDOW
+
+# The kinds live in the plain vocabulary (the rules use them without the ORM); still importable
+# from here.
+from crm.vocab import Direction as Direction
+from crm.vocab import EntityType as EntityType
+from crm.vocab import MailboxKind as MailboxKind
 
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -66,28 +73,6 @@ class Base(DeclarativeBase):
     type_annotation_map: ClassVar[dict[Any, Any]] = {dt.datetime: UTCDateTime()}
 
 
-class EntityType(enum.StrEnum):
-    """The CRM entities an activity can be bound to."""
-
-    LEAD = "lead"
-    CONTACT = "contact"
-    COMPANY = "company"
-
-
-class Direction(enum.StrEnum):
-    """Which way a message went, seen from the company."""
-
-    INCOMING = "incoming"
-    OUTGOING = "outgoing"
-
-
-class MailboxKind(enum.StrEnum):
-    """SPEC M1: personal (one owner) or company (shared by the CRM)."""
-
-    PERSONAL = "personal"
-    COMPANY = "company"
-
-
 class User(Base):
     """An employee (U1). Their login address is never captured (C5)."""
 
@@ -121,7 +106,7 @@ class Mailbox(Base):
     smtp_tls: Mapped[str] = mapped_column(String(10), default="starttls")
     login: Mapped[str | None] = mapped_column(String(320), default=None)
     secret: Mapped[bytes | None] = mapped_column(LargeBinary, default=None)
-    since: Mapped[str] = mapped_column(String(8), default="3d")
+    since: Mapped[str] = mapped_column(String(8), default=DEFAULT_WINDOW)
     create_leads: Mapped[bool] = mapped_column(Boolean, default=True)
     vcard_contacts: Mapped[bool] = mapped_column(Boolean, default=True)
     folders: Mapped[list[str]] = mapped_column(JSON, default=list)

@@ -44,6 +44,7 @@ from crm.mailboxes import sync
 from crm.mailboxes.handover import import_node
 from crm.store.db import Database
 from crm.store.models import utcnow
+from crm.vocab import WINDOWS
 
 from .client import ImapClient
 from .context import DbThread, PollerContext
@@ -60,13 +61,12 @@ from .worker import open_session
 log = logging.getLogger(__name__)
 P = ParamSpec("P")
 T = TypeVar("T")
-WINDOWS = ("3d", "all")
 
 
 def prepare(plan: MailboxPlan, since: str | None, config: PollerConfig) -> str:
     """The window to import (``since`` or the mailbox's); refusals as :class:`InvalidInput`."""
     if since is not None and since not in WINDOWS:
-        raise InvalidInput(f"--since must be 3d or all, not {since!r}")
+        raise InvalidInput(f"--since must be {' or '.join(WINDOWS)}, not {since!r}")
     mode = mode_for(plan, utcnow(), config)
     if not mode.check:
         raise InvalidInput(f"mailbox {plan.address} is not synced: {mode.reason}")

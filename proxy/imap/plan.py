@@ -15,8 +15,9 @@ from sqlalchemy import select
 from crm.config import PollerConfig
 from crm.errors import SecretError
 from crm.store.db import Database
-from crm.store.models import Direction, Mailbox, MailboxKind
+from crm.store.models import Mailbox
 from crm.store.secrets import SecretBox
+from crm.vocab import DEFAULT_WINDOW, WINDOWS, Direction, MailboxKind
 
 from .client import Endpoint
 
@@ -49,9 +50,8 @@ class MailboxPlan:
 
     def window_start(self, now: dt.datetime) -> dt.datetime | None:
         """C12: mail older than this is not imported (None: all time)."""
-        if self.since == "all":
-            return None
-        return (self.linked_at or now) - dt.timedelta(days=3)
+        span = WINDOWS.get(self.since, WINDOWS[DEFAULT_WINDOW])
+        return None if span is None else (self.linked_at or now) - span
 
 
 @dataclass(frozen=True)

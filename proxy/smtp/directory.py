@@ -18,9 +18,9 @@ from crm.mail.addresses import try_normalize
 from crm.mailboxes.linking import LoginView, link_on_login, lookup_login
 from crm.store.db import Database
 from crm.store.secrets import SecretBox, load_key
+from crm.vocab import Endpoint
 
 from .dbgate import DbGate, DbUnavailable
-from .values import Endpoint
 
 log = logging.getLogger("proxy.directory")  # its name before the move (issue 17)
 

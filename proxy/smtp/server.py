@@ -25,10 +25,11 @@ from typing import Any
 from aiosmtpd.proxy_protocol import ProxyData
 from aiosmtpd.smtp import SMTP, Envelope, Session, syntax
 
+from crm.vocab import is_loopback
+
 from .databuf import DataResult, read_data
 from .proxyproto import CLOSED_EARLY, Peer, ProxyPolicy, ProxyRefused, log_drop, show
 from .session import RelayConnection
-from .values import is_loopback
 
 log = logging.getLogger("proxy.smtpserver")  # its name before the move (issue 17)
 _AUTH_PARAM = re.compile(r"\s+AUTH=\S*", re.IGNORECASE)

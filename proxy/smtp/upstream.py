@@ -26,9 +26,10 @@ from aiosmtplib import SMTPException, SMTPResponseException
 
 from crm.config import RelayConfig
 from crm.errors import UpstreamError
+from crm.vocab import Endpoint, is_loopback
 
 from .databuf import MessageBuffer
-from .values import Caps, Endpoint, Reply, is_loopback
+from .values import Caps, Reply
 from .wire import Wire, command_line
 
 log = logging.getLogger("proxy.upstream")  # its name before the move (issue 17)

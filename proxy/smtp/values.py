@@ -1,14 +1,14 @@
-"""Small values of the relay's SMTP: an upstream's :class:`Reply`, what it can take
-(:class:`Caps`), where a user's mail goes (:class:`Endpoint`), and :func:`is_loopback`.
+"""Small values of the relay's SMTP: an upstream's :class:`Reply` and what it can take
+(:class:`Caps`). Where a user's mail goes (``Endpoint``) and ``is_loopback`` are the shared
+vocabulary's (:mod:`crm.vocab`).
 
-The upstream client (:mod:`proxy.upstream`) makes them, the relay's server side
-(:mod:`proxy.session`, :mod:`proxy.delivery`, :mod:`proxy.smtpserver`) and the login directory
-(:mod:`proxy.directory`) read them; none of them does I/O.
+The upstream client (:mod:`proxy.smtp.upstream`) makes them, the relay's server side
+(:mod:`proxy.smtp.session`, :mod:`proxy.smtp.delivery`, :mod:`proxy.smtp.server`) reads them;
+none of them does I/O.
 """
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass
 
 
@@ -37,18 +37,6 @@ def _clean(text: str) -> str:
 
 
 @dataclass(frozen=True)
-class Endpoint:
-    """Where a user's mail goes: host, port and TLS mode (``ssl``, ``starttls`` or ``none``)."""
-
-    host: str
-    port: int
-    tls: str = "starttls"
-
-    def __str__(self) -> str:
-        return f"{self.host}:{self.port} ({self.tls})"
-
-
-@dataclass(frozen=True)
 class Caps:
     """What the upstream can take, as far as the relay mirrors it in its own EHLO."""
 
@@ -66,11 +54,3 @@ class Caps:
         )
 
 
-def is_loopback(host: str) -> bool:
-    """True for ``localhost`` and loopback IP addresses."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
