@@ -1,8 +1,8 @@
-"""The ``mailcrm`` command line (typer): the contract of ``shared/CLI.md`` for admins and users.
+"""The ``mailcrm`` command line (typer): the contract of ``docs/CLI.md`` for admins and users.
 
-Commands only parse arguments, call :mod:`crm.admin` / :mod:`crm.capture` / :mod:`crm.views`
-and print. Errors are one line on stderr and exit 1; usage errors exit 2; ``--json`` prints
-only JSON on stdout.
+Commands only parse arguments, call :mod:`crm.face.admin` / :mod:`crm.capture.path` /
+:mod:`crm.face.views` and print. Errors are one line on stderr and exit 1; usage errors exit 2;
+``--json`` prints only JSON on stdout.
 """
 
 from __future__ import annotations

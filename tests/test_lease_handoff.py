@@ -1,8 +1,9 @@
 """Hand-over requests on mailbox leases (B7): a foreground import asks, the holder lets go.
 
 Keeper-level tests on SQLite and PostgreSQL move time by rewriting rows with SQL; the poller test
-runs the real :class:`~proxy.poller.Poller` with stand-in workers (as ``test_poller_leases``) and
-checks that a row is let go only after the mailbox's worker ended and the capture thread drained.
+runs the real :class:`~proxy.imap.poller.Poller` with stand-in workers (as ``test_poller_leases``)
+and checks that a row is let go only after the mailbox's worker ended and the capture thread
+drained.
 """
 
 from __future__ import annotations

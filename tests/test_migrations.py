@@ -1,5 +1,5 @@
-"""The Alembic migrations create exactly the schema of the models (``crm/models.py``), on SQLite
-and PostgreSQL, and ``mailcrm db upgrade`` migrates a fresh database.
+"""The Alembic migrations create exactly the schema of the models (``crm/store/models.py``), on
+SQLite and PostgreSQL, and ``mailcrm db upgrade`` migrates a fresh database.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The capture rules through the pure pipeline: golden ``.eml`` files, ``parse_message``, a
 hand-made :class:`Context` and ``decide``; no database, no I/O besides reading the files.
 
-Every rule ID of SPEC.md that the pipeline decides has positive and negative cases here (C1-C9,
+Every rule ID of docs/SPEC.md that the pipeline decides has positive and negative cases here (C1-C9,
 C12, B3-B5, M4); ``tests/test_capture_cli.py`` runs the same golden files through the CLI on
 SQLite and PostgreSQL.
 """

@@ -1,4 +1,5 @@
-"""The upstream wire (:mod:`proxy.wire`): pipelined commands, replies in order however they arrive.
+"""The upstream wire (:mod:`proxy.smtp.wire`): pipelined commands, replies in order however they
+arrive.
 
 A scripted server on loopback answers with the exact bytes each test needs (split replies, several
 in one segment, a malformed line, a hang-up): faults a real Postfix does not produce on demand.

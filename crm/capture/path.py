@@ -1,7 +1,7 @@
 """The capture path shared by ``mailcrm capture``, the SMTP relay and the IMAP poller.
 
 ``Capturer.capture`` parses the headers, gathers the context the rules need with a few indexed
-queries, asks the pure pipeline (:mod:`crm.pipeline`) for a decision and applies it in one
+queries, asks the pure pipeline (:mod:`crm.capture.pipeline`) for a decision and applies it in one
 transaction. ``Capturer.capture_many`` does the same for a batch (the poller's fetched chunk) in
 one transaction, so a batch costs one commit; should a message fail, the batch is done again with
 a SAVEPOINT per message, and that message rolls back alone. A message that cannot be captured is
@@ -86,7 +86,7 @@ class CaptureResult:
     message_key: str | None = None
 
     def as_json(self) -> dict[str, object]:
-        """The stable JSON shape of CLI.md."""
+        """The stable JSON shape of docs/CLI.md."""
         return {
             "source": self.source,
             "action": self.action,

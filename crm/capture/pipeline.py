@@ -1,7 +1,7 @@
 """The capture rules as a pure pipeline: a parsed message and its context in, a decision out.
 
 No sockets, no session, no await: everything a rule needs is in :class:`Context`, gathered
-beforehand by :mod:`crm.capture`, which also applies the :class:`Decision` in one transaction.
+beforehand by :mod:`crm.capture.path`, which also applies the :class:`Decision` in one transaction.
 The pipeline is a list of steps (like GNU Mailman's); each step reads the message, the context
 and the work so far, and either adds to the work or ends with a final decision (skip, duplicate).
 

@@ -1,4 +1,5 @@
-"""The JSON shapes of CLI.md (and the status page): one function per entity, plus the listings."""
+"""The JSON shapes of docs/CLI.md (and the status page): one function per entity, plus the
+listings."""
 
 from __future__ import annotations
 

@@ -5,7 +5,7 @@ A business domain gives a company named after its registrable domain (the organi
 domain under the public suffix): ``mail.acme-widgets.co.uk`` -> ``Acme Widgets``
 (``acme-widgets.co.uk``).
 
-Domains given to this module are in stored form (see :mod:`crm.addresses`): ASCII
+Domains given to this module are in stored form (see :mod:`crm.mail.addresses`): ASCII
 (punycode), lower-case, no trailing dot.  Unicode or upper-case input is tolerated.
 
 The public suffix list (both its ICANN and its private section) comes from

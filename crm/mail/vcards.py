@@ -195,7 +195,7 @@ def _card(block: bytes) -> tuple[VCardContact, bool] | None:
     return VCardContact(name, emails, phones, organization, title), from_address
 
 
-# Values (vobject's unescaping; commas are kept, see crm/vcardlines.py's docstring)
+# Values (vobject's unescaping; commas are kept, see crm/mail/vcardlines.py's docstring)
 
 
 def _text(value: str) -> str:

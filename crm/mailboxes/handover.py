@@ -11,9 +11,9 @@ transaction judged by the database clock, either
   request is alive is then the one in the way.
 
 The serve node holding the row sees the request at its next claim and hands the mailbox over
-(:mod:`crm.leases`); until then the holder's name comes back, and the caller tries again.
-:meth:`~crm.leases.LeaseKeeper.release_all` gives back lease and request together; a request
-that is not renewed lapses by itself, so a killed import holds nothing for long.
+(:mod:`crm.mailboxes.leases`); until then the holder's name comes back, and the caller tries again.
+:meth:`~crm.mailboxes.leases.LeaseKeeper.release_all` gives back lease and request together; a
+request that is not renewed lapses by itself, so a killed import holds nothing for long.
 """
 
 from __future__ import annotations

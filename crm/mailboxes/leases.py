@@ -23,18 +23,18 @@ The poller's loop::
         reconcile_workers(mine)              # start the new ones, stop the ones no longer mine
     # watch() releases every lease when stop is set (stop the workers before it returns)
 
-Hand-over requests. A foreground import (``mailcrm mailbox import``, :mod:`crm.handover`) holds
-one mailbox outside any fair share under a node name of its own (``NODE/import-PID``); it never
-heartbeats, so it counts in no node's share. Each of its takes also writes a request on the row
-(``requested_by``, ``requested_until`` a lease period ahead by the database clock). At its next
-claim the holder sees another's live request: it stops renewing the row, believes it no longer
-(the poller's guard stops the worker) and takes no row asked for while the request lives. Once
-the worker has ended and every database call it queued is done, the poller lets the row go
+Hand-over requests. A foreground import (``mailcrm mailbox import``, :mod:`crm.mailboxes.handover`)
+holds one mailbox outside any fair share under a node name of its own (``NODE/import-PID``); it
+never heartbeats, so it counts in no node's share. Each of its takes also writes a request on the
+row (``requested_by``, ``requested_until`` a lease period ahead by the database clock). At its next
+claim the holder sees another's live request: it stops renewing the row, believes it no longer (the
+poller's guard stops the worker) and takes no row asked for while the request lives. Once the worker
+has ended and every database call it queued is done, the poller lets the row go
 (:meth:`LeaseKeeper.hand_over`); else it lapses. The import takes the row by the one rule above
 (free, expired or its own), so a hand-over is a surplus hand-off that was asked for: the safety
 argument is unchanged. Lease and request are given back together; if the import dies both lapse
-within a period, and a serve node takes the mailbox back at its next claim. Fair shares are
-reckoned as before (a mailbox asked for still counts): no node reshuffles the others for an import.
+within a period, and a serve node takes the mailbox back at its next claim. Fair shares are reckoned
+as before (a mailbox asked for still counts): no node reshuffles the others for an import.
 """
 
 from __future__ import annotations

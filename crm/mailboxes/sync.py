@@ -1,10 +1,10 @@
 """The CRM side of IMAP sync: checkpoints, read state (C10), deletions (C11), mailbox status (M5).
 
 Role: every database write the poller makes besides capture itself, each function one short
-transaction through :class:`crm.db.Database`. The poller calls them from its database thread;
+transaction through :class:`crm.store.db.Database`. The poller calls them from its database thread;
 nothing here knows about IMAP beyond folder names, UIDVALIDITY and UIDs.
 
-Deletions (C11) are in :mod:`crm.deletions`.
+Deletions (C11) are in :mod:`crm.mailboxes.deletions`.
 
 Read state: ``MessageLocation.seen`` is the server's ``\\Seen`` as last synced. A server value
 that differs from it is a change made on the server (the activity follows); an activity whose

@@ -1,8 +1,8 @@
 """The local file spool: capture copies kept on disk, durable the way an MTA's queue is.
 
 The relay writes here first on SQLite, and on PostgreSQL whenever the database cannot take a
-copy in time (see :mod:`proxy.delivery`); the spool worker moves the files into the ``spool``
-table. The relay appends to a journal segment (:mod:`crm.journal`) and publishes it under
+copy in time (see :mod:`proxy.smtp.delivery`); the spool worker moves the files into the ``spool``
+table. The relay appends to a journal segment (:mod:`crm.spool.journal`) and publishes it under
 ``<dir>/<time>-<uuid>.msg``; a reader only ever sees whole files: those, and segments a crash
 left behind once :meth:`FileSpool.recover` has published them.
 

@@ -8,9 +8,9 @@ spool, where the spool worker reads it) once it is :data:`SEGMENT_AGE` seconds o
 :data:`SEGMENT_BYTES` long, so capture runs a fraction of a second behind the relay.
 
 The active segment is ``<dir>/.<time>-<uuid>.seg``, in the spool's batch format (version 2,
-:mod:`crm.filespool`), and its writer holds an exclusive ``flock`` on it as long as it writes
+:mod:`crm.spool.files`), and its writer holds an exclusive ``flock`` on it as long as it writes
 there. Every record in a segment is of delivered mail, so a segment left behind by a crash is
-not thrown away: :meth:`crm.filespool.FileSpool.recover` publishes it once nobody holds its lock,
+not thrown away: :meth:`crm.spool.files.FileSpool.recover` publishes it once nobody holds its lock,
 without a record cut short by the crash (one that was never acknowledged).
 
 A :class:`Journal` is used by one thread at a time for appends (the relay's group commit); its

@@ -1,4 +1,4 @@
-"""The spool worker: captures delivered spool entries through :class:`crm.capture.Capturer`.
+"""The spool worker: captures delivered spool entries through :class:`crm.capture.path.Capturer`.
 
 :class:`SpoolWorker` first moves the relay's spool files into the table, then claims entries a
 batch at a time and captures them, the small ones of a batch together (``capture_many``: one

@@ -1,8 +1,9 @@
 """The CRM data model (SQLAlchemy 2 typed ORM), the same for SQLite and PostgreSQL.
 
-Addresses are stored normalised (see :mod:`crm.addresses`) in one indexed table, ``entity_emails``,
-so that matching a correspondent to a lead, contact or company is a single index lookup.
-Schema changes go through Alembic (``crm/migrations``), never ``create_all`` in production code.
+Addresses are stored normalised (see :mod:`crm.mail.addresses`) in one indexed table,
+``entity_emails``, so that matching a correspondent to a lead, contact or company is a single index
+lookup. Schema changes go through Alembic (``crm/store/migrations``), never ``create_all`` in
+production code.
 """
 
 from __future__ import annotations

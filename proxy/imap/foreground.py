@@ -8,8 +8,8 @@ deletions behave exactly as in ``mailcrm serve``. Differences, all on purpose:
   the server has accepted the login, as ``mailbox set --since`` would: capture judges every
   message by the stored window (C12), and the poller goes on with the window the CRM was filled
   with (after a UIDVALIDITY change, for old mail moved into a folder). Widening forgets the
-  locations of messages that were skipped (:func:`crm.sync.set_window`). Every message of the
-  window not yet recorded is imported, below the checkpoint too (``from_start``): ``--since
+  locations of messages that were skipped (:func:`crm.mailboxes.sync.set_window`). Every message of
+  the window not yet recorded is imported, below the checkpoint too (``from_start``): ``--since
   all`` on a mailbox polled with ``3d`` brings the older mail, and a second run skips what is
   recorded. The checkpoint never moves back, so the poller neither skips nor doubles anything.
 * Count first: one UID SEARCH per window of each folder (minus what is recorded) gives the total

@@ -1,15 +1,15 @@
 """A foreground import's hold on one mailbox's lease (B7): ask for it, keep it, give it back.
 
-The lease is asked for and taken with :meth:`crm.handover.ForegroundLease.take` under a node name
-of the import's own (``NODE/import-PID``). A ``mailcrm serve`` node holding the mailbox hands it
-over at its next claim (it stops syncing it, then lets the row go or lets it lapse), which the
-import waits for (:data:`HANDOVER_PERIODS` lease periods at most, unless told to wait as long as
-it takes), and takes it back once the import lets go. Another import in the way is refused at
-once, or waited for. The lease and the request are renewed together every sixth of a period and
-believed as the serve nodes believe theirs: until the local deadline (the monotonic time taken
-before the last successful take, plus the period) less a third of a period, so the stopped
-import has ended before another node may take the row. Past that point without a renewal, or
-when the row names another node, the import is stopped.
+The lease is asked for and taken with :meth:`crm.mailboxes.handover.ForegroundLease.take` under a
+node name of the import's own (``NODE/import-PID``). A ``mailcrm serve`` node holding the mailbox
+hands it over at its next claim (it stops syncing it, then lets the row go or lets it lapse), which
+the import waits for (:data:`HANDOVER_PERIODS` lease periods at most, unless told to wait as long as
+it takes), and takes it back once the import lets go. Another import in the way is refused at once,
+or waited for. The lease and the request are renewed together every sixth of a period and believed
+as the serve nodes believe theirs: until the local deadline (the monotonic time taken before the
+last successful take, plus the period) less a third of a period, so the stopped import has ended
+before another node may take the row. Past that point without a renewal, or when the row names
+another node, the import is stopped.
 
 Lease calls run one at a time, in order, on a thread of their own: the release always comes
 after the take or renewal before it, even one whose caller was cancelled by an interrupt, so an

@@ -8,20 +8,20 @@ hold activities completed or reopened in the CRM and wakes their workers (C10). 
 fails alone: one slow or broken server never delays another mailbox.
 
 Several gateway nodes (B7): only mailboxes this node holds a lease on are synced
-(:class:`crm.leases.LeaseKeeper`). The leases are renewed every third of a lease period on a
-thread of their own, never queued behind capture work on the database thread (an import of many
+(:class:`crm.mailboxes.leases.LeaseKeeper`). The leases are renewed every third of a lease period on
+a thread of their own, never queued behind capture work on the database thread (an import of many
 mailboxes would make them lapse). A guard checks every :data:`GUARD_S` which mailboxes are still
-safely ours, a third of a lease period before their deadline, and tells the workers of every
-other one to stop at once, all together, without waiting on the database; a worker's polite end
-is cut short after a twelfth of a lease period: it has ended before another node may take its
-row. Every lease is released on shutdown after the workers stopped. With one node (SQLite) the
-node simply holds every lease.
+safely ours, a third of a lease period before their deadline, and tells the workers of every other
+one to stop at once, all together, without waiting on the database; a worker's polite end is cut
+short after a twelfth of a lease period: it has ended before another node may take its row. Every
+lease is released on shutdown after the workers stopped. With one node (SQLite) the node simply
+holds every lease.
 
 A mailbox asked for by a foreground import (``mailcrm mailbox import``) is dropped at the next
 claim and its worker stopped like any lost one; once the worker has ended and every database call
 queued before is done (the capture thread runs them in order), the row is let go at once rather
-than left to lapse (:meth:`crm.leases.LeaseKeeper.hand_over`). When the import lets go, the next
-claim takes the mailbox back and a new worker goes on from the checkpoints.
+than left to lapse (:meth:`crm.mailboxes.leases.LeaseKeeper.hand_over`). When the import lets go,
+the next claim takes the mailbox back and a new worker goes on from the checkpoints.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ depends on the database (:func:`crm.spool.files_first`):
 
 - PostgreSQL: the database spool, as a *delivered* entry any node can capture. Copies from
   concurrent connections are written together, one transaction per batch (group commit).
-- SQLite: the local spool journal (:mod:`crm.journal`): copies are appended to a segment file,
+- SQLite: the local spool journal (:mod:`crm.spool.journal`): copies are appended to a segment file,
   the copies of concurrent connections together, one ``fdatasync`` for the lot (group commit).
   SQLite has one write lock for the whole file and the capture worker holds it while it captures;
   a relay waiting for it would answer its clients late, and SQLite's commits are not fsync'd

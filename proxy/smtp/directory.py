@@ -1,10 +1,11 @@
 """Who a relay login is: the CRM's answer, remembered so a database outage does not stop mail.
 
-:class:`Directory` asks :mod:`crm.linking` (through the :class:`~proxy.dbgate.DbGate`) which user
-and mailbox a login belongs to, which upstream server checks its password, and which sender
-addresses it may use; after the upstream accepted the password it links the user's mailbox (U3).
-Answers are cached per login: while the database is down, known users keep sending with what was
-last known, unknown ones are checked against the company's upstream server.
+:class:`Directory` asks :mod:`crm.mailboxes.linking` (through the
+:class:`~proxy.smtp.dbgate.DbGate`) which user and mailbox a login belongs to, which upstream server
+checks its password, and which sender addresses it may use; after the upstream accepted the password
+it links the user's mailbox (U3). Answers are cached per login: while the database is down, known
+users keep sending with what was last known, unknown ones are checked against the company's upstream
+server.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ of them, in :class:`ProxyPolicy`:
   refused.
 
 :class:`SocketReader` feeds aiosmtpd's parser from a bare socket without reading past the header,
-for the implicit-TLS listener (:mod:`proxy.proxytls`), where TLS starts right after it.
+for the implicit-TLS listener (:mod:`proxy.smtp.proxytls`), where TLS starts right after it.
 """
 
 from __future__ import annotations

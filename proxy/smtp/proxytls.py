@@ -4,9 +4,9 @@ A load balancer sends the PROXY header before the client's first TLS byte, so as
 ``create_server(ssl=...)`` (which starts TLS on the first byte) cannot take it, and aiosmtpd
 reads the header from a stream that has already buffered what follows. This listener accepts
 the TCP connection itself, drops it unless it comes from a trusted load balancer, reads exactly
-the header (aiosmtpd's parser over :class:`~proxy.proxyproto.SocketReader`), and only then hands
-the socket to asyncio with TLS (``connect_accepted_socket``), the relay's protocol told who the
-real client is. It offers what :class:`~proxy.relay.Relay` uses of an ``asyncio.Server``:
+the header (aiosmtpd's parser over :class:`~proxy.smtp.proxyproto.SocketReader`), and only then
+hands the socket to asyncio with TLS (``connect_accepted_socket``), the relay's protocol told who
+the real client is. It offers what :class:`~proxy.smtp.relay.Relay` uses of an ``asyncio.Server``:
 ``sockets``, ``close`` and ``wait_closed``.
 """
 

@@ -3,11 +3,11 @@
 * AUTH needs TLS (STARTTLS, or the implicit TLS listener); plaintext AUTH only when the config
   allows it *and* the client is on loopback.
 * ``MAIL FROM:<a@x> AUTH=<>`` (Outlook) is accepted: the AUTH parameter is dropped.
-* DATA is read in large chunks into a :class:`~proxy.databuf.MessageBuffer` (kept as sent,
+* DATA is read in large chunks into a :class:`~proxy.smtp.databuf.MessageBuffer` (kept as sent,
   spilled to disk when large) instead of aiosmtpd's list of lines, and handed to the connection's
   ``deliver``; a message over the size limit is read to its end and refused with 552.
 * The connection handler hears when the client goes away, so the upstream session goes too.
-* With PROXY protocol on (:mod:`proxy.proxyproto`), a connection is served only after a valid
+* With PROXY protocol on (:mod:`proxy.smtp.proxyproto`), a connection is served only after a valid
   header from a trusted load balancer (aiosmtpd reads it; the ``PROXY`` hook here judges it), and
   the real client it names is the peer from then on: in aiosmtpd's session and log lines (also
   after STARTTLS), in the plaintext-on-loopback decision, in the AUTH log lines. A connection

@@ -3,7 +3,7 @@
 An :class:`UpstreamSession` logs in with the user's own credentials (that login *is* the relay's
 password check) and then carries each message, command by command (cut-through): the upstream's
 reply to MAIL, every RCPT and DATA goes back to the mail client as it is. aiosmtplib connects,
-negotiates TLS and logs in; the transaction then runs on :class:`~proxy.wire.Wire`, which can
+negotiates TLS and logs in; the transaction then runs on :class:`~proxy.smtp.wire.Wire`, which can
 pipeline (envelope addresses quoted as aiosmtplib does, control characters refused, so nothing
 can be injected). The message goes in one ``BDAT`` where the upstream offers CHUNKING (RFC 3030: one
 round trip instead of DATA's two), else after DATA, streamed in chunks with flow control.
@@ -102,7 +102,7 @@ class UpstreamClient:
 class UpstreamSession:
     """One logged-in connection to the user's upstream server, reused for many messages.
 
-    From the login on the connection is a :class:`~proxy.wire.Wire`. Where the upstream offers
+    From the login on the connection is a :class:`~proxy.smtp.wire.Wire`. Where the upstream offers
     PIPELINING, MAIL is answered here and goes up with the first RCPT in one write (one round
     trip less per message, as Postfix itself answers MAIL and judges the sender at RCPT): an
     upstream refusing the sender is heard by the client at that RCPT, and at every later one.

@@ -1,4 +1,4 @@
-"""Alembic environment: runs migrations on the engine handed over by :mod:`crm.db`."""
+"""Alembic environment: runs migrations on the engine handed over by :mod:`crm.store.db`."""
 
 from __future__ import annotations
 
