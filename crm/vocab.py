@@ -1,8 +1,8 @@
 """The shared vocabulary: words every part of mailcrm spells the same way, in one place.
 
-The kinds of things (directions, CRM entities, mailbox kinds), a mailbox's initial import window
-(M3) and poll intervals, the TLS modes of an upstream server, an upstream endpoint and which
-hosts count as loopback. Plain Python only: the ORM, the rules, the CLI and the protocol front
+The kinds of things (directions, CRM entities, mailbox kinds), the UTC clock, a mailbox's initial
+import window (M3) and poll intervals, the TLS modes of an upstream server, an upstream endpoint and
+which hosts count as loopback. Plain Python only: the ORM, the rules, the CLI and the protocol front
 ends all import it (see ARCHITECTURE.md).
 """
 
@@ -46,6 +46,11 @@ INTERVAL_NAMES = {seconds: name for name, seconds in INTERVALS.items()}
 # (loopback only).
 TLS_MODES = ("ssl", "starttls", "none")
 LOCAL_NAMES = ("localhost", "localhost.localdomain")
+
+
+def utcnow() -> dt.datetime:
+    """Now, as an aware UTC datetime (the clock every stored time is read on)."""
+    return dt.datetime.now(dt.UTC)
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from typing import Any
 
 from crm import logs
 from crm.config import Config
-from crm.store.db import Database
+from crm.face import Database
 
 log = logging.getLogger(__name__)
 Component = Callable[[Config, Database, asyncio.Event], Awaitable[None]]

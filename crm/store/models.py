@@ -35,6 +35,7 @@ from crm.vocab import DEFAULT_WINDOW
 from crm.vocab import Direction as Direction
 from crm.vocab import EntityType as EntityType
 from crm.vocab import MailboxKind as MailboxKind
+from crm.vocab import utcnow as utcnow
 
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -43,11 +44,6 @@ NAMING = {
     "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
     "pk": "pk_%(table_name)s",
 }
-
-
-def utcnow() -> dt.datetime:
-    """Now, as an aware UTC datetime."""
-    return dt.datetime.now(dt.UTC)
 
 
 class UTCDateTime(TypeDecorator[dt.datetime]):

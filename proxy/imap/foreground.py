@@ -35,16 +35,11 @@ import signal
 from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar
 
-from sqlalchemy.exc import SQLAlchemyError
-
-from crm.capture.path import Capturer
 from crm.config import Config, PollerConfig
 from crm.errors import InvalidInput, UpstreamError
-from crm.mailboxes import sync
-from crm.mailboxes.handover import import_node
-from crm.store.db import Database
-from crm.store.models import utcnow
-from crm.vocab import WINDOWS
+from crm.face import Database, StoreError
+from crm.face.poller import Capturer, import_node, sync
+from crm.vocab import WINDOWS, utcnow
 
 from .client import ImapClient
 from .context import DbThread, PollerContext
@@ -224,5 +219,5 @@ class ForegroundImport:
             raise UpstreamError(f"network error: {exc}") from exc
 
     async def _status(self, problem: str | None) -> None:
-        with contextlib.suppress(SQLAlchemyError):
+        with contextlib.suppress(StoreError):
             await self.ctx.run(sync.record_status, self.ctx.db, self.plan.id, problem)

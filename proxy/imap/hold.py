@@ -28,11 +28,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy.exc import SQLAlchemyError
-
 from crm.errors import MailcrmError
-from crm.mailboxes.handover import ForegroundLease, is_import_node
-from crm.store.db import Database
+from crm.face import Database, StoreError
+from crm.face.poller import ForegroundLease, is_import_node
 
 from .context import DbThread
 
@@ -116,7 +114,7 @@ class LeaseHold:
                 holder = await asyncio.wait_for(
                     self.run(self.keeper.take, self.mailbox_id), max(cutoff - asked, 0.01)
                 )
-            except (SQLAlchemyError, TimeoutError) as exc:
+            except (StoreError, TimeoutError) as exc:
                 log.warning("lease of %s not renewed: %s", self.address, exc)
                 continue
             if holder is not None:
@@ -130,7 +128,7 @@ class LeaseHold:
         """Give lease and request back (after any take still running), stop the lease thread.
 
         Call it once the import's database thread is idle (its last batch stored)."""
-        with contextlib.suppress(SQLAlchemyError):
+        with contextlib.suppress(StoreError):
             await self.run(self.keeper.release_all)
         if not self.inline:
             await self.run.close()

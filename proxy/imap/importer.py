@@ -22,11 +22,9 @@ import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from crm.capture.path import Capturer, Incoming, Location
 from crm.errors import MessageParseError
-from crm.mail.message import parse_message
-from crm.mailboxes import sync
-from crm.store.models import utcnow
+from crm.face.poller import Capturer, Incoming, Location, parse_message, sync
+from crm.vocab import utcnow
 
 from .client import ImapClient
 from .context import PollerContext

@@ -14,9 +14,9 @@ from sqlalchemy import select
 
 from crm.config import PollerConfig
 from crm.errors import SecretError
-from crm.store.db import Database
+from crm.face import Database
+from crm.face.poller import SecretBox
 from crm.store.models import Mailbox
-from crm.store.secrets import SecretBox
 from crm.vocab import DEFAULT_WINDOW, WINDOWS, Direction, MailboxKind
 
 from .client import Endpoint

@@ -31,16 +31,11 @@ import contextlib
 import logging
 import time
 
-from sqlalchemy.exc import SQLAlchemyError
-
-from crm.capture.path import Capturer
 from crm.config import Config
 from crm.errors import SecretError
-from crm.mailboxes import sync
-from crm.mailboxes.leases import LeaseKeeper
-from crm.store.db import Database
-from crm.store.models import utcnow
-from crm.store.secrets import SecretBox, load_key
+from crm.face import Database, StoreError
+from crm.face.poller import Capturer, LeaseKeeper, SecretBox, load_key, sync
+from crm.vocab import utcnow
 
 from .context import DbThread, PollerContext
 from .plan import MailboxPlan, load_plans
@@ -104,7 +99,7 @@ class Poller:
                 helper.cancel()
             await asyncio.gather(*helpers, return_exceptions=True)
             await asyncio.gather(*(self._stop(mid) for mid in list(self.workers)))
-            with contextlib.suppress(SQLAlchemyError):
+            with contextlib.suppress(StoreError):
                 await self.lease_run(self.keeper.release_all)
             await self.lease_run.close()
             await self.ctx.run.close()
@@ -119,7 +114,7 @@ class Poller:
             due = time.monotonic() + self.keeper.renew_interval
             try:
                 await self.lease_run(self.keeper.claim)
-            except SQLAlchemyError as exc:  # owned() shrinks as the held leases run out
+            except StoreError as exc:  # owned() shrinks as the held leases run out
                 log.warning("poller: lease renewal failed: %s", exc)
             self.changed.set()
             await wait_any((stop,), due - time.monotonic())
@@ -143,7 +138,7 @@ class Poller:
         await self.ctx.run.drain()  # after every call queued before: their last writes done
         try:
             await self.lease_run(self.keeper.hand_over, ended)
-        except SQLAlchemyError as exc:  # asked again at the next claim; or the rows lapse
+        except StoreError as exc:  # asked again at the next claim; or the rows lapse
             log.warning("poller: hand-over failed: %s", exc)
 
     async def refresh(self) -> None:

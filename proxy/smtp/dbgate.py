@@ -17,9 +17,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import ParamSpec, TypeVar
 
-from sqlalchemy.exc import SQLAlchemyError
-
 from crm.errors import MailcrmError
+from crm.face import StoreError
 
 log = logging.getLogger("proxy.dbgate")  # its name before the move (issue 17)
 P = ParamSpec("P")
@@ -66,7 +65,7 @@ class DbGate:
         except TimeoutError as exc:
             self.trip("timeout")
             raise DbUnavailable("the CRM database did not answer in time") from exc
-        except (SQLAlchemyError, OSError) as exc:
+        except (StoreError, OSError) as exc:
             self.trip(exc.__class__.__name__)
             raise DbUnavailable(f"CRM database error: {exc}") from exc
 

@@ -26,10 +26,9 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
-from crm.spool import queue as spool
-from crm.spool.journal import Journal
-from crm.spool.queue import Envelope
-from crm.store.db import Database
+from crm.face import Database
+from crm.face import relay as spool
+from crm.face.relay import Envelope, Journal
 
 from .databuf import MessageBuffer
 from .dbgate import DbGate, DbUnavailable

@@ -15,10 +15,15 @@ from dataclasses import replace
 
 from crm.config import Config
 from crm.errors import MailcrmError
-from crm.mail.addresses import try_normalize
-from crm.mailboxes.linking import LoginView, link_on_login, lookup_login
-from crm.store.db import Database
-from crm.store.secrets import SecretBox, load_key
+from crm.face import Database
+from crm.face.relay import (
+    LoginView,
+    SecretBox,
+    link_on_login,
+    load_key,
+    lookup_login,
+    try_normalize,
+)
 from crm.vocab import Endpoint
 
 from .dbgate import DbGate, DbUnavailable

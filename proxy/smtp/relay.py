@@ -18,9 +18,8 @@ from pathlib import Path
 from typing import cast
 
 from crm.config import Config
-from crm.spool.journal import Journal
-from crm.spool.queue import files_first, spool_dir
-from crm.store.db import Database
+from crm.face import Database
+from crm.face.relay import Journal, files_first, spool_dir
 
 from .dbgate import DbGate
 from .delivery import Deliverer

@@ -15,9 +15,8 @@ from typing import Any
 
 from aiosmtpd.smtp import AuthResult, Envelope, Session
 
-from crm.mail.addresses import domain_of, try_normalize
-from crm.mailboxes.linking import LoginView
-from crm.spool.queue import Envelope as SpoolEnvelope
+from crm.face.relay import Envelope as SpoolEnvelope
+from crm.face.relay import LoginView, domain_of, try_normalize
 
 from . import auth as smtpauth
 from .databuf import MessageBuffer

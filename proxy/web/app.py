@@ -14,11 +14,10 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from sqlalchemy import text
 
-from crm import metrics
 from crm.config import Config
-from crm.store.db import Database
+from crm.face import Database
+from crm.face.status import metrics, ping
 
 from .page import render
 from .status import Check, gather, probe_relay
@@ -63,18 +62,13 @@ async def healthz(request: web.Request) -> web.Response:
     config, db = request.app[CONFIG], request.app[DB]
     body: dict[str, Any] = {"status": "ok", "node": config.cluster.node_name}
     try:
-        await asyncio.wait_for(asyncio.to_thread(_ping, db), HEALTH_TIMEOUT)
+        await asyncio.wait_for(asyncio.to_thread(ping, db), HEALTH_TIMEOUT)
     except Exception as exc:
         reason = str(getattr(exc, "orig", None) or exc) or type(exc).__name__
         body.update(status="unavailable", database=f"unreachable: {reason.splitlines()[0][:200]}")
         return web.json_response(body, status=503)
     body["database"] = "reachable"
     return web.json_response(body)
-
-
-def _ping(db: Database) -> None:
-    with db.engine.connect() as conn:
-        conn.execute(text("SELECT 1"))
 
 
 async def metrics_page(request: web.Request) -> web.Response:
