@@ -34,8 +34,6 @@ from crm.store.lookups import (
     contact_names,
     known_entities,
     mailbox_view,
-    record_location,
-    remember_alias,
     threads,
 )
 from crm.store.lookups import existing_activity as _existing_activity
@@ -43,7 +41,7 @@ from crm.store.models import utcnow
 from crm.vocab import Direction
 
 from .pipeline import Context, MailboxView, decide
-from .records import CreatedRecords, apply_decision
+from .records import CreatedRecords, apply_decision, record_location, remember_alias
 
 log = logging.getLogger("crm.capture")  # its name before the move (issue 17)
 CACHE_SECONDS = 5.0

@@ -1,4 +1,5 @@
-"""Writes a capture decision into the CRM: companies, leads, contacts, the activity, bindings.
+"""Writes a capture decision into the CRM: companies, leads, contacts, the activity, bindings;
+and what the capture path notes besides (a message's alias id, where the poller found it).
 
 Runs inside the caller's transaction (SQL Core inserts: this is the hot path of every captured
 message); the caller commits or rolls back the whole message.
@@ -9,7 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, Table, bindparam, func, insert, select, update
+from sqlalchemy import Connection, Executable, Table, bindparam, func, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from crm.mail.domains import CompanyGuess
@@ -25,11 +27,19 @@ from crm.store.tables import (
     CONTACTS,
     EMAILS,
     LEADS,
+    LOCATIONS,
     MAILBOXES,
     USERS,
 )
 
 from .pipeline import Decision, EntityRef, NewContact, NewLead
+
+_ALIAS = (
+    update(ACTIVITIES)
+    .where(ACTIVITIES.c.message_key == bindparam("key"), ACTIVITIES.c.alt_message_id.is_(None))
+    .values(alt_message_id=bindparam("alias"))
+)
+_LOCATE: dict[str, Executable] = {}
 
 
 @dataclass
@@ -200,3 +210,45 @@ def apply_decision(
     if decision.answers:
         conn.execute(_ANSWERED, {"ids": list(decision.answers)})
     return activity_id, created
+
+
+def remember_alias(conn: Connection, msg: ParsedMessage) -> None:
+    """A rewritten copy (Exchange, Gmail Sent) of a captured message: keep its id for B3."""
+    if msg.header_id:
+        conn.execute(_ALIAS, {"key": msg.key, "alias": msg.header_id})
+
+
+def record_location(
+    conn: Connection,
+    mailbox_id: int,
+    key: str,
+    folder: str,
+    uidvalidity: int,
+    uid: int,
+    seen: bool,
+    activities: list[int],
+) -> None:
+    """Where the poller found the message, for read-state and deletion sync (C10, C11); a
+    location already recorded is left as it is."""
+    statement = _LOCATE.get(conn.dialect.name)
+    if statement is None:
+        statement = _LOCATE[conn.dialect.name] = _insert_once(conn.dialect.name)
+    conn.execute(
+        statement,
+        {
+            "mailbox_id": mailbox_id,
+            "folder": folder,
+            "uidvalidity": uidvalidity,
+            "uid": uid,
+            "message_key": key,
+            "activity_id": activities[0] if activities else None,
+            "seen": seen,
+        },
+    )
+
+
+def _insert_once(dialect: str) -> Executable:
+    """``INSERT ... ON CONFLICT DO NOTHING`` into the locations, in the dialect's words."""
+    if dialect == "postgresql":
+        return postgresql.insert(LOCATIONS).on_conflict_do_nothing()
+    return sqlite.insert(LOCATIONS).on_conflict_do_nothing()

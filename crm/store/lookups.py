@@ -1,4 +1,5 @@
-"""The reads the capture path makes for one message, as plain SQL Core statements.
+"""The reads the capture path makes for one message, as plain SQL Core statements (its writes
+are :mod:`crm.capture.records`').
 
 Every function takes the open connection of the capture transaction and runs one indexed query,
 without ORM object loading: this is the hot path of every captured message (issue 2's speed
@@ -11,12 +12,10 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 
-from sqlalchemy import Connection, Executable, bindparam, func, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Connection, bindparam, func, select
 
 from crm.capture.pipeline import EntityRef, MailboxView
 from crm.errors import NotFound
-from crm.mail.message import ParsedMessage
 
 from .models import (
     EntityType,
@@ -27,7 +26,6 @@ from .tables import (
     EMAILS,
     EXCLUSIONS,
     LEADS,
-    LOCATIONS,
     MAILBOXES,
     QUEUE,
     USERS,
@@ -67,12 +65,6 @@ _KNOWN = (
     .where(EMAILS.c.address.in_(bindparam("addresses", expanding=True)))
 )
 _EXISTING = select(ACTIVITIES.c.id).where(ACTIVITIES.c.message_key == bindparam("key"))
-_ALIAS = (
-    update(ACTIVITIES)
-    .where(ACTIVITIES.c.message_key == bindparam("key"), ACTIVITIES.c.alt_message_id.is_(None))
-    .values(alt_message_id=bindparam("alias"))
-)
-_LOCATE: dict[str, Executable] = {}
 _THREADS = select(ACTIVITIES.c.message_id, ACTIVITIES.c.alt_message_id, ACTIVITIES.c.thread).where(
     ACTIVITIES.c.message_id.in_(bindparam("ids", expanding=True))
     | ACTIVITIES.c.alt_message_id.in_(bindparam("ids", expanding=True))
@@ -198,45 +190,3 @@ def threads(conn: Connection, ids: tuple[str, ...]) -> dict[str, str]:
     for mid, alt, thread in rows:
         found.update({i: thread for i in (mid, alt) if i in wanted})
     return found
-
-
-def remember_alias(conn: Connection, msg: ParsedMessage) -> None:
-    """A rewritten copy (Exchange, Gmail Sent) of a captured message: keep its id for B3."""
-    if msg.header_id:
-        conn.execute(_ALIAS, {"key": msg.key, "alias": msg.header_id})
-
-
-def record_location(
-    conn: Connection,
-    mailbox_id: int,
-    key: str,
-    folder: str,
-    uidvalidity: int,
-    uid: int,
-    seen: bool,
-    activities: list[int],
-) -> None:
-    """Where the poller found the message, for read-state and deletion sync (C10, C11); a
-    location already recorded is left as it is."""
-    statement = _LOCATE.get(conn.dialect.name)
-    if statement is None:
-        statement = _LOCATE[conn.dialect.name] = _insert_once(conn.dialect.name)
-    conn.execute(
-        statement,
-        {
-            "mailbox_id": mailbox_id,
-            "folder": folder,
-            "uidvalidity": uidvalidity,
-            "uid": uid,
-            "message_key": key,
-            "activity_id": activities[0] if activities else None,
-            "seen": seen,
-        },
-    )
-
-
-def _insert_once(dialect: str) -> Executable:
-    """``INSERT ... ON CONFLICT DO NOTHING`` into the locations, in the dialect's words."""
-    if dialect == "postgresql":
-        return postgresql.insert(LOCATIONS).on_conflict_do_nothing()
-    return sqlite.insert(LOCATIONS).on_conflict_do_nothing()
