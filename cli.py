@@ -1,8 +1,8 @@
-"""The ``mailcrm`` command line (typer): the contract of ``shared/CLI.md`` for admins and users.
+"""The ``mailcrm`` command line (typer): the contract of ``docs/CLI.md`` for admins and users.
 
-Commands only parse arguments, call :mod:`crm.admin` / :mod:`crm.capture` / :mod:`crm.views`
-and print. Errors are one line on stderr and exit 1; usage errors exit 2; ``--json`` prints
-only JSON on stdout.
+Commands only parse arguments, call :mod:`crm.face.admin` / :mod:`crm.capture.path` /
+:mod:`crm.face.views` and print. Errors are one line on stderr and exit 1; usage errors exit 2;
+``--json`` prints only JSON on stdout.
 """
 
 from __future__ import annotations
@@ -21,16 +21,16 @@ from typer._click.core import Context as ClickContext  # typer vendors click
 from typer._click.exceptions import ClickException, UsageError
 from typer.core import TyperArgument, TyperGroup, TyperOption
 
-from crm import admin, logs, queries, views
-from crm.admin import INTERVALS, TLS_MODES
-from crm.capture import Capturer, CaptureResult
+from crm import logs
+from crm.capture.path import Capturer, CaptureResult
+from crm.capture.sources import read_sources
 from crm.config import Config, load_config
-from crm.db import Database
 from crm.errors import InvalidInput, MailcrmError
-from crm.models import Direction
-from crm.presets import PRESETS
-from crm.secrets import SecretBox, load_key
-from crm.sources import read_sources
+from crm.face import admin, queries, views
+from crm.mailboxes.presets import PRESETS
+from crm.store.db import Database
+from crm.store.secrets import SecretBox, load_key
+from crm.vocab import INTERVALS, TLS_MODES, Direction
 
 
 def _flag_type(self: TyperOption, ctx: ClickContext) -> str | None:
@@ -240,7 +240,7 @@ def user_list(as_json: JsonOpt = False) -> None:
     """List employees."""
     from sqlalchemy import select
 
-    from crm.models import User
+    from crm.store.models import User
 
     with STATE.db.session() as s:
         rows = [views.user_json(u) for u in s.scalars(select(User).order_by(User.email))]
@@ -398,8 +398,8 @@ def mailbox_list(as_json: JsonOpt = False) -> None:
     """List mailboxes with their status."""
     from sqlalchemy import select
 
-    from crm.models import Mailbox
-    from crm.schedule import schedule_json
+    from crm.mailboxes.schedule import schedule_json
+    from crm.store.models import Mailbox
 
     with STATE.db.session() as s:
         rows = []
@@ -416,7 +416,7 @@ def mailbox_list(as_json: JsonOpt = False) -> None:
 @mailbox_app.command("show")
 def mailbox_show(address: Address, as_json: JsonOpt = False) -> None:
     """Show one mailbox."""
-    from crm.schedule import schedule_json
+    from crm.mailboxes.schedule import schedule_json
 
     with STATE.db.session() as s:
         box = admin.get_mailbox(s, address)
@@ -434,7 +434,7 @@ def mailbox_check(address: Address, as_json: JsonOpt = False) -> None:
     """Verify settings and connection (IMAP login, folders, SMTP login); collects no mail."""
     import asyncio
 
-    from crm import sync
+    from crm.mailboxes import sync
     from proxy.imap.check import check_mailbox
     from proxy.imap.plan import load_plan
 
@@ -469,7 +469,7 @@ def mailbox_import(
     """Import a mailbox now, in the foreground with a progress bar (Ctrl-C stops, rerun resumes)."""
     import asyncio
 
-    from crm.schedule import touch_owner
+    from crm.mailboxes.schedule import touch_owner
     from proxy.imap.foreground import ForegroundImport, prepare
     from proxy.imap.importview import make_view
     from proxy.imap.plan import load_plan
@@ -588,7 +588,7 @@ def capture(
     as_json: JsonOpt = False,
 ) -> None:
     """Run raw RFC 5322 messages through the capture path and print what it did."""
-    from crm import archive
+    from crm.capture import archive
 
     if direction not in ("in", "out"):
         fail("--direction must be in or out", 2)
@@ -735,7 +735,7 @@ def lead_convert(
     as_json: JsonOpt = False,
 ) -> None:
     """Convert a lead into a contact; its activities move to the contact."""
-    from crm.convert import convert_lead
+    from crm.face.convert import convert_lead
 
     with STATE.db.session() as s:
         done = convert_lead(s, lead_id, company)
@@ -833,7 +833,7 @@ def tls_selfsigned(
     """Write a self-signed certificate and key for the relay's listeners."""
     from pathlib import Path
 
-    from proxy.tls import default_names, default_paths, write_selfsigned
+    from proxy.smtp.tls import default_names, default_paths, write_selfsigned
 
     default_cert, default_key = default_paths()
     cert_path, key_path = Path(cert or default_cert), Path(key or default_key)

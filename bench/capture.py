@@ -53,12 +53,12 @@ import corpus
 from cryptography.fernet import Fernet
 from sqlalchemy import func, insert, select
 
-from crm.admin import MailboxSettings, add_exclusion, add_mailbox, add_user
-from crm.capture import Capturer, CaptureResult
-from crm.db import Database
-from crm.message import parse_message
-from crm.models import Activity, Company, Contact, Direction, EntityEmail, Lead, utcnow
-from crm.secrets import SecretBox
+from crm.capture.path import Capturer, CaptureResult
+from crm.face.admin import MailboxSettings, add_exclusion, add_mailbox, add_user
+from crm.mail.message import parse_message
+from crm.store.db import Database
+from crm.store.models import Activity, Company, Contact, Direction, EntityEmail, Lead, utcnow
+from crm.store.secrets import SecretBox
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent

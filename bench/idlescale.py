@@ -42,10 +42,10 @@ from sqlalchemy import create_engine, func, select, text
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from crm.admin import MailboxSettings, add_mailbox  # noqa: E402
-from crm.db import Database  # noqa: E402
-from crm.models import Activity, Mailbox  # noqa: E402
-from crm.secrets import SecretBox  # noqa: E402
+from crm.face.admin import MailboxSettings, add_mailbox  # noqa: E402
+from crm.store.db import Database  # noqa: E402
+from crm.store.models import Activity, Mailbox  # noqa: E402
+from crm.store.secrets import SecretBox  # noqa: E402
 from tests.servers import Dovecot  # noqa: E402
 
 PASSWORD = "bench password"

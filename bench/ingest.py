@@ -86,9 +86,9 @@ def seed_crm(url: str, address: str, key: bytes, port: int = 993) -> None:
     """A fresh CRM: the corpus's employees and the linked personal mailbox (all time)."""
     import corpus
 
-    from crm.admin import MailboxSettings, add_mailbox, add_user
-    from crm.db import Database
-    from crm.secrets import SecretBox
+    from crm.face.admin import MailboxSettings, add_mailbox, add_user
+    from crm.store.db import Database
+    from crm.store.secrets import SecretBox
 
     db = Database(url)
     with db.session() as s:
@@ -118,9 +118,9 @@ def phase_parse(path: Path) -> Result:
 
 def phase_capture(path: Path, url: str, address: str, key: str) -> Result:
     """(c) every message through ``Capturer.capture``, no IMAP."""
-    from crm.capture import Capturer
-    from crm.db import Database
-    from crm.models import Direction
+    from crm.capture.path import Capturer
+    from crm.store.db import Database
+    from crm.store.models import Direction
 
     raws: list[bytes] = pickle.loads(path.read_bytes())
     seed_crm(url, address, key.encode())
@@ -138,11 +138,11 @@ def phase_capture(path: Path, url: str, address: str, key: str) -> Result:
 def phase_poll(config_path: str, url: str) -> None:
     """(d)/(e) the poller alone until SIGTERM (started by :func:`run_import`)."""
     from crm.config import load_config
-    from crm.db import Database
+    from crm.store.db import Database
     from proxy.serve import serve
 
     config = load_config(config_path, url)
-    components = (("poller", "proxy.poller:run_poller"),)
+    components = (("poller", "proxy.imap.poller:run_poller"),)
     asyncio.run(serve(config, Database(config.database_url), components=components))
 
 

@@ -52,12 +52,12 @@ from cryptography.fernet import Fernet  # noqa: E402
 from sqlalchemy import func, select  # noqa: E402
 
 from crm.config import load_config  # noqa: E402
-from crm.db import Database  # noqa: E402
-from crm.models import Activity  # noqa: E402
-from crm.spool import run_spool_worker  # noqa: E402
-from proxy.relay import run_relay  # noqa: E402
+from crm.spool.runner import run_spool_worker  # noqa: E402
+from crm.store.db import Database  # noqa: E402
+from crm.store.models import Activity  # noqa: E402
 from proxy.serve import run_loop  # noqa: E402
-from proxy.tls import write_selfsigned  # noqa: E402
+from proxy.smtp.relay import run_relay  # noqa: E402
+from proxy.smtp.tls import write_selfsigned  # noqa: E402
 from tests.servers import Dovecot, Postfix  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "bench"))
@@ -362,8 +362,8 @@ def memory(args: argparse.Namespace, work: Path, postfix: Postfix, users: list[s
 
 def prepare_crm(db_url: str, key: str, users: list[str]) -> None:
     """The bench's users in a new CRM: the capture counts assume no activities before."""
-    from crm import admin
     from crm.errors import AlreadyExists
+    from crm.face import admin
 
     db = Database(db_url)
     try:

@@ -34,9 +34,9 @@ import idlescale
 from sqlalchemy import create_engine, text
 
 from crm.config import Config
-from crm.db import Database
-from crm.leases import LeaseKeeper, lease_owners
-from crm.models import Mailbox, utcnow
+from crm.mailboxes.leases import LeaseKeeper, lease_owners
+from crm.store.db import Database
+from crm.store.models import Mailbox, utcnow
 from proxy.web import run_http
 
 PG = os.environ.get("MAILCRM_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")

@@ -17,6 +17,7 @@ from typing import Any
 from platformdirs import user_data_dir
 
 from .errors import ConfigError
+from .vocab import INTERVALS, WINDOWS
 
 
 def data_dir() -> Path:
@@ -60,7 +61,7 @@ class RelayConfig:
     proxy_protocol: bool = False
     proxy_trusted: list[str] = field(default_factory=lambda: ["127.0.0.1/32", "::1/128"])
     proxy_timeout: float = 10.0
-    # abuse limits (proxy/gatekeeper.py)
+    # abuse limits (proxy/smtp/gatekeeper.py)
     max_connections_per_client: int = 50  # as Postfix's smtpd_client_connection_count_limit
     unauthenticated_timeout: float = 30.0
     unauthenticated_timeout_busy: float = 10.0
@@ -134,8 +135,6 @@ class Config:
     http: HttpConfig = field(default_factory=HttpConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     log_format: str = "text"
-    allowed_since: tuple[str, ...] = ("3d", "all")
-    allowed_intervals: tuple[str, ...] = ("2m", "5m", "10m", "1h", "3h", "12h")
     source: Path | None = None
 
 
@@ -147,6 +146,17 @@ def _section(raw: dict[str, Any], name: str, target: Any) -> None:
         if not hasattr(target, key):
             raise ConfigError(f"config: unknown setting {name}.{key}")
         setattr(target, key, value)
+
+
+def _refuse_removed(raw: dict[str, Any]) -> None:
+    """``[limits] since/intervals`` were read by nothing (the windows and intervals are fixed,
+    :mod:`crm.vocab`); a config that still sets them is told so rather than silently ignored."""
+    if "limits" in raw:
+        raise ConfigError(
+            "config: [limits] is no longer supported (its since/intervals were never applied: "
+            f"the import windows are {', '.join(WINDOWS)} and the intervals "
+            f"{', '.join(INTERVALS)}); remove the [limits] table"
+        )
 
 
 def load_config(path: str | None = None, database_url: str | None = None) -> Config:
@@ -168,9 +178,7 @@ def load_config(path: str | None = None, database_url: str | None = None) -> Con
         _section(raw, "http", config.http)
         _section(raw, "cluster", config.cluster)
         config.log_format = raw.get("log_format", config.log_format)
-        limits = raw.get("limits", {})
-        config.allowed_since = tuple(limits.get("since", config.allowed_since))
-        config.allowed_intervals = tuple(limits.get("intervals", config.allowed_intervals))
+        _refuse_removed(raw)
     config.database_url = (
         database_url or os.environ.get("MAILCRM_DATABASE_URL") or config.database_url
     )

@@ -35,10 +35,10 @@ from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 from sqlalchemy.orm import lazyload
 
-from .db import Database
-from .filespool import FileSpool
-from .models import Lease, Mailbox, SpoolEntry, utcnow
-from .views import mailbox_status
+from crm.face.views import mailbox_status
+from crm.spool.files import FileSpool
+from crm.store.db import Database
+from crm.store.models import Lease, Mailbox, SpoolEntry, utcnow
 
 log = logging.getLogger(__name__)
 P = ParamSpec("P")

@@ -26,26 +26,33 @@ from typing import Any
 
 from crm import logs
 from crm.config import Config
-from crm.db import Database
 from crm.errors import SecretError
-from crm.secrets import load_key
+from crm.face import Database
+from crm.face.relay import load_key
 
 log = logging.getLogger(__name__)
 Component = Callable[[Config, Database, asyncio.Event], Awaitable[None]]
 
 # (name, "module:function") of every component; each module owns its part.
 COMPONENTS: tuple[tuple[str, str], ...] = (
-    ("spool", "crm.spool:run_spool_worker"),
-    ("relay", "proxy.relay:run_relay"),
-    ("poller", "proxy.poller:run_poller"),
+    ("spool", "crm.spool.runner:run_spool_worker"),
+    ("relay", "proxy.smtp.relay:run_relay"),
+    ("poller", "proxy.imap.poller:run_poller"),
     ("http", "proxy.web:run_http"),
 )
+# Component paths before the re-room (issue 17), still accepted: callers outside the package
+# (scripts, tests of earlier versions) may name them.
+MOVED: dict[str, str] = {
+    "crm.spool:run_spool_worker": "crm.spool.runner:run_spool_worker",
+    "proxy.relay:run_relay": "proxy.smtp.relay:run_relay",
+    "proxy.poller:run_poller": "proxy.imap.poller:run_poller",
+}
 RESTART_DELAY = 5.0
 STARTUP_SECONDS = 2.0  # after this, what the heap holds counts as start-up's
 
 
 def _load(target: str) -> Component:
-    module, _, name = target.partition(":")
+    module, _, name = MOVED.get(target, target).partition(":")
     component: Component = getattr(importlib.import_module(module), name)
     return component
 

@@ -31,7 +31,7 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 
-from crm.db import Database
+from crm.store.db import Database
 
 HOST = "127.0.0.1"
 ROOT = Path(__file__).resolve().parent.parent

@@ -16,7 +16,7 @@ from cryptography.fernet import Fernet
 from sqlalchemy import create_engine, text
 from typer.testing import CliRunner
 
-from crm.db import Database
+from crm.store.db import Database
 from tests.servers import dovecot, postfix
 
 __all__ = ["dovecot", "postfix"]  # one Dovecot and one Postfix for the whole session

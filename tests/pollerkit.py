@@ -27,9 +27,9 @@ from typing import Any
 from sqlalchemy import func, select
 
 from crm.config import load_config
-from crm.db import Database
-from crm.models import Activity, FolderState, MessageLocation
-from proxy.poller import run_poller
+from crm.store.db import Database
+from crm.store.models import Activity, FolderState, MessageLocation
+from proxy.imap.poller import run_poller
 from tests.conftest import Cli
 from tests.servers import Dovecot
 
@@ -237,12 +237,12 @@ class MailEnv:
             """
             import asyncio, logging, sys
             from crm.config import load_config
-            from crm.db import Database
+            from crm.store.db import Database
             from proxy.serve import serve
             logging.basicConfig(level=logging.INFO, stream=sys.stderr)
             config = load_config(sys.argv[1], sys.argv[2])
             asyncio.run(serve(config, Database(config.database_url),
-                              components=(("poller", "proxy.poller:run_poller"),)))
+                              components=(("poller", "proxy.imap.poller:run_poller"),)))
             """
         )
         env = {**os.environ, **self.cli.env}

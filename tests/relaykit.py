@@ -25,13 +25,14 @@ from typing import Any
 import aiosmtplib
 from sqlalchemy import select
 
-from crm import spool
 from crm.config import Config, RelayConfig
-from crm.db import Database
-from crm.filespool import FileSpool
-from crm.models import Activity, SpoolEntry
-from proxy.relay import Relay
-from proxy.tls import write_selfsigned
+from crm.spool import queue as spool
+from crm.spool import runner
+from crm.spool.files import FileSpool
+from crm.store.db import Database
+from crm.store.models import Activity, SpoolEntry
+from proxy.smtp.relay import Relay
+from proxy.smtp.tls import write_selfsigned
 from tests.conftest import Cli
 from tests.servers import Dovecot, Postfix
 
@@ -247,7 +248,7 @@ async def start_env(
     ca = ssl.create_default_context(cafile=str(tmp / "relay.crt"))
     env = RelayEnv(cli, db, config, postfix, postfix.dovecot, relay, ca, cable=link)
     if worker:
-        env.worker = asyncio.create_task(spool.run_spool_worker(config, db, env.stop))
+        env.worker = asyncio.create_task(runner.run_spool_worker(config, db, env.stop))
     return env
 
 

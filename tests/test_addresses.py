@@ -7,7 +7,8 @@ import random
 import idna
 import pytest
 
-from crm.addresses import (
+from crm.errors import InvalidAddress, InvalidExclusion, InvalidInput
+from crm.mail.addresses import (
     display_domain,
     domain_of,
     is_excluded,
@@ -15,7 +16,6 @@ from crm.addresses import (
     parse_exclusion,
     try_normalize,
 )
-from crm.errors import InvalidAddress, InvalidExclusion, InvalidInput
 
 ACCEPTED_FORMS = "use an address (a@x.com) or a domain (@x.com or x.com)"
 

@@ -16,8 +16,8 @@ import pytest
 from sqlalchemy import update
 
 from crm.config import Config
-from crm.db import Database
-from crm.models import Mailbox, User, utcnow
+from crm.store.db import Database
+from crm.store.models import Mailbox, User, utcnow
 from proxy.web.page import render
 from proxy.web.status import gather
 from tests.conftest import Cli

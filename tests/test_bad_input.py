@@ -14,13 +14,13 @@ from typing import Any
 import pytest
 from cryptography.fernet import Fernet
 
-import crm.capture
-from crm import admin, views
-from crm.capture import Capturer, CaptureResult
-from crm.db import Database
-from crm.models import Direction
-from crm.records import apply_decision
-from crm.secrets import SecretBox
+import crm.capture.path
+from crm.capture.path import Capturer, CaptureResult
+from crm.capture.records import apply_decision
+from crm.face import admin, views
+from crm.store.db import Database
+from crm.store.models import Direction
+from crm.store.secrets import SecretBox
 from tests.conftest import Cli
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -265,8 +265,8 @@ def test_a_race_with_another_writer_leaves_nothing_half_written(
     assert first.action == "captured"
     before = crm_state(db)
     # the second writer did its reads before the first one committed: it saw nothing
-    monkeypatch.setattr(crm.capture, "_existing_activity", lambda session, key: [])
-    monkeypatch.setattr(crm.capture, "known_entities", lambda session, addresses: {})
+    monkeypatch.setattr(crm.capture.path, "_existing_activity", lambda session, key: [])
+    monkeypatch.setattr(crm.capture.path, "known_entities", lambda session, addresses: {})
     second = Capturer(db).capture(golden("C1_unknown_sender.eml"), SALES, IN)
     assert second.action == "duplicate"
     assert crm_state(db) == before
@@ -281,7 +281,7 @@ def test_a_failure_while_writing_rolls_the_whole_message_back(
         real(*args, **kwargs)  # leads, companies and the activity are flushed ...
         raise OSError("disk full")  # ... then the database goes away
 
-    monkeypatch.setattr(crm.capture, "apply_decision", fail_after_writing)
+    monkeypatch.setattr(crm.capture.path, "apply_decision", fail_after_writing)
     try:
         result: CaptureResult | None = capturer.capture(
             golden("C2_outgoing_to_cc_bcc.eml"), SALES, OUT
@@ -290,7 +290,7 @@ def test_a_failure_while_writing_rolls_the_whole_message_back(
         result = None
     assert result is None or result.action != "captured"
     assert crm_state(db) == {"leads": [], "contacts": [], "companies": [], "activities": []}
-    monkeypatch.setattr(crm.capture, "apply_decision", real)
+    monkeypatch.setattr(crm.capture.path, "apply_decision", real)
     assert capturer.capture(golden("C2_outgoing_to_cc_bcc.eml"), SALES, OUT).action == "captured"
     assert len(crm_state(db)["leads"]) == 3
 

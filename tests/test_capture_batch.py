@@ -15,14 +15,14 @@ from cryptography.fernet import Fernet
 from sqlalchemy import select
 from sqlalchemy.exc import DataError
 
-import crm.capture
-from crm import admin
-from crm.capture import Capturer, Incoming, Location
-from crm.db import Database
-from crm.lookups import existing_activity
-from crm.models import Activity, Direction, MessageLocation
-from crm.records import apply_decision
-from crm.secrets import SecretBox
+import crm.capture.path
+from crm.capture.path import Capturer, Incoming, Location
+from crm.capture.records import apply_decision
+from crm.face import admin
+from crm.store.db import Database
+from crm.store.lookups import existing_activity
+from crm.store.models import Activity, Direction, MessageLocation
+from crm.store.secrets import SecretBox
 from tests.pollerkit import message
 from tests.test_bad_input import SALES, capturer, crm_state
 
@@ -81,7 +81,7 @@ def test_a_refused_message_rolls_back_only_itself(
             raise DataError("INSERT ...", {}, Exception("value too long for type"))
         return made
 
-    monkeypatch.setattr(crm.capture, "apply_decision", refuse_two)
+    monkeypatch.setattr(crm.capture.path, "apply_decision", refuse_two)
     results = capturer.capture_many(_batch("one", "two", "three"))
     assert [r.action for r in results] == ["captured", "skipped", "captured"]
     assert results[1].reason == "cannot store: value too long for type"
@@ -109,7 +109,7 @@ def test_a_race_in_a_batch_is_captured_again_with_its_location(
             return []
         return existing_activity(conn, key)
 
-    monkeypatch.setattr(crm.capture, "_existing_activity", read_too_early)
+    monkeypatch.setattr(crm.capture.path, "_existing_activity", read_too_early)
     caplog.set_level(logging.INFO, "crm.capture")
     results = capturer.capture_many(batch)
     assert "capture of a batch of 3 again, a savepoint each" in caplog.text
@@ -129,12 +129,12 @@ def test_any_other_error_rolls_the_whole_batch_back(
             raise OSError("disk full")
         return apply_decision(conn, msg, *args, **kwargs)
 
-    monkeypatch.setattr(crm.capture, "apply_decision", fail_on_two)
+    monkeypatch.setattr(crm.capture.path, "apply_decision", fail_on_two)
     with pytest.raises(OSError):
         capturer.capture_many(_batch("one", "two", "three"))
     assert crm_state(db) == {"leads": [], "contacts": [], "companies": [], "activities": []}
     assert _locations(db) == {}
-    monkeypatch.setattr(crm.capture, "apply_decision", apply_decision)
+    monkeypatch.setattr(crm.capture.path, "apply_decision", apply_decision)
     assert [r.action for r in capturer.capture_many(_batch("one", "two"))] == ["captured"] * 2
     with db.session() as s:
         assert len(s.scalars(select(Activity.id)).all()) == 2

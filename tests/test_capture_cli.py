@@ -19,12 +19,12 @@ import pytest
 from cryptography.fernet import Fernet
 from sqlalchemy import create_engine, select, text, update
 
-from crm import admin, views
-from crm.capture import Capturer, Location
-from crm.db import Database
-from crm.models import Company, Direction, EntityType, Mailbox
-from crm.records import add_emails
-from crm.secrets import SecretBox
+from crm.capture.path import Capturer, Location
+from crm.capture.records import add_emails
+from crm.face import admin, views
+from crm.store.db import Database
+from crm.store.models import Company, Direction, EntityType, Mailbox
+from crm.store.secrets import SecretBox
 from tests.conftest import PG_ADMIN_URL, Cli
 
 GOLDEN = Path(__file__).parent / "golden"

@@ -1,4 +1,4 @@
-"""The CLI contract of ``shared/CLI.md``: every list/show with ``--json`` prints only JSON with
+"""The CLI contract of ``docs/CLI.md``: every list/show with ``--json`` prints only JSON with
 the documented fields; errors are one clear line on stderr, no traceback, exit 1 (2 for usage
 errors); ``capture`` reads message files, Maildir folders, mbox files and stdin, and a bad
 message in a batch is reported while the rest go on.

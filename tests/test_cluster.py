@@ -31,12 +31,13 @@ import pytest
 from cryptography.fernet import Fernet
 from sqlalchemy import select
 
-from crm import admin, spool
-from crm.db import Database
-from crm.leases import lease_owners
-from crm.models import Activity, Mailbox, SpoolEntry
-from crm.secrets import SecretBox
-from proxy.tls import write_selfsigned
+from crm.face import admin
+from crm.mailboxes.leases import lease_owners
+from crm.spool import queue as spool
+from crm.store.db import Database
+from crm.store.models import Activity, Mailbox, SpoolEntry
+from crm.store.secrets import SecretBox
+from proxy.smtp.tls import write_selfsigned
 from tests.clusterkit import (
     HOST,
     TIMED_LOG,

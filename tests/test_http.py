@@ -18,11 +18,11 @@ from cryptography.fernet import Fernet
 from prometheus_client.parser import text_string_to_metric_families
 
 from crm import logs, metrics
-from crm.capture import Capturer
+from crm.capture.path import Capturer
 from crm.config import Config, load_config
-from crm.db import Database
-from crm.leases import LeaseKeeper
-from crm.models import Direction, Mailbox, SpoolEntry, utcnow
+from crm.mailboxes.leases import LeaseKeeper
+from crm.store.db import Database
+from crm.store.models import Direction, Mailbox, SpoolEntry, utcnow
 from proxy.serve import serve
 from proxy.web import run_http
 

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import pytest
 
 from crm.errors import UpstreamAuthError, UpstreamError
-from crm.models import Direction
+from crm.store.models import Direction
 from proxy.imap.client import ConnectionLost, Endpoint, ImapClient
 from proxy.imap.folders import discover
 from tests.servers import Dovecot, dovecot

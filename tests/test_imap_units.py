@@ -9,9 +9,10 @@ import itertools
 import pytest
 
 from crm.config import PollerConfig
+from crm.vocab import is_loopback
 from proxy.imap import utf7
 from proxy.imap.backoff import Backoff, throttle_hint
-from proxy.imap.client import Endpoint, is_loopback
+from proxy.imap.client import Endpoint
 from proxy.imap.flags import change_windows
 from proxy.imap.importer import imap_date, uid_windows
 from proxy.imap.parse import (
@@ -219,13 +220,14 @@ def test_a_duplicate_that_raced_is_captured_again_for_its_location(
     location, captures the rest of the batch, and only then moves the checkpoint."""
     from cryptography.fernet import Fernet
 
-    import crm.capture
-    from crm import admin, sync
-    from crm.capture import Capturer
-    from crm.db import Database
-    from crm.lookups import existing_activity
-    from crm.models import Direction
-    from crm.secrets import SecretBox
+    import crm.capture.path
+    from crm.capture.path import Capturer
+    from crm.face import admin
+    from crm.mailboxes import sync
+    from crm.store.db import Database
+    from crm.store.lookups import existing_activity
+    from crm.store.models import Direction
+    from crm.store.secrets import SecretBox
     from proxy.imap.importer import store_batch
     from proxy.imap.parse import FetchRecord
     from proxy.imap.plan import FolderPlan
@@ -248,7 +250,7 @@ def test_a_duplicate_that_raced_is_captured_again_for_its_location(
             return []
         return existing_activity(conn, key)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(crm.capture, "_existing_activity", looked_before_the_other_commit)
+    monkeypatch.setattr(crm.capture.path, "_existing_activity", looked_before_the_other_commit)
     later = message("Bo <bo@beta.example>", "me@example.com", "hi")
     records = [FetchRecord(seq=1, uid=7, body=raw), FetchRecord(seq=2, uid=8, body=later)]
     plan = _plan(id=box_id, address="me@example.com", since="all")

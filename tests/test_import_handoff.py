@@ -28,9 +28,9 @@ import pytest
 from sqlalchemy import select, text, update
 from sqlalchemy.engine import make_url
 
-from crm.db import Database
-from crm.handover import ForegroundLease, is_import_node
-from crm.models import Lease
+from crm.mailboxes.handover import ForegroundLease, is_import_node
+from crm.store.db import Database
+from crm.store.models import Lease
 from tests.pollerkit import LEASE_S, ROOT, MailEnv
 from tests.test_mailbox_import import env, fill, mailbox_id, owners, per_uid, spawn, wait_for
 

@@ -1,8 +1,9 @@
 """Hand-over requests on mailbox leases (B7): a foreground import asks, the holder lets go.
 
 Keeper-level tests on SQLite and PostgreSQL move time by rewriting rows with SQL; the poller test
-runs the real :class:`~proxy.poller.Poller` with stand-in workers (as ``test_poller_leases``) and
-checks that a row is let go only after the mailbox's worker ended and the capture thread drained.
+runs the real :class:`~proxy.imap.poller.Poller` with stand-in workers (as ``test_poller_leases``)
+and checks that a row is let go only after the mailbox's worker ended and the capture thread
+drained.
 """
 
 from __future__ import annotations
@@ -15,13 +16,13 @@ from typing import Any, ClassVar
 import pytest
 from sqlalchemy import select, update
 
-from crm.db import Database
-from crm.handover import ForegroundLease, import_node, is_import_node
-from crm.leases import LeaseKeeper, lease_owners
-from crm.models import Lease
-from proxy import poller as poller_module
+from crm.mailboxes.handover import ForegroundLease, import_node, is_import_node
+from crm.mailboxes.leases import LeaseKeeper, lease_owners
+from crm.store.db import Database
+from crm.store.models import Lease
+from proxy.imap import poller as poller_module
 from proxy.imap.context import PollerContext
-from proxy.poller import Poller
+from proxy.imap.poller import Poller
 from tests.pollerkit import until
 from tests.test_leases import PAST, add_mailboxes, expire
 from tests.test_poller_leases import LEASE, StandInWorker, poller, running

@@ -19,9 +19,9 @@ import pytest
 from sqlalchemy import update
 from sqlalchemy.exc import SQLAlchemyError
 
-from crm.db import Database
-from crm.leases import LeaseKeeper, lease_owners
-from crm.models import Lease, Mailbox, Node
+from crm.mailboxes.leases import LeaseKeeper, lease_owners
+from crm.store.db import Database
+from crm.store.models import Lease, Mailbox, Node
 
 PAST = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
 Samples = list[tuple[float, frozenset[int]]]

@@ -20,9 +20,9 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from crm.db import Database
-from crm.leases import lease_owners
-from crm.models import Direction, Mailbox, MessageLocation
+from crm.mailboxes.leases import lease_owners
+from crm.store.db import Database
+from crm.store.models import Direction, Mailbox, MessageLocation
 from proxy.imap.importer import ImportStats
 from proxy.imap.importview import LineView
 from proxy.imap.plan import FolderPlan, MailboxPlan

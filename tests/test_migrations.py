@@ -1,5 +1,5 @@
-"""The Alembic migrations create exactly the schema of the models (``crm/models.py``), on SQLite
-and PostgreSQL, and ``mailcrm db upgrade`` migrates a fresh database.
+"""The Alembic migrations create exactly the schema of the models (``crm/store/models.py``), on
+SQLite and PostgreSQL, and ``mailcrm db upgrade`` migrates a fresh database.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import inspect
 
-from crm.db import Database, alembic_config
-from crm.models import Base
+from crm.store.db import Database, alembic_config
+from crm.store.models import Base
 from tests.conftest import Cli
 
 

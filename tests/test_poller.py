@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from crm.capture import Capturer
-from crm.db import Database
-from crm.models import Direction
+from crm.capture.path import Capturer
+from crm.store.db import Database
+from crm.store.models import Direction
 from proxy.imap import utf7
 from tests.conftest import Cli
 from tests.pollerkit import MailEnv, TcpProxy, message, until

@@ -17,14 +17,14 @@ from typing import Any, ClassVar
 import pytest
 from cryptography.fernet import Fernet
 
-from crm import admin
 from crm.config import Config
-from crm.db import Database
-from crm.leases import LeaseKeeper, lease_owners
-from crm.secrets import SecretBox
-from proxy import poller as poller_module
+from crm.face import admin
+from crm.mailboxes.leases import LeaseKeeper, lease_owners
+from crm.store.db import Database
+from crm.store.secrets import SecretBox
+from proxy.imap import poller as poller_module
+from proxy.imap.poller import GUARD_S, Poller
 from proxy.imap.worker import MailboxWorker
-from proxy.poller import GUARD_S, Poller
 from tests.pollerkit import until
 
 LEASE = 1.5

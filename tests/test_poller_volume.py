@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from crm.db import Database
-from crm.models import Activity, MessageLocation
+from crm.store.db import Database
+from crm.store.models import Activity, MessageLocation
 from tests.conftest import Cli
 from tests.pollerkit import MailEnv, message, until
 from tests.servers import Dovecot, dovecot

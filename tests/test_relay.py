@@ -20,7 +20,7 @@ import aiosmtplib
 import pytest
 from sqlalchemy import select
 
-from crm.models import SpoolEntry
+from crm.store.models import SpoolEntry
 from tests.conftest import Cli
 from tests.relaykit import PASSWORD, RelayEnv, eventually, lf, message, running
 from tests.servers import Postfix
@@ -330,7 +330,7 @@ async def test_relay_login_links_the_users_own_mailbox(env: RelayEnv) -> None:
     await smtp.quit()
     assert env.cli.json("mailbox", "show", alice)["linked"] is True
     with env.db.session() as session:
-        from crm.models import Mailbox, User
+        from crm.store.models import Mailbox, User
 
         box = session.scalar(select(Mailbox).where(Mailbox.address == alice))
         user = session.scalar(select(User).where(User.email == alice))

@@ -26,7 +26,7 @@ import pytest
 
 from crm.config import RelayConfig, load_config
 from crm.errors import ConfigError
-from proxy.proxyproto import ProxyPolicy
+from proxy.smtp.proxyproto import ProxyPolicy
 from proxy.web.status import GREEN, probe_relay
 from tests.conftest import Cli
 from tests.relaykit import HOST, PASSWORD, RelayEnv, eventually, message, running

@@ -15,13 +15,13 @@ from cryptography import x509
 
 from crm.config import RelayConfig
 from crm.errors import ConfigError
-from proxy import smtpauth
-from proxy.databuf import DataResult, MessageBuffer, read_data, stuff, unstuff
-from proxy.dbgate import DbGate, DbUnavailable
-from proxy.relay import RateLimiter
-from proxy.session import mail_options, mirror
-from proxy.smtpvalues import Caps, Reply
-from proxy.tls import relay_context, write_selfsigned
+from proxy.smtp import auth as smtpauth
+from proxy.smtp.databuf import DataResult, MessageBuffer, read_data, stuff, unstuff
+from proxy.smtp.dbgate import DbGate, DbUnavailable
+from proxy.smtp.relay import RateLimiter
+from proxy.smtp.session import mail_options, mirror
+from proxy.smtp.tls import relay_context, write_selfsigned
+from proxy.smtp.values import Caps, Reply
 from tests.conftest import Cli
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from crm.robots import REASONS, robot_reason
+from crm.mail.robots import REASONS, robot_reason
 
 DATA = Path(__file__).parent / "data" / "robots"
 

@@ -1,7 +1,7 @@
 """The capture rules through the pure pipeline: golden ``.eml`` files, ``parse_message``, a
 hand-made :class:`Context` and ``decide``; no database, no I/O besides reading the files.
 
-Every rule ID of SPEC.md that the pipeline decides has positive and negative cases here (C1-C9,
+Every rule ID of docs/SPEC.md that the pipeline decides has positive and negative cases here (C1-C9,
 C12, B3-B5, M4); ``tests/test_capture_cli.py`` runs the same golden files through the CLI on
 SQLite and PostgreSQL.
 """
@@ -15,12 +15,7 @@ from typing import Any
 
 import pytest
 
-from crm.addresses import parse_exclusion
-from crm.domains import CompanyGuess
-from crm.errors import InvalidExclusion, MessageParseError
-from crm.message import ParsedMessage, parse_full, parse_message
-from crm.models import Direction, EntityType
-from crm.pipeline import (
+from crm.capture.pipeline import (
     Context,
     Decision,
     EntityRef,
@@ -28,7 +23,12 @@ from crm.pipeline import (
     NewLead,
     decide,
 )
-from crm.vcards import VCardContact, may_contain_vcard, parse_vcards, vcard_parts
+from crm.errors import InvalidExclusion, MessageParseError
+from crm.mail.addresses import parse_exclusion
+from crm.mail.domains import CompanyGuess
+from crm.mail.message import ParsedMessage, parse_full, parse_message
+from crm.mail.vcards import VCardContact, may_contain_vcard, parse_vcards, vcard_parts
+from crm.store.models import Direction, EntityType
 
 GOLDEN = Path(__file__).parent / "golden"
 NOW = dt.datetime(2024, 6, 1, 12, 0, tzinfo=dt.UTC)

@@ -20,16 +20,19 @@ from typing import Any
 import pytest
 from sqlalchemy import select, update
 
-from crm import filespool, spool, spoolworker
-from crm.capture import Capturer
+from crm.capture.path import Capturer
 from crm.config import Config, RelayConfig
-from crm.db import Database
 from crm.errors import ConfigError
-from crm.filespool import FileSpool
-from crm.journal import Journal
-from crm.models import Activity, Direction, SpoolEntry
-from crm.spool import Envelope
-from crm.spoolworker import SpoolWorker
+from crm.spool import files as filespool
+from crm.spool import queue as spool
+from crm.spool import runner
+from crm.spool import worker as spoolworker
+from crm.spool.files import FileSpool
+from crm.spool.journal import Journal
+from crm.spool.queue import Envelope
+from crm.spool.worker import SpoolWorker
+from crm.store.db import Database
+from crm.store.models import Activity, Direction, SpoolEntry
 from tests.conftest import Cli
 from tests.relaykit import eventually, message
 
@@ -129,8 +132,8 @@ def test_a_segment_left_by_a_crash_is_recovered_without_its_cut_record(
     to = _customer()
     raw = message(OWNER, to, "Acknowledged before the crash")
     code = (
-        "import sys; from pathlib import Path; from crm.journal import Journal;"
-        "from crm.spool import Envelope;"
+        "import sys; from pathlib import Path; from crm.spool.journal import Journal;"
+        "from crm.spool.queue import Envelope;"
         f"j = Journal(Path({str(tmp_path)!r}));"
         f"j.append([({raw!r}, Envelope({OWNER!r}, {OWNER!r}, [{to!r}]))]);"
         f"j.append([(b'x' * 100, Envelope({OWNER!r}, {OWNER!r}, ['b@c.example']))]);"
@@ -337,7 +340,7 @@ async def test_worker_component_wakes_on_kick(db: Database, linked: str, tmp_pat
     config = Config(database_url=db.url,
                     relay=RelayConfig(spool_dir=str(tmp_path), spool_poll_interval=60.0))
     stop = asyncio.Event()
-    task = asyncio.create_task(spool.run_spool_worker(config, db, stop))
+    task = asyncio.create_task(runner.run_spool_worker(config, db, stop))
     await asyncio.sleep(0.3)  # idle now, next poll a minute away
     to = _customer()
     await asyncio.to_thread(spool.enqueue, db, message(OWNER, to, "Kicked"), _env(to), True)
@@ -363,15 +366,15 @@ async def test_worker_captures_in_process_when_its_child_keeps_dying(
     db: Database, linked: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async def dead(_self: Any, _purge: bool) -> tuple[int, str]:
-        return 0, spool._ChildRunner.DIED
+        return 0, runner._ChildRunner.DIED
 
-    monkeypatch.setattr(spool._ChildRunner, "run", dead)
+    monkeypatch.setattr(runner._ChildRunner, "run", dead)
     config = Config(database_url=db.url,
                     relay=RelayConfig(spool_dir=str(tmp_path), spool_poll_interval=0.05))
     to = _customer()
     spool.enqueue(db, message(OWNER, to, "Captured anyway"), _env(to))
     stop = asyncio.Event()
-    task = asyncio.create_task(spool.run_spool_worker(config, db, stop))
+    task = asyncio.create_task(runner.run_spool_worker(config, db, stop))
     await eventually(lambda: _states(db) == [("done", True, 1)], timeout=10)
     stop.set()
     await asyncio.wait_for(task, 5)
@@ -379,10 +382,10 @@ async def test_worker_captures_in_process_when_its_child_keeps_dying(
 
 _PARENT = """
 import asyncio, multiprocessing, sys, time
-from crm import spool
+from crm.spool import runner
 from crm.config import Config, RelayConfig
 config = Config(database_url=sys.argv[1], relay=RelayConfig(spool_dir=sys.argv[2]))
-print(asyncio.run(spool._ChildRunner(config).run(False)), flush=True)
+print(asyncio.run(runner._ChildRunner(config).run(False)), flush=True)
 print(*(p.pid for p in multiprocessing.active_children()), flush=True)
 time.sleep(120)
 """

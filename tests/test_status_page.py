@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from crm.db import Database
-from crm.models import Activity, EntityEmail, Lead, Mailbox, utcnow
+from crm.store.db import Database
+from crm.store.models import Activity, EntityEmail, Lead, Mailbox, utcnow
 
 from .test_http import add_box, node_config, start_http
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from crm import vcards
-from crm.vcards import VCardContact, may_contain_vcard, parse_vcards, vcard_parts
+from crm.mail import vcards
+from crm.mail.vcards import VCardContact, may_contain_vcard, parse_vcards, vcard_parts
 
 DATA = Path(__file__).parent / "data" / "vcards"
 

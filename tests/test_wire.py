@@ -1,4 +1,5 @@
-"""The upstream wire (:mod:`proxy.wire`): pipelined commands, replies in order however they arrive.
+"""The upstream wire (:mod:`proxy.smtp.wire`): pipelined commands, replies in order however they
+arrive.
 
 A scripted server on loopback answers with the exact bytes each test needs (split replies, several
 in one segment, a malformed line, a hang-up): faults a real Postfix does not produce on demand.
@@ -13,7 +14,7 @@ from typing import Any, cast
 import aiosmtplib
 import pytest
 
-from proxy.wire import Wire, command_line
+from proxy.smtp.wire import Wire, command_line
 
 Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Coroutine[Any, Any, None]]
 

@@ -1,8 +1,8 @@
 """The IMAP side of the poller: connection, folders, sync, IDLE, schedule and check.
 
-Role: everything the poller (:mod:`proxy.poller`) needs to talk to a real IMAP server through
-aioimaplib, kept apart from the CRM (which it reaches only through :mod:`crm.capture` and
-:mod:`crm.sync`). Modules:
+Role: everything the poller (:mod:`proxy.imap.poller`) needs to talk to a real IMAP server through
+aioimaplib, kept apart from the CRM (which it reaches only through :mod:`crm.capture.path` and
+:mod:`crm.mailboxes.sync`). Modules:
 
 * :mod:`.utf7` -- modified UTF-7 folder names (RFC 3501 5.1.3);
 * :mod:`.parse` -- parsing of the untagged responses aioimaplib hands back;

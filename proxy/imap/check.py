@@ -13,8 +13,9 @@ from typing import Any
 import aiosmtplib
 
 from crm.errors import UpstreamError
+from crm.vocab import is_loopback
 
-from .client import Endpoint, ImapClient, is_loopback
+from .client import Endpoint, ImapClient
 from .folders import discover
 from .plan import MailboxPlan
 

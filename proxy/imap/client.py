@@ -12,7 +12,6 @@ sync code still asks for everything in bounded UID chunks, which keeps responses
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import ssl
 from collections.abc import Awaitable, Sequence
@@ -21,7 +20,9 @@ from typing import Any, TypeVar
 
 from aioimaplib import aioimaplib as aio
 
+from crm import vocab
 from crm.errors import UpstreamAuthError, UpstreamError
+from crm.vocab import is_loopback
 
 from . import parse, utf7
 from .protocol import FetchCommand, Protocol
@@ -41,12 +42,9 @@ class CommandFailed(UpstreamError):
 
 
 @dataclass(frozen=True)
-class Endpoint:
-    """Where and how to reach one IMAP account."""
+class Endpoint(vocab.Endpoint):
+    """Where and how to reach one IMAP account: the server and the account's credentials."""
 
-    host: str
-    port: int
-    tls: str
     login: str
     password: str = field(repr=False)
     ca_file: str | None = None
@@ -56,16 +54,6 @@ class Endpoint:
         """Certificates are checked unless the admin said ``insecure``; the context is shared
         with every endpoint of the same CA file and mode (:mod:`.tlsconn`)."""
         return shared_context(self.ca_file, self.insecure)
-
-
-def is_loopback(host: str) -> bool:
-    """True for localhost and loopback addresses (where plaintext IMAP is allowed)."""
-    if host.lower() in ("localhost", "localhost.localdomain"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class ImapClient:

@@ -14,9 +14,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import ParamSpec, TypeVar
 
-from crm.capture import Capturer
 from crm.config import PollerConfig
-from crm.db import Database
+from crm.face import Database
+from crm.face.poller import Capturer
 
 P = ParamSpec("P")
 T = TypeVar("T")

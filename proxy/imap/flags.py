@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator, Sequence
 
-from crm import deletions, sync
+from crm.face.poller import deletions, sync
 
 from .client import CommandFailed, ImapClient
 from .context import PollerContext

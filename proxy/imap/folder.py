@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from crm import sync
+from crm.face.poller import sync
 
 from .client import ImapClient
 from .context import PollerContext

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from crm.models import Direction
+from crm.vocab import Direction
 
 from .client import ImapClient
 from .plan import FolderPlan

@@ -8,8 +8,8 @@ deletions behave exactly as in ``mailcrm serve``. Differences, all on purpose:
   the server has accepted the login, as ``mailbox set --since`` would: capture judges every
   message by the stored window (C12), and the poller goes on with the window the CRM was filled
   with (after a UIDVALIDITY change, for old mail moved into a folder). Widening forgets the
-  locations of messages that were skipped (:func:`crm.sync.set_window`). Every message of the
-  window not yet recorded is imported, below the checkpoint too (``from_start``): ``--since
+  locations of messages that were skipped (:func:`crm.mailboxes.sync.set_window`). Every message of
+  the window not yet recorded is imported, below the checkpoint too (``from_start``): ``--since
   all`` on a mailbox polled with ``3d`` brings the older mail, and a second run skips what is
   recorded. The checkpoint never moves back, so the poller neither skips nor doubles anything.
 * Count first: one UID SEARCH per window of each folder (minus what is recorded) gives the total
@@ -35,15 +35,11 @@ import signal
 from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar
 
-from sqlalchemy.exc import SQLAlchemyError
-
-from crm import sync
-from crm.capture import Capturer
 from crm.config import Config, PollerConfig
-from crm.db import Database
 from crm.errors import InvalidInput, UpstreamError
-from crm.handover import import_node
-from crm.models import utcnow
+from crm.face import Database, StoreError
+from crm.face.poller import Capturer, import_node, sync
+from crm.vocab import WINDOWS, utcnow
 
 from .client import ImapClient
 from .context import DbThread, PollerContext
@@ -60,13 +56,12 @@ from .worker import open_session
 log = logging.getLogger(__name__)
 P = ParamSpec("P")
 T = TypeVar("T")
-WINDOWS = ("3d", "all")
 
 
 def prepare(plan: MailboxPlan, since: str | None, config: PollerConfig) -> str:
     """The window to import (``since`` or the mailbox's); refusals as :class:`InvalidInput`."""
     if since is not None and since not in WINDOWS:
-        raise InvalidInput(f"--since must be 3d or all, not {since!r}")
+        raise InvalidInput(f"--since must be {' or '.join(WINDOWS)}, not {since!r}")
     mode = mode_for(plan, utcnow(), config)
     if not mode.check:
         raise InvalidInput(f"mailbox {plan.address} is not synced: {mode.reason}")
@@ -224,5 +219,5 @@ class ForegroundImport:
             raise UpstreamError(f"network error: {exc}") from exc
 
     async def _status(self, problem: str | None) -> None:
-        with contextlib.suppress(SQLAlchemyError):
+        with contextlib.suppress(StoreError):
             await self.ctx.run(sync.record_status, self.ctx.db, self.plan.id, problem)

@@ -1,15 +1,15 @@
 """A foreground import's hold on one mailbox's lease (B7): ask for it, keep it, give it back.
 
-The lease is asked for and taken with :meth:`crm.handover.ForegroundLease.take` under a node name
-of the import's own (``NODE/import-PID``). A ``mailcrm serve`` node holding the mailbox hands it
-over at its next claim (it stops syncing it, then lets the row go or lets it lapse), which the
-import waits for (:data:`HANDOVER_PERIODS` lease periods at most, unless told to wait as long as
-it takes), and takes it back once the import lets go. Another import in the way is refused at
-once, or waited for. The lease and the request are renewed together every sixth of a period and
-believed as the serve nodes believe theirs: until the local deadline (the monotonic time taken
-before the last successful take, plus the period) less a third of a period, so the stopped
-import has ended before another node may take the row. Past that point without a renewal, or
-when the row names another node, the import is stopped.
+The lease is asked for and taken with :meth:`crm.mailboxes.handover.ForegroundLease.take` under a
+node name of the import's own (``NODE/import-PID``). A ``mailcrm serve`` node holding the mailbox
+hands it over at its next claim (it stops syncing it, then lets the row go or lets it lapse), which
+the import waits for (:data:`HANDOVER_PERIODS` lease periods at most, unless told to wait as long as
+it takes), and takes it back once the import lets go. Another import in the way is refused at once,
+or waited for. The lease and the request are renewed together every sixth of a period and believed
+as the serve nodes believe theirs: until the local deadline (the monotonic time taken before the
+last successful take, plus the period) less a third of a period, so the stopped import has ended
+before another node may take the row. Past that point without a renewal, or when the row names
+another node, the import is stopped.
 
 Lease calls run one at a time, in order, on a thread of their own: the release always comes
 after the take or renewal before it, even one whose caller was cancelled by an interrupt, so an
@@ -28,11 +28,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy.exc import SQLAlchemyError
-
-from crm.db import Database
 from crm.errors import MailcrmError
-from crm.handover import ForegroundLease, is_import_node
+from crm.face import Database, StoreError
+from crm.face.poller import ForegroundLease, is_import_node
 
 from .context import DbThread
 
@@ -116,7 +114,7 @@ class LeaseHold:
                 holder = await asyncio.wait_for(
                     self.run(self.keeper.take, self.mailbox_id), max(cutoff - asked, 0.01)
                 )
-            except (SQLAlchemyError, TimeoutError) as exc:
+            except (StoreError, TimeoutError) as exc:
                 log.warning("lease of %s not renewed: %s", self.address, exc)
                 continue
             if holder is not None:
@@ -130,7 +128,7 @@ class LeaseHold:
         """Give lease and request back (after any take still running), stop the lease thread.
 
         Call it once the import's database thread is idle (its last batch stored)."""
-        with contextlib.suppress(SQLAlchemyError):
+        with contextlib.suppress(StoreError):
             await self.run(self.keeper.release_all)
         if not self.inline:
             await self.run.close()

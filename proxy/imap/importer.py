@@ -5,7 +5,7 @@ at most ``chunk_size`` messages and ``fetch_bytes`` bytes (sizes are asked first
 two chunks are in memory (one being captured on the database thread while the next is fetched).
 Messages are read with ``BODY.PEEK[]``, so capture never changes the user's read state.
 
-A fetched batch is captured in one transaction (:meth:`crm.capture.Capturer.capture_many`): one
+A fetched batch is captured in one transaction (:meth:`crm.capture.path.Capturer.capture_many`): one
 commit per batch, and a message the database refuses, or that raced with another writer, rolls
 back only itself (the batch is then done again with a SAVEPOINT per message). The checkpoint
 (last UID done) is written after the captures it covers are committed; a crash in between only
@@ -22,11 +22,9 @@ import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from crm import sync
-from crm.capture import Capturer, Incoming, Location
 from crm.errors import MessageParseError
-from crm.message import parse_message
-from crm.models import utcnow
+from crm.face.poller import Capturer, Incoming, Location, parse_message, sync
+from crm.vocab import utcnow
 
 from .client import ImapClient
 from .context import PollerContext

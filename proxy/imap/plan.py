@@ -13,10 +13,11 @@ from dataclasses import dataclass
 from sqlalchemy import select
 
 from crm.config import PollerConfig
-from crm.db import Database
 from crm.errors import SecretError
-from crm.models import Direction, Mailbox, MailboxKind
-from crm.secrets import SecretBox
+from crm.face import Database
+from crm.face.poller import SecretBox
+from crm.store.models import Mailbox
+from crm.vocab import DEFAULT_WINDOW, WINDOWS, Direction, MailboxKind
 
 from .client import Endpoint
 
@@ -49,9 +50,8 @@ class MailboxPlan:
 
     def window_start(self, now: dt.datetime) -> dt.datetime | None:
         """C12: mail older than this is not imported (None: all time)."""
-        if self.since == "all":
-            return None
-        return (self.linked_at or now) - dt.timedelta(days=3)
+        span = WINDOWS.get(self.since, WINDOWS[DEFAULT_WINDOW])
+        return None if span is None else (self.linked_at or now) - span
 
 
 @dataclass(frozen=True)
@@ -136,7 +136,7 @@ def load_plan(
     db: Database, address: str, secrets: SecretBox | None, config: PollerConfig
 ) -> MailboxPlan:
     """One mailbox by address (NotFound when there is none)."""
-    from crm.admin import get_mailbox
+    from crm.face.admin import get_mailbox
 
     with db.session() as s:
         return plan_for(get_mailbox(s, address), secrets, config)

@@ -10,12 +10,19 @@ so far after each one, which makes a 200-message FETCH quadratic.
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any
+from typing import Any
+from typing import Protocol as Interface
 
 from aioimaplib import aioimaplib as aio
 
-if TYPE_CHECKING:
-    from .client import ImapClient
+
+class Owner(Interface):
+    """What the protocol reports to (an :class:`~proxy.imap.client.ImapClient`); an interface,
+    so this module does not import the client that imports it."""
+
+    def connection_lost(self, exc: Exception | None) -> None: ...
+
+    def observe(self, line: bytes) -> None: ...
 
 
 class FetchCommand(aio.FetchCommand):  # type: ignore[misc]
@@ -46,7 +53,7 @@ class Protocol(aio.IMAP4ClientProtocol):  # type: ignore[misc]
     incomplete_line: bytes
     current_command: Any
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, owner: ImapClient) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, owner: Owner) -> None:
         super().__init__(loop, owner.connection_lost)
         self.owner = owner
 

@@ -1,4 +1,4 @@
-"""When a mailbox is checked (SPEC T1-T3, M4): the policy of :mod:`crm.schedule`, plus IDLE.
+"""When a mailbox is checked (SPEC T1-T3, M4): :mod:`crm.mailboxes.schedule`'s policy, plus IDLE.
 
 * T3: a mailbox whose link is off, or that nobody can use (a personal mailbox without an owner
   with CRM access), is not checked at all.
@@ -15,8 +15,8 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
-from crm import schedule
 from crm.config import PollerConfig
+from crm.face.poller import schedule
 
 from .plan import MailboxPlan
 
@@ -32,7 +32,8 @@ class Mode:
 
 
 def mode_for(plan: MailboxPlan, now: dt.datetime, config: PollerConfig) -> Mode:
-    """The watch mode of ``plan`` at ``now``: the policy of :func:`crm.schedule.watch`, and IDLE
+    """The watch mode of ``plan`` at ``now``: the policy of
+    :func:`crm.mailboxes.schedule.watch`, and IDLE
     for a mailbox checked often (not a ``daily`` one)."""
     inputs = schedule.WatchInputs(
         linked=plan.linked,

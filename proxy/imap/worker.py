@@ -20,9 +20,10 @@ import time
 from collections.abc import AsyncIterator, Coroutine, Sequence
 from typing import Any
 
-from crm import metrics, sync
 from crm.errors import UpstreamAuthError, UpstreamError
-from crm.models import utcnow
+from crm.face.poller import sync
+from crm.face.status import metrics
+from crm.vocab import utcnow
 
 from .backoff import Backoff, throttle_hint
 from .client import ImapClient

@@ -17,10 +17,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from crm import metrics
 from crm.config import Config
-from crm.db import Database
-from crm.spool import spool_dir
+from crm.face import Database
+from crm.face.relay import spool_dir
+from crm.face.status import metrics
 
 from .hosts import HostPolicy
 from .page import render

@@ -1,8 +1,9 @@
 """What the status page shows (B6, M5): listeners, nodes, mailboxes and the last day's CRM work.
 
-:func:`gather` reads the database (in a worker thread: SQLAlchemy blocks) and probes this node's
-listeners over TCP, so a listener is green only when it really answers. The result is plain data
-(:class:`Snapshot`), rendered as HTML by :mod:`proxy.web.page` and as JSON at ``/status.json``.
+:func:`gather` reads the database (:func:`crm.face.status.read_status`, in a worker thread: it
+blocks) and probes this node's listeners over TCP, so a listener is green only when it really
+answers. The result is plain data (:class:`Snapshot`), rendered as HTML by :mod:`proxy.web.page` and
+as JSON at ``/status.json``.
 """
 
 from __future__ import annotations
@@ -14,21 +15,16 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session
-
 from crm.config import Config
-from crm.db import Database
-from crm.leases import lease_owners
-from crm.models import Activity, EntityEmail, Lead, Mailbox, Node, utcnow
-from crm.schedule import schedule_json
-from crm.views import iso, mailbox_json
-from proxy.proxyproto import LOCAL_HEADER
+from crm.face import Database
+from crm.face.status import read_status
+from crm.face.views import iso
+from crm.vocab import utcnow
+from proxy.smtp.proxyproto import LOCAL_HEADER
 
 GREEN, RED = "green", "red"
 PROBE_TIMEOUT = 2.0
 RECENT = dt.timedelta(days=1)
-LIST_LIMIT = 10
 
 
 @dataclass
@@ -165,81 +161,13 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _read_database(config: Config, db: Database, snap: Snapshot) -> None:
-    owners = lease_owners(db)
-    now = utcnow()
-    with db.session() as session:
-        for box in session.scalars(select(Mailbox).order_by(Mailbox.address)).unique():
-            row = mailbox_json(box)
-            row["schedule"] = schedule_json(box, config.poller, now)
-            row["node"] = owners.get(box.id)
-            snap.mailboxes.append(row)
-        snap.nodes = _nodes(session, now, config.cluster.lease_seconds, owners)
-        since = now - RECENT
-        snap.leads_today = _created_since(session, Lead, since)
-        snap.activities_today = _created_since(session, Activity, since)
-        snap.recent_leads = _recent_leads(session, since)
-        snap.recent_activities = _recent_activities(session, since)
-
-
-def _nodes(session: Session, now: dt.datetime, lease: float, owners: dict[int, str]) -> list[Check]:
-    checks = []
-    for node in session.scalars(select(Node).order_by(Node.name)):
-        silent = (now - node.last_seen).total_seconds()
-        held = sum(1 for owner in owners.values() if owner == node.name)
-        status, why = (GREEN, "alive") if silent <= lease * 2 else (RED, "no heartbeat")
-        reason = f"{why}: last seen {silent:.0f} s ago, {held} mailboxes"
-        checks.append(Check(node.name, status, reason))
-    return checks
-
-
-def _created_since(session: Session, model: type[Lead | Activity], since: dt.datetime) -> int:
-    query = select(func.count()).select_from(model).where(model.created_at >= since)
-    return int(session.scalar(query) or 0)
-
-
-def _recent_leads(session: Session, since: dt.datetime) -> list[dict[str, Any]]:
-    leads = list(
-        session.scalars(
-            select(Lead).where(Lead.created_at >= since).order_by(Lead.id.desc()).limit(LIST_LIMIT)
-        )
-    )
-    emails: dict[int, str] = {}
-    rows = session.execute(
-        select(EntityEmail.entity_id, EntityEmail.address)
-        .where(EntityEmail.entity_type == "lead", EntityEmail.entity_id.in_([x.id for x in leads]))
-        .order_by(EntityEmail.position.desc())
-    )
-    for lead_id, address in rows:
-        emails[lead_id] = address
-    return [
-        {
-            "id": x.id,
-            "name": x.name,
-            "email": emails.get(x.id),
-            "status": x.status,
-            "created_at": iso(x.created_at),
-        }
-        for x in leads
+    data = read_status(db, config.cluster.lease_seconds, utcnow() - RECENT, config.poller)
+    snap.mailboxes = data.mailboxes
+    snap.nodes = [
+        Check(node.name, GREEN if node.alive else RED,
+              f"{'alive' if node.alive else 'no heartbeat'}: last seen {node.silent_s:.0f} s ago, "
+              f"{node.mailboxes} mailboxes")
+        for node in data.nodes
     ]
-
-
-def _recent_activities(session: Session, since: dt.datetime) -> list[dict[str, Any]]:
-    boxes = {i: a for i, a in session.execute(select(Mailbox.id, Mailbox.address))}
-    query = (
-        select(Activity)
-        .where(Activity.created_at >= since)
-        .order_by(Activity.id.desc())
-        .limit(LIST_LIMIT)
-    )
-    return [
-        {
-            "id": a.id,
-            "direction": a.direction,
-            "subject": a.subject,
-            "mailbox": boxes.get(a.mailbox_id) if a.mailbox_id else None,
-            "counterparts": list(a.counterparts),
-            "completed": a.completed,
-            "created_at": iso(a.created_at),
-        }
-        for a in session.scalars(query)
-    ]
+    snap.leads_today, snap.activities_today = data.leads_today, data.activities_today
+    snap.recent_leads, snap.recent_activities = data.recent_leads, data.recent_activities

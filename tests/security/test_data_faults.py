@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from crm.spool import spool_dir
-from proxy.databuf import DataResult, MessageBuffer, read_data
+from crm.spool.queue import spool_dir
+from proxy.smtp.databuf import DataResult, MessageBuffer, read_data
 from tests.conftest import Cli
 from tests.relaykit import HOST, PASSWORD, RelayEnv, running
 from tests.security.rawsmtp import RawSMTP

@@ -22,8 +22,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from crm import spool
-from crm.db import Database
+from crm.spool import runner as spool
+from crm.store.db import Database
 from tests.conftest import PG_ADMIN_URL, Cli
 from tests.relaykit import RelayEnv, eventually, message, running
 from tests.servers import Postfix

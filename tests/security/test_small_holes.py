@@ -22,7 +22,7 @@ import pytest
 from sqlalchemy import text
 
 from crm.config import Config
-from crm.db import Database
+from crm.store.db import Database
 from proxy.serve import serve
 from tests.conftest import Cli
 from tests.relaykit import PASSWORD, message, running

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from proxy.databuf import CHUNK, DataResult, MessageBuffer, read_data, unstuff
+from proxy.smtp.databuf import CHUNK, DataResult, MessageBuffer, read_data, unstuff
 from tests.conftest import Cli
 from tests.relaykit import HOST, PASSWORD, RelayEnv, eventually, running
 from tests.security.rawsmtp import RawSMTP

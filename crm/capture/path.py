@@ -1,0 +1,295 @@
+"""The capture path shared by ``mailcrm capture``, the SMTP relay and the IMAP poller.
+
+``Capturer.capture`` parses the headers, gathers the context the rules need with a few indexed
+queries, asks the pure pipeline (:mod:`crm.capture.pipeline`) for a decision and applies it in one
+transaction. ``Capturer.capture_many`` does the same for a batch (the poller's fetched chunk) in
+one transaction, so a batch costs one commit; should a message fail, the batch is done again with
+a SAVEPOINT per message, and that message rolls back alone. A message that cannot be captured is
+skipped with a logged reason; nothing here raises for bad mail, and a database error rolls the
+whole message back.
+
+A capture that raced with another writer (the relay's spool, another node: both saw the message
+as new, the other committed first) fails on a unique key; it is rolled back and tried once more,
+when it sees the other writer's rows (a duplicate, or a known sender) and records its location.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
+
+from sqlalchemy import Connection
+from sqlalchemy.exc import DataError, IntegrityError
+
+from crm import metrics
+from crm.errors import MessageParseError
+from crm.mail.addresses import try_normalize
+from crm.mail.message import ParsedMessage, parse_full, parse_message
+from crm.mail.vcards import VCardContact, may_contain_vcard, parse_vcards, vcard_parts
+from crm.store.db import Database
+from crm.store.lookups import (
+    MailboxExtras,
+    Staff,
+    contact_names,
+    known_entities,
+    mailbox_view,
+    threads,
+)
+from crm.store.lookups import existing_activity as _existing_activity
+from crm.store.models import utcnow
+from crm.vocab import Direction
+
+from .pipeline import Context, MailboxView, decide
+from .records import CreatedRecords, apply_decision, record_location, remember_alias
+
+log = logging.getLogger("crm.capture")  # its name before the move (issue 17)
+CACHE_SECONDS = 5.0
+SQLITE_BATCH = 16  # SQLite has one writer: a batch holds the lock that long, keep it short
+_VCARD_HINTS = (b"vcard", b".vcf", b"text/directory", b"message/rfc822", b"filename*")
+
+
+@dataclass(frozen=True)
+class Location:
+    """Where the poller found the message: for read-state and deletion sync (C10, C11)."""
+
+    folder: str
+    uidvalidity: int
+    uid: int
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """One message to capture, with what its caller knows about it."""
+
+    raw: bytes
+    mailbox: str
+    direction: Direction
+    source: str = ""
+    seen: bool = False
+    envelope_from: str | None = None
+    envelope_to: tuple[str, ...] = ()
+    location: Location | None = None
+    history: bool = False  # found in the mailbox at linking: the import window applies (C12)
+
+
+@dataclass
+class CaptureResult:
+    """What capturing one message did; the ``capture --json`` fields."""
+
+    source: str
+    action: str
+    reason: str | None = None
+    activities: list[int] = field(default_factory=list)
+    created: CreatedRecords = field(default_factory=CreatedRecords)
+    message_key: str | None = None
+
+    def as_json(self) -> dict[str, object]:
+        """The stable JSON shape of docs/CLI.md."""
+        return {
+            "source": self.source,
+            "action": self.action,
+            "reason": self.reason,
+            "activities": self.activities,
+            "created": self.created.as_json(),
+            "message_key": self.message_key,
+        }
+
+
+_Run = Callable[[ParsedMessage, Incoming], CaptureResult]
+_Views = dict[str, tuple[int, MailboxView]]
+
+
+class _Redo(Exception):
+    """A batch run straight through met a race or a refused value: run it again, saved."""
+
+
+class Capturer:
+    """Applies the capture rules to raw messages for one database."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self.staff = Staff(CACHE_SECONDS)
+        self.extras = MailboxExtras(CACHE_SECONDS)
+
+    @metrics.counted
+    def capture(
+        self,
+        raw: bytes,
+        mailbox: str,
+        direction: Direction,
+        *,
+        source: str = "",
+        seen: bool = False,
+        envelope_from: str | None = None,
+        envelope_to: Iterable[str] = (),
+        location: Location | None = None,
+        history: bool = False,
+    ) -> CaptureResult:
+        """Capture one message seen in ``mailbox`` in a transaction of its own; never raises
+        for bad mail. ``history``: the message is part of an import of old mail (C12)."""
+        item = Incoming(
+            raw, mailbox, direction, source, seen, envelope_from, tuple(envelope_to), location,
+            history,
+        )  # fmt: skip
+        return self._attempts(item, self._own_transaction)
+
+    def capture_many(self, items: Sequence[Incoming]) -> list[CaptureResult]:
+        """Capture ``items`` in order in one transaction, as if each had one of its own.
+
+        The batch is first run straight through. Should a message race or be refused, the batch
+        is rolled back and run again with a SAVEPOINT per message, so that message rolls back
+        alone (a race is tried once more, a refused value skipped). Any other error rolls the
+        whole batch back and propagates. The results are counted in the metrics once the batch
+        is committed. On SQLite, whose one write lock a transaction holds from its start, the
+        batch is cut into transactions of :data:`SQLITE_BATCH` messages so other writers (the
+        spool worker, lease renewals, the CLI) wait milliseconds, not seconds.
+        """
+        size = SQLITE_BATCH if self.db.engine.dialect.name == "sqlite" else len(items) or 1
+        results: list[CaptureResult] = []
+        for start in range(0, len(items), size):
+            results += self._slice(items[start : start + size])
+        return results
+
+    def _slice(self, items: Sequence[Incoming]) -> list[CaptureResult]:
+        try:
+            results = self._batch(items, saved=False)
+        except _Redo as redo:
+            log.info("capture of a batch of %d again, a savepoint each: %s", len(items), redo)
+            results = self._batch(items, saved=True)
+        for result in results:
+            _count(result)
+        return results
+
+    def _batch(self, items: Sequence[Incoming], saved: bool) -> list[CaptureResult]:
+        """One transaction; on SQLite the write lock is taken first (``BEGIN IMMEDIATE``: no
+        other writer slips in between the batch's reads and writes)."""
+        with self.db.engine.begin() as conn:
+            if conn.dialect.name == "sqlite":
+                conn.exec_driver_sql("BEGIN IMMEDIATE")  # pysqlite would only begin at a write
+
+            views: _Views = {}  # straight through, the mailbox rows are ours until the commit
+
+            def straight(msg: ParsedMessage, item: Incoming) -> CaptureResult:
+                try:
+                    return self._capture_parsed(conn, msg, item, views)
+                except (IntegrityError, DataError) as exc:
+                    raise _Redo(f"{item.source or msg.key}: {type(exc).__name__}") from exc
+
+            def savepoint(msg: ParsedMessage, item: Incoming) -> CaptureResult:
+                with conn.begin_nested():
+                    return self._capture_parsed(conn, msg, item)
+
+            return [self._attempts(item, savepoint if saved else straight) for item in items]
+
+    def _own_transaction(self, msg: ParsedMessage, item: Incoming) -> CaptureResult:
+        with self.db.engine.begin() as conn:
+            return self._capture_parsed(conn, msg, item)
+
+    def _attempts(self, item: Incoming, run: _Run) -> CaptureResult:
+        """Parse, then ``run`` the capture; a race is tried once more, a refused value skipped."""
+        try:
+            msg = parse_message(item.raw, item.envelope_from)
+        except MessageParseError as exc:
+            log.info("capture skipped %s: %s", item.source or "message", exc)
+            return CaptureResult(item.source, "skipped", str(exc))
+        for attempt in (1, 2):
+            try:
+                return run(msg, item)
+            except IntegrityError:
+                log.info("capture of %s raced with another writer (try %d)", msg.key, attempt)
+            except DataError as exc:  # a value the database refuses: this message only, skipped
+                reason = f"cannot store: {str(exc.orig).splitlines()[0][:200]}"
+                log.warning("capture of %s skipped: %s", item.source or msg.key, reason)
+                return CaptureResult(item.source, "skipped", reason, message_key=msg.key)
+        return CaptureResult(item.source, "duplicate", "already captured", message_key=msg.key)
+
+    def _capture_parsed(
+        self, conn: Connection, msg: ParsedMessage, item: Incoming, views: _Views | None = None
+    ) -> CaptureResult:
+        """Capture in ``conn``; ``views``: mailbox rows already read in this transaction."""
+        found = views.get(item.mailbox) if views is not None else None
+        box_id, view = found or mailbox_view(conn, item.mailbox, self.extras)
+        self.staff.refresh(conn)
+        cards = self._vcards(msg, view)
+        decision = decide(msg, self._context(conn, msg, view, item, cards))
+        result = CaptureResult(item.source, decision.action, decision.reason, message_key=msg.key)
+        where = item.location
+        if decision.action == "captured":
+            folder = where.folder if where else None
+            activity_id, result.created = apply_decision(conn, msg, box_id, decision, folder)
+            result.activities = [activity_id]
+            if decision.queue_cursor is not None:
+                view = replace(view, queue_cursor=decision.queue_cursor)
+        elif decision.action == "duplicate":
+            result.activities = _existing_activity(conn, msg.key)
+            remember_alias(conn, msg)
+        if where is not None:
+            record_location(
+                conn, box_id, msg.key, where.folder, where.uidvalidity, where.uid, item.seen,
+                result.activities,
+            )  # fmt: skip
+        if decision.action == "skipped":
+            log.info("capture skipped %s: %s", item.source or msg.key, decision.reason)
+        if views is not None:
+            views[item.mailbox] = (box_id, view)
+        return result
+
+    def _vcards(self, msg: ParsedMessage, box: MailboxView) -> tuple[VCardContact, ...]:
+        if not box.vcard_contacts:
+            return ()
+        raw = msg.raw.lower()  # cheapest first: no vCard type, .vcf name or forwarded message
+        if not any(hint in raw for hint in _VCARD_HINTS) or not may_contain_vcard(msg.headers):
+            return ()
+        cards: list[VCardContact] = []
+        for part in vcard_parts(parse_full(msg.raw)):
+            parsed = parse_vcards(part)
+            cards.extend(parsed.contacts)
+            for error in parsed.errors:
+                log.info("vCard in %s skipped: %s", msg.key, error)
+        return tuple(cards)
+
+    def _context(
+        self,
+        conn: Connection,
+        msg: ParsedMessage,
+        view: MailboxView,
+        item: Incoming,
+        cards: tuple[VCardContact, ...],
+    ) -> Context:
+        envelope_to = _addresses(item.envelope_to)
+        wanted = {p.address for p in msg.recipients} | set(envelope_to)
+        if msg.sender:
+            wanted.add(msg.sender.address)
+        wanted.update(_addresses(e for c in cards for e in c.emails))
+        return Context(
+            mailbox=view,
+            direction=item.direction,
+            now=utcnow(),
+            seen=item.seen,
+            employees=self.staff.employees,
+            excluded=self.staff.excluded,
+            known=known_entities(conn, wanted),
+            known_contact_names=contact_names(conn, [c.name for c in cards if not c.emails]),
+            duplicate=bool(_existing_activity(conn, msg.key)),
+            threads=threads(conn, msg.in_reply_to + msg.references),
+            envelope_to=envelope_to,
+            vcards=cards,
+            history=item.history,
+            own_domains=self.staff.own_domains,
+        )
+
+
+def _count(result: CaptureResult) -> None:
+    if result.action == "captured":
+        metrics.captured()
+    elif result.action == "duplicate":
+        metrics.duplicate()
+    else:
+        metrics.skipped(result.reason)
+
+
+def _addresses(values: Iterable[str]) -> tuple[str, ...]:
+    """Envelope or vCard addresses in their stored form; what is not an address is dropped."""
+    found = (try_normalize(v.strip().strip("<>")) for v in values)
+    return tuple(dict.fromkeys(a for a in found if a))

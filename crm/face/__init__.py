@@ -1,0 +1,15 @@
+"""The face of the CRM: what front ends (``proxy/``, ``cli.py``, later DAV and a web UI) call.
+
+One module per front-end need: :mod:`.relay` (the SMTP relay), :mod:`.poller` (the IMAP poller),
+:mod:`.status` (the status page and metrics), :mod:`.admin` and :mod:`.views` (administration and
+the JSON listings). Where the real code lives in a sub-package of :mod:`crm`, the face re-exports
+it, so the front ends depend on this door only (tests/test_architecture.py holds them to it).
+:class:`Database` is the handle every component is given.
+"""
+
+from sqlalchemy.exc import SQLAlchemyError
+
+from crm.store.db import Database as Database
+
+# What a database failure raises: the front ends catch it without importing SQLAlchemy.
+StoreError = SQLAlchemyError
