@@ -472,7 +472,7 @@ def capture(
     if direction not in ("in", "out"):
         fail("--direction must be in or out", 2)
     way = Direction.INCOMING if direction == "in" else Direction.OUTGOING
-    capturer = Capturer(STATE.db)
+    capturer = Capturer(STATE.db, STATE.config.capture)
     with STATE.db.session() as s:
         admin.get_mailbox(s, mailbox)
     results = [

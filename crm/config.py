@@ -98,6 +98,14 @@ class HttpConfig:
     port: int = 8025
 
 
+@dataclass
+class CaptureConfig:
+    """Limits of what one message may make capture do (issue 13)."""
+
+    max_vcard_contacts: int = 100  # contacts made from the vCards of one message
+    max_vcard_bytes: int = 4 * 1024 * 1024  # vCard data read from one message
+
+
 def default_node_name() -> str:
     """This process's node name in a cluster: host name and process id."""
     return f"{socket.gethostname()}-{os.getpid()}"
@@ -122,6 +130,7 @@ class Config:
     poller: PollerConfig = field(default_factory=PollerConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    capture: CaptureConfig = field(default_factory=CaptureConfig)
     log_format: str = "text"
     allowed_since: tuple[str, ...] = ("3d", "all")
     allowed_intervals: tuple[str, ...] = ("2m", "5m", "10m", "1h", "3h", "12h")
@@ -156,6 +165,7 @@ def load_config(path: str | None = None, database_url: str | None = None) -> Con
         _section(raw, "poller", config.poller)
         _section(raw, "http", config.http)
         _section(raw, "cluster", config.cluster)
+        _section(raw, "capture", config.capture)
         config.log_format = raw.get("log_format", config.log_format)
         limits = raw.get("limits", {})
         config.allowed_since = tuple(limits.get("since", config.allowed_since))

@@ -161,10 +161,12 @@ class _ThreadRunner:
     """Runs worker rounds in a thread of this process (``in_process=True``)."""
 
     def __init__(self, config: Config, db: Database) -> None:
+        from .capture import Capturer
         from .filespool import FileSpool
         from .spoolworker import SpoolWorker
 
-        self.worker = SpoolWorker(db, FileSpool(spool_dir(config)))
+        capturer = Capturer(db, config.capture)
+        self.worker = SpoolWorker(db, FileSpool(spool_dir(config)), capturer)
 
     async def run(self, purge: bool) -> tuple[int, str | None]:
         try:
