@@ -599,7 +599,7 @@ def capture(
         address = admin.get_mailbox(s, mailbox).address
     batch = archive.Batch(address, way, seen, window=since != "all")
     sources = read_sources(paths or ["-"], sys.stdin.buffer)
-    results = archive.capture_batch(Capturer(STATE.db), batch, sources)
+    results = archive.capture_batch(Capturer(STATE.db, STATE.config.capture), batch, sources)
     if as_json:
         print_json([r.as_json() for r in results])
         return

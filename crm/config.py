@@ -110,6 +110,14 @@ class HttpConfig:
     allowed_hosts: list[str] = field(default_factory=list)  # Host names answered (DNS rebinding)
 
 
+@dataclass
+class CaptureConfig:
+    """Limits of what one message may make capture do (issue 13)."""
+
+    max_vcard_contacts: int = 100  # contacts made from the vCards of one message
+    max_vcard_bytes: int = 4 * 1024 * 1024  # vCard data read from one message
+
+
 def default_node_name() -> str:
     """This process's node name in a cluster: host name and process id."""
     return f"{socket.gethostname()}-{os.getpid()}"
@@ -134,6 +142,7 @@ class Config:
     poller: PollerConfig = field(default_factory=PollerConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    capture: CaptureConfig = field(default_factory=CaptureConfig)
     log_format: str = "text"
     source: Path | None = None
 
@@ -177,6 +186,7 @@ def load_config(path: str | None = None, database_url: str | None = None) -> Con
         _section(raw, "poller", config.poller)
         _section(raw, "http", config.http)
         _section(raw, "cluster", config.cluster)
+        _section(raw, "capture", config.capture)
         config.log_format = raw.get("log_format", config.log_format)
         _refuse_removed(raw)
     config.database_url = (

@@ -5,8 +5,12 @@ queries, asks the pure pipeline (:mod:`crm.capture.pipeline`) for a decision and
 transaction. ``Capturer.capture_many`` does the same for a batch (the poller's fetched chunk) in
 one transaction, so a batch costs one commit; should a message fail, the batch is done again with
 a SAVEPOINT per message, and that message rolls back alone. A message that cannot be captured is
-skipped with a logged reason; nothing here raises for bad mail, and a database error rolls the
-whole message back.
+skipped with a logged reason; nothing here raises for bad mail: any error while capturing one
+message (a parser's RecursionError, a bug) rolls that message back and skips it (``capture
+error``), logged with its source (for the poller: folder and UID) and Message-ID, so the rest of
+a batch and every later message go on. An error of the database or the system (SQLAlchemy,
+OSError) or a missing mailbox rolls the whole message (or batch) back and propagates. The vCards
+of a message are read within the per-message limits of ``[capture]`` (:mod:`crm.vcardmail`).
 
 A capture that raced with another writer (the relay's spool, another node: both saw the message
 as new, the other committed first) fails on a unique key; it is rolled back and tried once more,
@@ -20,13 +24,15 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
 from sqlalchemy import Connection
-from sqlalchemy.exc import DataError, IntegrityError
+from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 
 from crm import metrics
-from crm.errors import MessageParseError
+from crm.config import CaptureConfig
+from crm.errors import MailcrmError, MessageParseError
 from crm.mail.addresses import try_normalize
-from crm.mail.message import ParsedMessage, parse_full, parse_message
-from crm.mail.vcards import VCardContact, may_contain_vcard, parse_vcards, vcard_parts
+from crm.mail.message import ParsedMessage, parse_message
+from crm.mail.vcardmail import MessageCards, message_vcards
+from crm.mail.vcards import VCardContact
 from crm.store.db import Database
 from crm.store.lookups import (
     MailboxExtras,
@@ -46,7 +52,7 @@ from .records import CreatedRecords, apply_decision, record_location, remember_a
 log = logging.getLogger("crm.capture")  # its name before the move (issue 17)
 CACHE_SECONDS = 5.0
 SQLITE_BATCH = 16  # SQLite has one writer: a batch holds the lock that long, keep it short
-_VCARD_HINTS = (b"vcard", b".vcf", b"text/directory", b"message/rfc822", b"filename*")
+_NOT_THE_MESSAGE = (SQLAlchemyError, OSError, MailcrmError)  # the database's, the system's, ours
 
 
 @dataclass(frozen=True)
@@ -83,6 +89,7 @@ class CaptureResult:
     activities: list[int] = field(default_factory=list)
     created: CreatedRecords = field(default_factory=CreatedRecords)
     message_key: str | None = None
+    vcards_skipped: int = 0  # vCards not read: over the per-message limits
 
     def as_json(self) -> dict[str, object]:
         """The stable JSON shape of docs/CLI.md."""
@@ -93,6 +100,7 @@ class CaptureResult:
             "activities": self.activities,
             "created": self.created.as_json(),
             "message_key": self.message_key,
+            "vcards_skipped": self.vcards_skipped,
         }
 
 
@@ -107,8 +115,9 @@ class _Redo(Exception):
 class Capturer:
     """Applies the capture rules to raw messages for one database."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, limits: CaptureConfig | None = None) -> None:
         self.db = db
+        self.limits = limits or CaptureConfig()
         self.staff = Staff(CACHE_SECONDS)
         self.extras = MailboxExtras(CACHE_SECONDS)
 
@@ -139,11 +148,12 @@ class Capturer:
 
         The batch is first run straight through. Should a message race or be refused, the batch
         is rolled back and run again with a SAVEPOINT per message, so that message rolls back
-        alone (a race is tried once more, a refused value skipped). Any other error rolls the
-        whole batch back and propagates. The results are counted in the metrics once the batch
-        is committed. On SQLite, whose one write lock a transaction holds from its start, the
-        batch is cut into transactions of :data:`SQLITE_BATCH` messages so other writers (the
-        spool worker, lease renewals, the CLI) wait milliseconds, not seconds.
+        alone (a race is tried once more, a refused value or any error of the message skipped).
+        An error of the database or the system rolls the whole batch back and propagates. The
+        results are counted in the metrics once the batch is committed. On SQLite, whose one
+        write lock a transaction holds from its start, the batch is cut into transactions of
+        :data:`SQLITE_BATCH` messages so other writers (the spool worker, lease renewals, the
+        CLI) wait milliseconds, not seconds.
         """
         size = SQLITE_BATCH if self.db.engine.dialect.name == "sqlite" else len(items) or 1
         results: list[CaptureResult] = []
@@ -175,6 +185,10 @@ class Capturer:
                     return self._capture_parsed(conn, msg, item, views)
                 except (IntegrityError, DataError) as exc:
                     raise _Redo(f"{item.source or msg.key}: {type(exc).__name__}") from exc
+                except _NOT_THE_MESSAGE:
+                    raise
+                except Exception as exc:  # may have written half: again, with a savepoint
+                    raise _Redo(f"{item.source or msg.key}: {type(exc).__name__}") from exc
 
             def savepoint(msg: ParsedMessage, item: Incoming) -> CaptureResult:
                 with conn.begin_nested():
@@ -202,6 +216,16 @@ class Capturer:
                 reason = f"cannot store: {str(exc.orig).splitlines()[0][:200]}"
                 log.warning("capture of %s skipped: %s", item.source or msg.key, reason)
                 return CaptureResult(item.source, "skipped", reason, message_key=msg.key)
+            except (*_NOT_THE_MESSAGE, _Redo):
+                raise
+            except Exception as exc:  # this message only: rolled back (run's transaction), skipped
+                reason = f"capture error: {type(exc).__name__}"
+                trace = log.isEnabledFor(logging.DEBUG)  # the traceback only when asked for
+                log.error(
+                    "capture of %s (Message-ID %s) skipped: %s: %s", item.source or "a message",
+                    msg.message_id, reason, str(exc)[:200], exc_info=trace,
+                )  # fmt: skip
+                return CaptureResult(item.source, "skipped", reason, message_key=msg.key)
         return CaptureResult(item.source, "duplicate", "already captured", message_key=msg.key)
 
     def _capture_parsed(
@@ -211,9 +235,10 @@ class Capturer:
         found = views.get(item.mailbox) if views is not None else None
         box_id, view = found or mailbox_view(conn, item.mailbox, self.extras)
         self.staff.refresh(conn)
-        cards = self._vcards(msg, view)
-        decision = decide(msg, self._context(conn, msg, view, item, cards))
+        cards = message_vcards(msg, self.limits) if view.vcard_contacts else MessageCards()
+        decision = decide(msg, self._context(conn, msg, view, item, cards.contacts))
         result = CaptureResult(item.source, decision.action, decision.reason, message_key=msg.key)
+        result.vcards_skipped = cards.skipped
         where = item.location
         if decision.action == "captured":
             folder = where.folder if where else None
@@ -234,20 +259,6 @@ class Capturer:
         if views is not None:
             views[item.mailbox] = (box_id, view)
         return result
-
-    def _vcards(self, msg: ParsedMessage, box: MailboxView) -> tuple[VCardContact, ...]:
-        if not box.vcard_contacts:
-            return ()
-        raw = msg.raw.lower()  # cheapest first: no vCard type, .vcf name or forwarded message
-        if not any(hint in raw for hint in _VCARD_HINTS) or not may_contain_vcard(msg.headers):
-            return ()
-        cards: list[VCardContact] = []
-        for part in vcard_parts(parse_full(msg.raw)):
-            parsed = parse_vcards(part)
-            cards.extend(parsed.contacts)
-            for error in parsed.errors:
-                log.info("vCard in %s skipped: %s", msg.key, error)
-        return tuple(cards)
 
     def _context(
         self,

@@ -1,12 +1,15 @@
 """Where ``mailcrm capture`` reads messages from: files, Maildir folders, mbox files, stdin.
 
 Each source yields ``(name, raw bytes or the error that kept it from being read, seen flag)``;
-a source that cannot be read is reported, never fatal for the rest of the batch.
+a source that cannot be read is reported, never fatal for the rest of the batch. Messages are
+only read here, never parsed (a Maildir message's flags come from its file name): parsing is
+capture's, which skips a message it cannot read with a reason.
 """
 
 from __future__ import annotations
 
 import mailbox
+import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -25,15 +28,26 @@ def _is_mbox(path: Path) -> bool:
 
 def _maildir(path: Path) -> Iterator[Item]:
     box = mailbox.Maildir(path, factory=None, create=False)
+    flags = _maildir_flags(path, box.colon)
     for key in sorted(box.keys()):
         name = f"{path}/{key}"
         try:
             raw = box.get_bytes(key)
-            seen = "S" in box.get_message(key).get_flags()
         except (OSError, KeyError) as exc:
             yield name, exc, False
             continue
-        yield name, raw, seen
+        yield name, raw, "S" in flags.get(key, "")
+
+
+def _maildir_flags(path: Path, colon: str) -> dict[str, str]:
+    """Key -> flags of every message of a Maildir, from the file names (``key:2,FS``)."""
+    flags: dict[str, str] = {}
+    for sub in ("new", "cur"):
+        for entry in os.scandir(path / sub):
+            if not entry.name.startswith("."):
+                key, _, info = entry.name.partition(colon)
+                flags[key] = info[2:] if info.startswith("2,") else ""
+    return flags
 
 
 def _mbox(path: Path) -> Iterator[Item]:

@@ -2,7 +2,12 @@
 
 Only the top-level headers are parsed (stdlib ``email`` with ``policy.default``); the body is
 walked later, and only when a rule needs it (vCards). Broken headers never raise: an address
-header that cannot be parsed is read leniently, a bad date becomes ``None``.
+header that cannot be parsed is read leniently, a bad date becomes ``None``; a message the
+parser fails on is a :class:`MessageParseError` (``unreadable message``), never another error.
+
+The header section is read up to :data:`MAX_HEADER_BYTES`, with the bounded policy of
+:mod:`crm.mimebounds` (each value cut before it is decoded); the full MIME tree, for the rules
+that need it, is :func:`crm.mimebounds.parse_full` (re-exported here), bounded in depth and parts.
 """
 
 from __future__ import annotations
@@ -12,7 +17,6 @@ import functools
 import hashlib
 import re
 from dataclasses import dataclass
-from email import policy
 from email.message import EmailMessage
 from email.parser import BytesParser
 from email.utils import getaddresses, parsedate_to_datetime
@@ -21,10 +25,12 @@ from typing import Any
 from crm.errors import MessageParseError
 
 from .addresses import try_normalize
+from .mimebounds import MAX_DECODED_HEADER, MAX_HEADER_VALUE, POLICY
+from .mimebounds import parse_full as parse_full  # re-exported: the MIME tree of a message
 from .robots import robot_reason
 
-_HEADER_PARSER = BytesParser(policy=policy.default)
-_DEFAULT_FACTORY: Any = policy.default.header_factory
+_HEADER_PARSER = BytesParser(policy=POLICY)
+_DEFAULT_FACTORY: Any = POLICY.header_factory
 _SURROGATES = re.compile("[\udc80-\udcff]")
 _UNSAFE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
 _YEAR = re.compile(r"[A-Za-z]{3}\s+(\d{4})\b")
@@ -33,7 +39,7 @@ _HEADER_END = re.compile(rb"\r?\n\r?\n")  # an empty line: where the header sect
 _ORIGINAL_ID_HEADERS = ("X-Microsoft-Original-Message-ID", "X-Google-Original-Message-ID")
 MAX_HEADER_BYTES = 4 * 1024 * 1024
 _HEADER_SCAN = MAX_HEADER_BYTES + 64 * 1024  # how far to look for the end of the header section
-MAX_PARSED_HEADER = 64 * 1024
+MAX_PARSED_HEADER = MAX_HEADER_VALUE
 MAX_PARSED_ADDRESSES = 16 * 1024
 MAX_ADDRESSES = 1000
 MAX_ID_LENGTH = 900
@@ -97,7 +103,7 @@ def _unescape(value: str) -> str:
 
 def _decoded(headers: EmailMessage, name: str, value: str) -> Any:
     """The policy.default header object for a raw value, parsed only up to a sane size."""
-    return headers.policy.header_factory(name, value[:MAX_PARSED_HEADER])  # type: ignore[attr-defined]
+    return headers.policy.header_factory(name, value[:MAX_DECODED_HEADER])  # type: ignore[attr-defined]
 
 
 def clean_text(value: str) -> str:
@@ -202,6 +208,15 @@ def parse_message(raw: bytes, envelope_sender: str | None = None) -> ParsedMessa
     if not isinstance(raw, bytes | bytearray) or not raw.strip():
         raise MessageParseError("empty message")
     raw = bytes(raw)
+    try:
+        return _parse(raw, envelope_sender)
+    except MessageParseError:
+        raise
+    except Exception as exc:  # the parser or a header decoder failed: this message only
+        raise MessageParseError(f"unreadable message: {type(exc).__name__}") from exc
+
+
+def _parse(raw: bytes, envelope_sender: str | None) -> ParsedMessage:
     headers = _HEADER_PARSER.parsebytes(_header_block(raw), headersonly=True)
     if not headers.keys():
         raise MessageParseError("no headers: not an RFC 5322 message")
@@ -235,10 +250,3 @@ def _subject(headers: EmailMessage) -> str | None:
     if values and "=?" not in values[0]:
         return _plain(values)  # nothing to decode: skip the header registry
     return _header_text(headers, "Subject")
-
-
-def parse_full(raw: bytes) -> EmailMessage:
-    """The whole MIME tree, for rules that need the body (vCards)."""
-    message = _HEADER_PARSER.parsebytes(raw)
-    assert isinstance(message, EmailMessage)
-    return message

@@ -2,7 +2,9 @@
 
 ``may_contain_vcard`` looks at the top-level headers only, so most mail never has its body
 parsed; ``vcard_parts`` walks a fully parsed message (nested multiparts, forwarded
-``message/rfc822``) and returns the bytes of every vCard part.
+``message/rfc822``) and returns the bytes of every vCard part. The walk is bounded like the
+parse (:mod:`crm.mimebounds`): no deeper than ``MAX_MIME_DEPTH`` levels, no more than
+``MAX_MIME_PARTS`` parts, and no more vCard bytes than the caller's budget.
 
 Nothing here raises on bad input: a part that cannot be read is skipped and logged at INFO.
 """
@@ -10,10 +12,9 @@ Nothing here raises on bad input: a part that cannot be read is skipped and logg
 from __future__ import annotations
 
 import email.message
-import email.policy
 import logging
-from email.parser import BytesParser
 
+from .mimebounds import MAX_MIME_DEPTH, MAX_MIME_PARTS, OPAQUE_TYPE, parse_full
 from .vcardlines import ascii_compatible
 
 # The logger of crm.vcards, whose part this was: operators and tests watch that one name.
@@ -23,8 +24,6 @@ VCARD_TYPES = frozenset(
     {"text/vcard", "text/x-vcard", "text/directory", "application/vcard", "application/x-vcard"}
 )
 """MIME types that carry vCards; any other part counts when its file name ends in ``.vcf``."""
-
-_MAX_MIME_DEPTH = 64  # nesting of multiparts and forwarded messages walked
 
 
 def may_contain_vcard(message: email.message.EmailMessage) -> bool:
@@ -43,26 +42,39 @@ def may_contain_vcard(message: email.message.EmailMessage) -> bool:
         return True
 
 
-def vcard_parts(message: email.message.EmailMessage) -> list[bytes]:
+def vcard_parts(message: email.message.EmailMessage, max_bytes: int | None = None) -> list[bytes]:
     """The bytes of every vCard part of a fully parsed message, in message order.
 
     Looks into nested multiparts and forwarded messages (``message/rfc822``, also when the
     forwarding client base64-encoded it). Transfer encodings are undone; a part declaring a
-    non-UTF-8 charset is re-encoded to UTF-8. Parts that cannot be read are skipped.
+    non-UTF-8 charset is re-encoded to UTF-8. Parts that cannot be read are skipped, and so
+    are parts deeper than ``MAX_MIME_DEPTH``, after ``MAX_MIME_PARTS`` parts, or once the vCards
+    found hold ``max_bytes`` (the part that reaches it is cut there); each bound hit is logged.
     """
     found: list[bytes] = []
+    kept = walked = 0
     stack: list[tuple[email.message.Message, int]] = [(message, 0)]
     while stack:
         part, depth = stack.pop()
+        walked += 1
+        if walked > MAX_MIME_PARTS:
+            log.info("vCard search stopped after %d MIME parts", MAX_MIME_PARTS)
+            break
         try:
             children = _children(part)
             if children is not None:
-                if depth < _MAX_MIME_DEPTH:
+                if depth < MAX_MIME_DEPTH:
                     stack.extend((child, depth + 1) for child in reversed(children))
-            elif _is_vcard_part(part):
-                payload = _vcard_payload(part)
-                if payload is not None:
-                    found.append(payload)
+                else:
+                    log.info("vCard search stops at MIME depth %d", MAX_MIME_DEPTH)
+            elif _is_vcard_part(part) and (payload := _vcard_payload(part)) is not None:
+                room = len(payload) if max_bytes is None else max_bytes - kept
+                if room < len(payload):
+                    log.info("vCard part of %d bytes: %d read (%s bytes per message)",
+                             len(payload), max(room, 0), max_bytes)  # fmt: skip
+                if room > 0:
+                    found.append(payload[:room])
+                    kept += min(room, len(payload))
         except Exception as exc:
             log.info("MIME part skipped while looking for vCards: %s", type(exc).__name__)
     return found
@@ -104,11 +116,12 @@ def _reparse_message(part: email.message.Message, encoding: str) -> email.messag
         raw = part.get_payload(decode=True)
     if not isinstance(raw, bytes) or not raw.strip():
         return None
-    return BytesParser(policy=email.policy.default).parsebytes(raw)
+    return parse_full(raw, "a forwarded message")
 
 
 def _is_vcard_part(part: email.message.Message) -> bool:
-    return part.get_content_type() in VCARD_TYPES or _vcf_name(part)
+    kind = part.get_content_type()
+    return kind != OPAQUE_TYPE and (kind in VCARD_TYPES or _vcf_name(part))
 
 
 def _vcf_name(part: email.message.Message) -> bool:

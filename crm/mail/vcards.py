@@ -81,10 +81,13 @@ class VCardResult:
 
     contacts: tuple[VCardContact, ...]
     errors: tuple[str, ...]  # e.g. "card 2: no name and no e-mail"
+    unread: int = 0  # cards not read: the contacts had reached ``max_contacts``
 
 
-def parse_vcards(data: bytes | str) -> VCardResult:
+def parse_vcards(data: bytes | str, max_contacts: int | None = None) -> VCardResult:
     """Contacts from vCard data (2.1, 3.0 or 4.0; one or many cards); never raises.
+
+    Once ``max_contacts`` contacts are found, the cards after are counted (``unread``), not read.
 
     A card with neither a name nor an e-mail address, or that is broken (e.g. never closed by
     END:VCARD), is skipped with a reason; the other cards are still read. Cards that describe
@@ -92,18 +95,24 @@ def parse_vcards(data: bytes | str) -> VCardResult:
     shared e-mail and a name that was only made up from that address) become one contact.
     """
     try:
-        return _parse(data)
+        return _parse(data, max_contacts)
     except Exception as exc:  # last line of defence: a vCard never fails a capture
         reason = f"unreadable vCard data ({type(exc).__name__})"
         log.info("vCard skipped: %s", reason, exc_info=True)
         return VCardResult((), (reason,))
 
 
-def _parse(data: bytes | str) -> VCardResult:
+def _parse(data: bytes | str, max_contacts: int | None) -> VCardResult:
     merger = _Merger()
     errors: list[str] = []
-    number = 0
-    for number, block in enumerate(_blocks(_as_bytes(data)), start=1):
+    number = unread = 0
+    blocks = _blocks(_as_bytes(data))
+    for number, block in enumerate(blocks, start=1):
+        if max_contacts is not None and len(merger.contacts) >= max_contacts:
+            unread = 1 + sum(1 for _ in blocks)
+            errors.append(f"{unread} cards from card {number} on skipped: {max_contacts} contacts")
+            log.info("vCard skipped: %s", errors[-1])
+            break
         if number > MAX_CARDS:
             errors.append(f"cards after card {MAX_CARDS} skipped: too many in one part")
             log.info("vCard skipped: %s", errors[-1])
@@ -127,7 +136,7 @@ def _parse(data: bytes | str) -> VCardResult:
     if number == 0:
         errors.append("no BEGIN:VCARD found")
         log.info("vCard skipped: %s", errors[-1])
-    return VCardResult(tuple(merger.contacts), tuple(errors))
+    return VCardResult(tuple(merger.contacts), tuple(errors), unread)
 
 
 def _as_bytes(data: bytes | str) -> bytes:

@@ -16,6 +16,7 @@ from concurrent.futures.process import BrokenProcessPool
 from sqlalchemy.exc import SQLAlchemyError
 
 from crm import metrics
+from crm.capture.path import Capturer
 from crm.config import Config
 from crm.store.db import Database
 
@@ -73,7 +74,8 @@ class _ThreadRunner:
     """Runs worker rounds in a thread of this process (``in_process=True``)."""
 
     def __init__(self, config: Config, db: Database) -> None:
-        self.worker = SpoolWorker(db, FileSpool(spool_dir(config)))
+        capturer = Capturer(db, config.capture)
+        self.worker = SpoolWorker(db, FileSpool(spool_dir(config)), capturer)
 
     async def run(self, purge: bool) -> tuple[int, str | None]:
         try:

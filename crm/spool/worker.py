@@ -302,7 +302,8 @@ def child_init(config: Config) -> None:
     threading.Thread(target=_exit_with_parent, name="mailcrm-parent-watch", daemon=True).start()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     background()
-    _child = SpoolWorker(Database(config.database_url, migrate=False), FileSpool(spool_dir(config)))
+    db = Database(config.database_url, migrate=False)
+    _child = SpoolWorker(db, FileSpool(spool_dir(config)), Capturer(db, config.capture))
 
 
 def child_run(purge: bool) -> tuple[int, str | None, metrics.Counts]:

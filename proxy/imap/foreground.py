@@ -154,7 +154,8 @@ class ForegroundImport:
         self.plan = dataclasses.replace(plan, since=since)
         self.view = view
         self.db_thread = _CountingDb()
-        self.ctx = PollerContext(config.poller, db, self.db_thread, Capturer(db), view.event)
+        capturer = Capturer(db, config.capture)
+        self.ctx = PollerContext(config.poller, db, self.db_thread, capturer, view.event)
         node = import_node(config.cluster.node_name, os.getpid())
         lease_s = config.cluster.lease_seconds
         self.hold = LeaseHold(db, node, lease_s, plan.id, plan.address, self.db_thread)

@@ -71,7 +71,7 @@ class Poller:
 
     def __init__(self, config: Config, db: Database) -> None:
         self.config = config
-        self.ctx = PollerContext(config.poller, db, DbThread(), Capturer(db))
+        self.ctx = PollerContext(config.poller, db, DbThread(), Capturer(db, config.capture))
         self.keeper = LeaseKeeper(db, config.cluster.node_name, config.cluster.lease_seconds)
         self.lease_run = DbThread()  # the leases' own thread: never behind capture work
         self.workers: dict[int, tuple[MailboxWorker, asyncio.Task[None]]] = {}
