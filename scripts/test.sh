@@ -9,5 +9,7 @@ bash scripts/bootstrap.sh test
 .venv/bin/ruff check .
 .venv/bin/mypy
 cover=(--cov=crm --cov=proxy --cov=cli --cov-report=term)
-[ -n "${MAILCRM_COVER_FLOOR:-}" ] && cover+=("--cov-fail-under=${MAILCRM_COVER_FLOOR}")
+# The floor: today's figure (93 % of crm/, proxy/ and cli.py, 2026-12-06) less one point;
+# raise it as coverage grows. MAILCRM_COVER_FLOOR=0 turns it off (a partial run, say).
+cover+=("--cov-fail-under=${MAILCRM_COVER_FLOOR:-92}")
 exec .venv/bin/python -m pytest -q -p no:cacheprovider "${cover[@]}" "$@"
