@@ -14,8 +14,9 @@ from proxy.imap import utf7
 from proxy.imap.backoff import Backoff, throttle_hint
 from proxy.imap.client import Endpoint
 from proxy.imap.flags import change_windows
-from proxy.imap.importer import imap_date, uid_windows
+from proxy.imap.importer import found_at_linking, imap_date, uid_windows
 from proxy.imap.parse import (
+    FetchRecord,
     compact,
     parse_fetch,
     parse_list,
@@ -260,3 +261,20 @@ def test_a_duplicate_that_raced_is_captured_again_for_its_location(
     assert sync.recorded(db, box_id, "INBOX", 5, [7, 8]) == {7, 8}
     assert sync.load_checkpoint(db, box_id, "INBOX") == sync.Checkpoint(5, 8, 0)
     db.dispose()
+
+
+def test_mail_arriving_in_the_second_of_linking_is_live_not_history() -> None:
+    """INTERNALDATE has whole seconds: a message stamped with the second of linking may have come
+    after it, so the import window never applies to it (it is captured, not lost)."""
+    linked = dt.datetime(2026, 5, 4, 12, 0, 7, 640_000, tzinfo=dt.UTC)
+    plan = _plan(linked_at=linked)
+
+    def arrived(at: dt.datetime) -> FetchRecord:
+        record = FetchRecord(seq=1, uid=9)
+        record.internaldate = at
+        return record
+
+    assert found_at_linking(plan, arrived(linked - dt.timedelta(seconds=1)))
+    assert not found_at_linking(plan, arrived(linked.replace(microsecond=0)))
+    assert not found_at_linking(plan, arrived(linked + dt.timedelta(seconds=1)))
+    assert found_at_linking(_plan(linked_at=None), arrived(linked))

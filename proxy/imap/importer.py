@@ -107,10 +107,13 @@ def _incoming(
 def found_at_linking(plan: MailboxPlan, record: FetchRecord) -> bool:
     """C12: the message was in the mailbox when it was linked (it arrived, by the server's
     INTERNALDATE, before ``linked_at``), so the import window applies to it; mail that arrived
-    later is live mail and always captured. Without either date: history, as before."""
+    later is live mail and always captured. Without either date: history, as before.
+
+    INTERNALDATE counts whole seconds: mail that arrived in the second of linking may be later
+    than ``linked_at``, so it is live (captured rather than lost to the window)."""
     if plan.linked_at is None or record.internaldate is None:
         return True
-    return record.internaldate < plan.linked_at
+    return record.internaldate < plan.linked_at.replace(microsecond=0)
 
 
 class Importer:
