@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import imaplib
 import logging
+import re
 import time
 import uuid
 from pathlib import Path
@@ -48,8 +49,12 @@ async def test_initial_import_takes_only_the_window(env: MailEnv) -> None:
     assert [lead["emails"] for lead in env.leads()] == [["carla@acme-industries.example"]]
 
 
-async def test_new_mail_arrives_through_idle(env: MailEnv) -> None:
-    """With an hour between checks, only IDLE can bring the new mail in."""
+async def test_new_mail_arrives_through_idle(
+    env: MailEnv, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With an hour between checks, only IDLE can bring the new mail in; the pass it starts
+    says how long after the server's notice it ended (mailcrm's part of the IDLE latency)."""
+    caplog.set_level(logging.INFO, logger="proxy.imap.folder")
     env.link()
     async with env.poller():
         await until(lambda: env.mailbox()["status"] == "green", what="first pass")
@@ -59,6 +64,10 @@ async def test_new_mail_arrives_through_idle(env: MailEnv) -> None:
         await until(lambda: env.activities(), timeout=60, every=0.05, what="IDLE capture")
         print(f"delivery to activity over IDLE: {time.monotonic() - started:.2f} s")
     assert [a["subject"] for a in env.activities()] == ["Are you there?"]
+    [line] = [
+        r.getMessage() for r in caplog.records if "after the server's notice" in r.getMessage()
+    ]
+    assert re.search(r"INBOX: 1 new \(1 captured, .*, \d+ ms after the server's notice$", line)
 
 
 async def test_sent_folder_is_outgoing_and_deduplicated_with_the_relay_copy(env: MailEnv) -> None:
