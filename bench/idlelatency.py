@@ -79,7 +79,7 @@ def measure(bench: Bench, url: str, count: int) -> dict[str, list[float]]:
         for n, raw in enumerate(incoming(count, seed=99), start=1):
             started = time.perf_counter()
             bench.dovecot.deliver(USER, raw)
-            _wait(lambda n=n: _scalar(engine, LOCATIONS) >= n, child)  # type: ignore[misc]
+            _wait(lambda n=n: _scalar(engine, LOCATIONS) >= n, child)
             total.append(time.perf_counter() - started)
             time.sleep(0.3)  # back into IDLE
     finally:

@@ -143,6 +143,11 @@ class Database:
                     conn.exec_driver_sql(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
 
     @property
+    def single_writer(self) -> bool:
+        """True for SQLite: one writer at a time, so more writing threads gain nothing."""
+        return self.engine.dialect.name == "sqlite"
+
+    @property
     def safe_url(self) -> str:
         """The URL with any password hidden, for messages and logs."""
         return make_url(self.url).render_as_string(hide_password=True)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Coroutine, Sequence
@@ -72,7 +73,7 @@ class MailboxWorker:
     """Keeps one mailbox in sync until stopped."""
 
     def __init__(self, ctx: PollerContext, plan: MailboxPlan) -> None:
-        self.ctx = ctx
+        self.ctx = dataclasses.replace(ctx, run=ctx.run.lane(plan.id))  # its calls in order
         self.plan = plan
         self.stop = asyncio.Event()
         self.grace = STOP_GRACE_S  # how long a session may take to end politely once stopped
