@@ -15,6 +15,7 @@ from typing import Annotated
 import typer
 
 from crm import logs
+from crm.face import url_has_password
 from proxy.cli import capture, exclusions, mailboxes, records, system, users
 from proxy.cli.common import STATE, RootGroup
 
@@ -50,7 +51,7 @@ def root(
 ) -> None:
     """Root options shared by every command."""
     STATE.db_url, STATE.config_path = db, config
-    if db and _has_password(db):
+    if db and url_has_password(db):
         typer.echo(
             "mailcrm: warning: the password in --db is visible to every local user (ps); "
             "set MAILCRM_DATABASE_URL or database_url in the config file instead",
@@ -59,16 +60,6 @@ def root(
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logs.formatter("text"))  # escaped, cut, redacted; json replaces it later
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, handlers=[handler])
-
-
-def _has_password(url: str) -> bool:
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
-    try:
-        return bool(make_url(url).password)
-    except (ArgumentError, ValueError):
-        return False
 
 
 def main() -> None:

@@ -8,10 +8,8 @@ from typing import Annotated
 
 import typer
 
-from crm.capture import archive
-from crm.capture.path import Capturer, CaptureResult
-from crm.capture.sources import read_sources
 from crm.face import admin
+from crm.face.capture import Batch, Capturer, CaptureResult, capture_batch, read_sources, summary
 from crm.vocab import Direction
 
 from .common import STATE, JsonOpt, choice, fail, out, print_json
@@ -50,15 +48,15 @@ def capture(
     way = Direction.INCOMING if direction == "in" else Direction.OUTGOING
     with STATE.db.session() as s:
         address = admin.get_mailbox(s, mailbox).address
-    batch = archive.Batch(address, way, seen, window=since != "all")
+    batch = Batch(address, way, seen, window=since != "all")
     sources = read_sources(paths or ["-"], sys.stdin.buffer)
-    results = archive.capture_batch(Capturer(STATE.db, STATE.config.capture), batch, sources)
+    results = capture_batch(Capturer(STATE.db, STATE.config.capture), batch, sources)
     if as_json:
         print_json([r.as_json() for r in results])
         return
     for r in results:
         out.print(_describe(r), markup=False)
-    out.print(archive.summary(results, address), markup=False)
+    out.print(summary(results, address), markup=False)
 
 
 def _describe(r: CaptureResult) -> str:

@@ -19,8 +19,7 @@ from typer.core import TyperArgument, TyperGroup, TyperOption
 
 from crm.config import Config, load_config
 from crm.errors import MailcrmError
-from crm.store.db import Database
-from crm.store.secrets import SecretBox, load_key
+from crm.face import Database, SecretBox, load_key
 
 
 def _flag_type(self: TyperOption, ctx: ClickContext) -> str | None:

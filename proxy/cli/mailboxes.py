@@ -8,7 +8,6 @@ from typing import Annotated, Any
 
 from crm.errors import InvalidInput
 from crm.face import admin, views
-from crm.mailboxes.presets import PRESETS
 from crm.vocab import INTERVALS, TLS_MODES
 
 from .common import (
@@ -139,16 +138,8 @@ def mailbox_set(
 @app.command("list")
 def mailbox_list(as_json: JsonOpt = False) -> None:
     """List mailboxes with their status."""
-    from sqlalchemy import select
-
-    from crm.mailboxes.schedule import schedule_json
-    from crm.store.models import Mailbox
-
     with STATE.db.session() as s:
-        rows = []
-        for box in s.scalars(select(Mailbox).order_by(Mailbox.address)):
-            rows.append(views.mailbox_json(box))
-            rows[-1]["schedule"] = schedule_json(box, STATE.config.poller)
+        rows = views.mailboxes_json(s, STATE.config.poller)
     print_json(rows) if as_json else table(
         rows,
         ["address", "kind", "owner", "linked", "status", "status_reason", "last_check"],
@@ -159,12 +150,8 @@ def mailbox_list(as_json: JsonOpt = False) -> None:
 @app.command("show")
 def mailbox_show(address: Address, as_json: JsonOpt = False) -> None:
     """Show one mailbox."""
-    from crm.mailboxes.schedule import schedule_json
-
     with STATE.db.session() as s:
-        box = admin.get_mailbox(s, address)
-        data = views.mailbox_json(box)
-        data["schedule"] = schedule_json(box, STATE.config.poller)
+        data = views.scheduled_json(admin.get_mailbox(s, address), STATE.config.poller)
     if as_json:
         print_json(data)
         return
@@ -177,7 +164,7 @@ def mailbox_check(address: Address, as_json: JsonOpt = False) -> None:
     """Verify settings and connection (IMAP login, folders, SMTP login); collects no mail."""
     import asyncio
 
-    from crm.mailboxes import sync
+    from crm.face.poller import sync
     from proxy.imap.check import check_mailbox
     from proxy.imap.plan import load_plan
 
@@ -212,7 +199,6 @@ def mailbox_import(
     """Import a mailbox now, in the foreground with a progress bar (Ctrl-C stops, rerun resumes)."""
     import asyncio
 
-    from crm.mailboxes.schedule import touch_owner
     from proxy.imap.foreground import ForegroundImport, prepare
     from proxy.imap.importview import make_view
     from proxy.imap.plan import load_plan
@@ -221,9 +207,7 @@ def mailbox_import(
     plan = load_plan(STATE.db, address, STATE.secrets(), config.poller)
     window = prepare(plan, since, config.poller)
     with STATE.db.session() as s:
-        owner = admin.get_mailbox(s, address).owner
-        if owner is not None:
-            touch_owner(s, owner.email)  # T1: an import run for the owner's mailbox
+        admin.touch_mailbox_owner(s, address)  # T1: an import run for the owner's mailbox
     resume = f"mailcrm mailbox import {plan.address}" + (f" --since {since}" if since else "")
     job = ForegroundImport(config, STATE.db, plan, window, make_view(plan.address))
     try:
@@ -249,7 +233,7 @@ def mailbox_remove(address: Address) -> None:
 @app.command("presets")
 def mailbox_presets(as_json: JsonOpt = False) -> None:
     """List connection presets for common mail services."""
-    rows = [vars(p) for p in PRESETS.values()]
+    rows = views.presets_json()
     columns = ["name", "label", "imap_host", "imap_port", "imap_tls", "smtp_host", "smtp_port",
                "smtp_tls"]  # fmt: skip
     print_json(rows) if as_json else table(rows, columns, "no presets")

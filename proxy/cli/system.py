@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from crm import logs
-from crm.store.db import Database
+from crm.face import Database
 
 from .common import STATE, JsonOpt, Opt, group, out, print_json, table
 

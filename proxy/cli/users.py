@@ -29,12 +29,8 @@ def user_add(
 @app.command("list")
 def user_list(as_json: JsonOpt = False) -> None:
     """List employees."""
-    from sqlalchemy import select
-
-    from crm.store.models import User
-
     with STATE.db.session() as s:
-        rows = [views.user_json(u) for u in s.scalars(select(User).order_by(User.email))]
+        rows = views.users_json(s)
     print_json(rows) if as_json else table(
         rows, ["email", "name", "admin", "crm_access"], "no users"
     )
