@@ -82,6 +82,13 @@ def set_user(
     return user
 
 
+def touch_mailbox_owner(session: Session, address: str) -> None:
+    """T1: a run for a personal mailbox (``mailbox import``) is its owner using mailcrm."""
+    owner = get_mailbox(session, address).owner
+    if owner is not None:
+        touch(owner)
+
+
 def get_mailbox(session: Session, address: str) -> Mailbox:
     """The mailbox with this address."""
     box = session.scalar(select(Mailbox).where(Mailbox.address == normalize_address(address)))

@@ -9,8 +9,11 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from crm.config import PollerConfig
 from crm.errors import NotFound
 from crm.mail.addresses import normalize_address
+from crm.mailboxes.presets import PRESETS
+from crm.mailboxes.schedule import schedule_json
 from crm.store.models import (
     Activity,
     Company,
@@ -212,3 +215,26 @@ def exclusions_json(session: Session) -> list[JSON]:
         {"entry": e.entry, "mailbox": boxes.get(e.mailbox_id) if e.mailbox_id else None}
         for e in session.scalars(select(Exclusion).order_by(Exclusion.id))
     ]
+
+
+def users_json(session: Session) -> list[JSON]:
+    """Every user, by address (``user list``)."""
+    return [user_json(u) for u in session.scalars(select(User).order_by(User.email))]
+
+
+def scheduled_json(box: Mailbox, config: PollerConfig) -> JSON:
+    """A mailbox with its schedule (T1-T3), as ``mailbox list`` and ``mailbox show`` print it."""
+    data = mailbox_json(box)
+    data["schedule"] = schedule_json(box, config)
+    return data
+
+
+def mailboxes_json(session: Session, config: PollerConfig) -> list[JSON]:
+    """Every mailbox with its schedule, by address (``mailbox list``)."""
+    boxes = session.scalars(select(Mailbox).order_by(Mailbox.address))
+    return [scheduled_json(box, config) for box in boxes]
+
+
+def presets_json() -> list[JSON]:
+    """The connection presets of common mail services (``mailbox presets``)."""
+    return [vars(p) for p in PRESETS.values()]

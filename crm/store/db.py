@@ -82,6 +82,14 @@ def alembic_config(engine: Engine) -> AlembicConfig:
     return cfg
 
 
+def url_has_password(url: str) -> bool:
+    """True when the database URL carries a password (a bad URL has none to show)."""
+    try:
+        return bool(make_url(url).password)
+    except (ArgumentError, ValueError):
+        return False
+
+
 class Database:
     """Engine + session factory for one database URL."""
 

@@ -20,7 +20,7 @@ from typing import cast
 
 from crm.config import Config
 from crm.face import Database
-from crm.face.relay import Journal, files_first, spool_dir
+from crm.face.relay import Journal, Wakeup, files_first, spool_dir
 
 from .dbgate import DbGate
 from .delivery import Deliverer
@@ -75,15 +75,18 @@ class _Refuse(asyncio.Protocol):
 class Relay:
     """Everything the relay's connections share; ``start`` opens the listeners."""
 
-    def __init__(self, config: Config, db: Database, hostname: str) -> None:
+    def __init__(
+        self, config: Config, db: Database, hostname: str, wakeup: Wakeup | None = None
+    ) -> None:
         self.config = config.relay
         self.hostname = hostname
         sqlite = db.engine.dialect.name == "sqlite"
         self.gate = DbGate(timeout=config.relay.spool_timeout, threads=1 if sqlite else 8)
         self.directory = Directory(config, db, self.gate)
         self.client = UpstreamClient(config.relay, hostname)
+        kick = wakeup.kick if wakeup is not None else (lambda: None)  # no worker here to wake
         self.deliverer = Deliverer(db, self.gate, Journal(spool_dir(config)),
-                                   files_first=files_first(config, db))
+                                   files_first=files_first(config, db), kick=kick)
         self.limiter = RateLimiter(config.relay.max_messages_per_minute)
         self.spill_at = SPILL_AT
         self.spill_dir: Path | None = spool_dir(config) / "tmp"
@@ -199,8 +202,11 @@ class Relay:
         self.gate.close()
 
 
-async def run_relay(config: Config, db: Database, stop: asyncio.Event) -> None:
-    """Component of ``mailcrm serve``: relay mail until ``stop`` is set."""
+async def run_relay(
+    config: Config, db: Database, stop: asyncio.Event, *, wakeup: Wakeup | None = None
+) -> None:
+    """Component of ``mailcrm serve``: relay mail until ``stop`` is set; a delivery kicks
+    ``wakeup``, the spool worker's wake-up in this process."""
     if not config.relay.enabled:
         log.info("relay disabled in the config")
         await stop.wait()
@@ -209,7 +215,7 @@ async def run_relay(config: Config, db: Database, stop: asyncio.Event) -> None:
     if mail_log.level == logging.NOTSET:
         mail_log.setLevel(logging.WARNING)
     hostname = config.relay.hostname or await asyncio.to_thread(socket.getfqdn, "")
-    relay = Relay(config, db, hostname or "localhost")
+    relay = Relay(config, db, hostname or "localhost", wakeup)
     await relay.start()
     try:
         await stop.wait()
