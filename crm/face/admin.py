@@ -89,6 +89,11 @@ def touch_mailbox_owner(session: Session, address: str) -> None:
         touch(owner)
 
 
+def remove_mailbox(session: Session, address: str) -> None:
+    """M1: remove a mailbox; its activities stay in the CRM."""
+    session.delete(get_mailbox(session, address))
+
+
 def get_mailbox(session: Session, address: str) -> Mailbox:
     """The mailbox with this address."""
     box = session.scalar(select(Mailbox).where(Mailbox.address == normalize_address(address)))

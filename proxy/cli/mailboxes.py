@@ -226,7 +226,7 @@ def mailbox_import(
 def mailbox_remove(address: Address) -> None:
     """Remove a mailbox (its activities stay in the CRM)."""
     with STATE.db.session() as s:
-        s.delete(admin.get_mailbox(s, address))
+        admin.remove_mailbox(s, address)
     out.print(f"mailbox {address} removed")
 
 
