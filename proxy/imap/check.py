@@ -101,8 +101,8 @@ async def check_mailbox(plan: MailboxPlan, timeout: float = 30.0) -> CheckReport
     """Verify the IMAP and SMTP settings of one mailbox; collects nothing."""
     report = CheckReport(plan.address)
     await _imap(plan, report, timeout)
-    if plan.smtp is None:
-        report.smtp = "not configured"
+    if plan.smtp is None:  # no password: said once, as the IMAP problem already
+        report.smtp = plan.smtp_problem or "not configured"
         return report
     try:
         await smtp_login(plan.smtp, timeout)

@@ -21,6 +21,7 @@ from crm.vocab import DEFAULT_WINDOW, WINDOWS, Direction, MailboxKind
 
 from .client import Endpoint
 
+NO_PASSWORD = "no password stored (mailbox set --password-stdin)"
 DEFAULT_PORTS = {"ssl": 993, "starttls": 143, "none": 143}
 SMTP_PORTS = {"ssl": 465, "starttls": 587, "none": 25}
 
@@ -42,6 +43,7 @@ class MailboxPlan:
     endpoint: Endpoint | None
     smtp: Endpoint | None
     problem: str | None
+    smtp_problem: str | None = None  # why ``smtp`` is None: not configured, or no password
 
     @property
     def is_company(self) -> bool:
@@ -71,7 +73,7 @@ def _endpoint(
     tls = box.imap_tls if box.imap_host else config.upstream_tls
     port = box.imap_port if box.imap_host else config.upstream_port
     if password is None:
-        return None, "no password stored (mailbox set --password-stdin)"
+        return None, NO_PASSWORD
     login = box.login or box.address
     endpoint = Endpoint(
         host,
@@ -83,6 +85,13 @@ def _endpoint(
         config.insecure,
     )
     return endpoint, None
+
+
+def _smtp_problem(box: Mailbox, password: str | None, problem: str | None) -> str | None:
+    """Why the mailbox has no SMTP endpoint (None: it has one)."""
+    if not box.smtp_host:
+        return "not configured"
+    return (problem or NO_PASSWORD) if password is None else None
 
 
 def _smtp(box: Mailbox, password: str | None, config: PollerConfig) -> Endpoint | None:
@@ -122,6 +131,7 @@ def plan_for(box: Mailbox, secrets: SecretBox | None, config: PollerConfig) -> M
         endpoint=endpoint,
         smtp=_smtp(box, password, config),
         problem=problem or missing,
+        smtp_problem=_smtp_problem(box, password, problem),
     )
 
 
