@@ -298,6 +298,15 @@ def _settings(**options: Any) -> admin.MailboxSettings:
     return admin.MailboxSettings(**options)
 
 
+def _verify_folders(box: Any) -> str:
+    """--folders: the server asked for them when it can be (InvalidInput: one is missing)."""
+    from proxy.imap.check import verify_folders
+    from proxy.imap.plan import plan_for
+
+    plan = plan_for(box, STATE.secrets(), STATE.config.poller)
+    return verify_folders(plan, STATE.config.poller.timeout_s)
+
+
 Opt = typer.Option
 Preset = Annotated[str | None, Opt(metavar="NAME", help="A preset of `mailbox presets`.")]
 Host = Annotated[str | None, Opt(metavar="HOST")]
@@ -357,11 +366,14 @@ def mailbox_add(
         options.pop(key)
     with STATE.db.session() as s:
         box = admin.add_mailbox(s, STATE.secrets(), address, owner, _settings(**options))
+        found = _verify_folders(box) if folders else None
         state = "linked" if box.linked else "not linked"
         if box.linked and box.secret is None:
             state += f"; no password stored: not checked until `mailcrm mailbox set {box.address}"
             state += " --password-stdin`"
         out.print(f"mailbox {box.address} added ({box.kind}, {state})", markup=False)
+    if found:
+        out.print(found, markup=False)
 
 
 @mailbox_app.command("set")
@@ -390,7 +402,10 @@ def mailbox_set(
     with STATE.db.session() as s:
         box = admin.get_mailbox(s, address)
         admin.apply_settings(s, STATE.secrets(), box, _settings(**options))
+        found = _verify_folders(box) if folders else None
     out.print(f"mailbox {address} updated")
+    if found:
+        out.print(found, markup=False)
 
 
 @mailbox_app.command("list")

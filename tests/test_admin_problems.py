@@ -9,10 +9,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
+
+import pytest
+from sqlalchemy import update
 
 from crm.store.db import Database
+from crm.store.models import Mailbox
 from tests.conftest import Cli
+from tests.pollerkit import PASSWORD, MailEnv, until
+from tests.servers import Dovecot, dovecot
 from tests.test_http import node_config, start_http
+
+__all__ = ["dovecot"]
 
 INFO = "info@example.com"
 LOCAL = ("--imap-host", "127.0.0.1", "--smtp-host", "127.0.0.1", "--smtp-tls", "starttls")
@@ -48,3 +57,63 @@ def test_a_missing_password_is_named_in_check_and_on_the_status_page(
     assert checked.stderr.count("no password stored") == 1
     report = json.loads(sqlite_cli.run("mailbox", "check", INFO, "--json").stdout)
     assert report["smtp"].startswith("no password stored") and not report["ok"]
+
+
+def test_folders_without_a_password_are_checked_later(sqlite_cli: Cli) -> None:
+    text = sqlite_cli.ok("mailbox", "add", INFO, "--company", *LOCAL, "--folders", "INBOX,Archiv")
+    assert "folders INBOX, Archiv not checked (no password stored" in text
+    assert f"mailcrm mailbox check {INFO}" in text
+    assert sqlite_cli.json("mailbox", "show", INFO)["settings"]["folders"] == ["INBOX", "Archiv"]
+
+
+@pytest.fixture
+def env(dovecot: Dovecot, cli: Cli, tmp_path: Path) -> MailEnv:
+    """A fresh Dovecot user and CRM database (SQLite and PostgreSQL)."""
+    return MailEnv(dovecot, cli, tmp_path)
+
+
+def _folder(env: MailEnv, command: str, name: str) -> None:
+    with env.imap(folder="") as conn:
+        typ, data = getattr(conn, command)(name)
+        assert typ == "OK", data
+
+
+def _forget_status(env: MailEnv) -> None:
+    db = Database(env.url)
+    try:
+        with db.session() as s:
+            s.execute(update(Mailbox).values(last_error=None, last_check_at=None, last_ok_at=None))
+    finally:
+        db.dispose()
+
+
+@pytest.mark.servers
+async def test_a_folder_the_server_does_not_have_is_named_at_add_set_check_and_polling(
+    env: MailEnv,
+) -> None:
+    cli = env.cli
+    run = asyncio.to_thread
+    await run(cli.ok, "user", "add", env.address)
+    add = ("mailbox", "add", env.address, "--owner", env.address, "--imap-host", "127.0.0.1",
+           "--imap-port", str(env.dovecot.imaps_port), "--password-stdin")  # fmt: skip
+    refused = await run(cli.run, *add, "--folders", "INBOX,Nope", input=PASSWORD + "\n")
+    assert refused.exit_code == 1, refused.stdout
+    assert "folder Nope not on the server" in refused.stderr
+    assert (await run(cli.run, "mailbox", "show", env.address)).exit_code == 1, "nothing added"
+    _folder(env, "create", "Archive")
+    text = await run(cli.ok, *add, "--folders", "INBOX,Archive", input=PASSWORD + "\n")
+    assert "folders INBOX, Archive found on the server" in text
+    refused = await run(cli.run, "mailbox", "set", env.address, "--folders", "Archive,Gone")
+    assert refused.exit_code == 1 and "folder Gone not on the server" in refused.stderr
+    assert env.mailbox()["settings"]["folders"] == ["INBOX", "Archive"]
+    _folder(env, "delete", "Archive")
+    checked = await run(cli.run, "mailbox", "check", env.address)
+    assert checked.exit_code == 1 and "folder Archive not on the server" in checked.stderr
+    assert env.mailbox()["status_reason"] == "folder Archive not on the server"
+    _forget_status(env)  # the check's verdict forgotten: the next one is the poller's own
+    assert env.mailbox()["status_reason"] == "not checked yet"
+    async with env.poller():
+        await until(
+            lambda: env.mailbox()["status_reason"] == "folder Archive not on the server",
+            what="the poller's verdict",
+        )
