@@ -401,9 +401,11 @@ def mailbox_set(
     options.pop("address")
     with STATE.db.session() as s:
         box = admin.get_mailbox(s, address)
-        admin.apply_settings(s, STATE.secrets(), box, _settings(**options))
+        notes = admin.apply_settings(s, STATE.secrets(), box, _settings(**options))
         found = _verify_folders(box) if folders else None
     out.print(f"mailbox {address} updated")
+    for note in notes:
+        out.print(note, markup=False)
     if found:
         out.print(found, markup=False)
 

@@ -17,13 +17,14 @@ from sqlalchemy import update
 from crm.store.db import Database
 from crm.store.models import Mailbox
 from tests.conftest import Cli
-from tests.pollerkit import PASSWORD, MailEnv, until
+from tests.pollerkit import PASSWORD, MailEnv, message, until
 from tests.servers import Dovecot, dovecot
 from tests.test_http import node_config, start_http
 
 __all__ = ["dovecot"]
 
 INFO = "info@example.com"
+CUSTOMER = "Carla Customer <carla@acme-industries.example>"
 LOCAL = ("--imap-host", "127.0.0.1", "--smtp-host", "127.0.0.1", "--smtp-tls", "starttls")
 
 
@@ -117,3 +118,23 @@ async def test_a_folder_the_server_does_not_have_is_named_at_add_set_check_and_p
             lambda: env.mailbox()["status_reason"] == "folder Archive not on the server",
             what="the poller's verdict",
         )
+
+
+@pytest.mark.servers
+async def test_since_all_on_a_polled_mailbox_says_the_import_brings_the_older_mail(
+    env: MailEnv,
+) -> None:
+    env.deliver(message(CUSTOMER, env.address, "ten days old", days_ago=10), days_ago=10)
+    env.deliver(message(CUSTOMER, env.address, "today"))
+    await asyncio.to_thread(env.link)
+    async with env.poller():
+        await until(lambda: env.mailbox()["status"] == "green", what="first pass")
+    assert [a["subject"] for a in env.activities()] == ["today"]
+    text = await asyncio.to_thread(env.cli.ok, "mailbox", "set", env.address, "--since", "all")
+    assert "the older mail it passed over is imported by " in text
+    assert f"`mailcrm mailbox import {env.address}`" in text
+    done = await asyncio.to_thread(env.cli.json, "mailbox", "import", env.address)
+    assert (done["since"], done["imported"]) == ("all", 1)
+    assert sorted(a["subject"] for a in env.activities()) == ["ten days old", "today"]
+    again = await asyncio.to_thread(env.cli.ok, "mailbox", "set", env.address, "--since", "all")
+    assert "import" not in again, "the same window again: nothing to say"
