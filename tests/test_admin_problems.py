@@ -138,3 +138,12 @@ async def test_since_all_on_a_polled_mailbox_says_the_import_brings_the_older_ma
     assert sorted(a["subject"] for a in env.activities()) == ["ten days old", "today"]
     again = await asyncio.to_thread(env.cli.ok, "mailbox", "set", env.address, "--since", "all")
     assert "import" not in again, "the same window again: nothing to say"
+
+
+def test_status_json_of_the_cli_names_no_node(sqlite_cli: Cli, sqlite_url: str) -> None:
+    status = sqlite_cli.json("status")
+    assert status["node"] is None, "the CLI process is no node of the cluster"
+    assert status["nodes"] == []
+    body, page = asyncio.run(status_page(sqlite_url))
+    assert json.loads(body)["node"] == "node-test", "a serve node's own page names it"
+    assert "node <b>node-test</b>" in page
