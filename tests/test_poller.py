@@ -153,10 +153,11 @@ async def test_uidvalidity_change_remaps_instead_of_reimporting(
     env: MailEnv, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="proxy.imap")
-    env.link("--folders", "INBOX,Projects")
     raws = [message(CUSTOMER, env.address, f"project {n}") for n in range(4)]
     with env.imap("") as conn:
         conn.create("Projects")
+    env.link("--folders", "INBOX,Projects")  # the server has the folder: add asks it
+    with env.imap("") as conn:
         for raw in raws:
             conn.append("Projects", "", imaplib.Time2Internaldate(time.time()), raw)
     async with env.poller():
@@ -280,11 +281,12 @@ async def test_a_broken_server_never_delays_another_mailbox(env: MailEnv, doveco
 
 async def test_folders_with_non_ascii_names(env: MailEnv) -> None:
     folder = "Verträge/Größe 2026"
-    env.link("--folders", f"INBOX,{folder}")
     wire = utf7.encode(folder)
     assert wire == "Vertr&AOQ-ge/Gr&APYA3w-e 2026"
     with env.imap("") as conn:
         assert conn.create(f'"{wire}"')[0] == "OK"
+    env.link("--folders", f"INBOX,{folder}")  # the server has the folder: add asks it
+    with env.imap("") as conn:
         raw = message(CUSTOMER, env.address, "im Unterordner")
         stamp = imaplib.Time2Internaldate(time.time())
         assert conn.append(f'"{wire}"', "", stamp, raw)[0] == "OK"

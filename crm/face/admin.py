@@ -17,6 +17,7 @@ from crm.errors import AlreadyExists, InvalidInput, NotFound, PermissionDenied
 from crm.mail.addresses import normalize_address, parse_exclusion
 from crm.mailboxes.presets import PRESETS
 from crm.mailboxes.schedule import touch
+from crm.mailboxes.sync import passed_over, widen
 from crm.store.models import (
     Activity,
     Exclusion,
@@ -163,8 +164,10 @@ def add_mailbox(
 
 def apply_settings(
     session: Session, secrets: SecretBox, box: Mailbox, settings: MailboxSettings
-) -> None:
-    """M2-M4: connection, credentials and capture settings, validated."""
+) -> list[str]:
+    """M2-M4: connection, credentials and capture settings, validated; returns what the admin
+    is to be told of their effect (a wider window on a mailbox already polled)."""
+    notes: list[str] = []
     _apply_connection(box, settings)
     if settings.login is not None:
         box.login = settings.login
@@ -175,7 +178,7 @@ def apply_settings(
     if settings.since is not None:
         if settings.since not in WINDOWS:
             raise InvalidInput(f"--since must be {' or '.join(WINDOWS)}, not {settings.since!r}")
-        box.since = settings.since
+        notes += _window_note(session, box, settings.since)
     for name in ("create_leads", "vcard_contacts"):
         value = getattr(settings, name)
         if value is not None:
@@ -185,6 +188,18 @@ def apply_settings(
     _apply_company_extras(session, box, settings)
     if settings.link is not None:
         _set_link(box, settings.link, settings.password is not None)
+    return notes
+
+
+def _window_note(session: Session, box: Mailbox, since: str) -> list[str]:
+    """C12/M3: a wider window forgets the skipped mail; the poller takes only new mail, so older
+    mail it has passed over comes with ``mailbox import``."""
+    if not widen(session, box, since) or not box.linked or not passed_over(session, box.id):
+        return []
+    return [
+        f"import window now {since}: the poller takes only new mail; the older mail it passed "
+        f"over is imported by `mailcrm mailbox import {box.address}`"
+    ]
 
 
 def _apply_connection(box: Mailbox, s: MailboxSettings) -> None:

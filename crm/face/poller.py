@@ -18,5 +18,6 @@ from crm.mailboxes.snapshot import MailboxSnapshot as MailboxSnapshot
 from crm.mailboxes.snapshot import Server as Server
 from crm.mailboxes.snapshot import load_snapshot as load_snapshot
 from crm.mailboxes.snapshot import load_snapshots as load_snapshots
+from crm.mailboxes.snapshot import snapshot_of as snapshot_of
 from crm.store.secrets import SecretBox as SecretBox
 from crm.store.secrets import load_key as load_key

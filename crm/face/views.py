@@ -51,6 +51,8 @@ def mailbox_status(box: Mailbox) -> tuple[str, str]:
         return "red", "link to CRM is off"
     if box.last_error:
         return "red", box.last_error
+    if box.last_ok_at is None and box.secret is None:
+        return "red", f"no password stored (mailbox set {box.address} --password-stdin)"
     if box.last_ok_at is None:
         return "red", "not checked yet"
     return "green", "last check worked"

@@ -52,7 +52,8 @@ class _ChildRunner:
         if self.pool is None:
             self.pool = ProcessPoolExecutor(
                 1, mp_context=multiprocessing.get_context("spawn"),
-                initializer=child_init, initargs=(self.config,),
+                initializer=child_init,
+                initargs=(self.config, logging.getLogger().getEffectiveLevel()),
             )
         try:
             done, error, counts = await asyncio.get_running_loop().run_in_executor(

@@ -31,6 +31,16 @@ def _split(value: str | None) -> list[str] | None:
     return None if value is None else [v.strip() for v in value.split(",") if v.strip()]
 
 
+def _verify_folders(box: Any) -> str:
+    """--folders: the server asked for them when it can be (InvalidInput: one is missing)."""
+    from crm.face.poller import snapshot_of
+    from proxy.imap.check import verify_folders
+    from proxy.imap.plan import plan_for
+
+    plan = plan_for(snapshot_of(box, STATE.secrets()), STATE.config.poller)
+    return verify_folders(plan, STATE.config.poller.timeout_s)
+
+
 def _settings(**options: Any) -> admin.MailboxSettings:
     if options.pop("password_stdin"):
         password = sys.stdin.readline().rstrip("\r\n")
@@ -99,11 +109,14 @@ def mailbox_add(
         options.pop(key)
     with STATE.db.session() as s:
         box = admin.add_mailbox(s, STATE.secrets(), address, owner, _settings(**options))
+        found = _verify_folders(box) if folders else None
         state = "linked" if box.linked else "not linked"
         if box.linked and box.secret is None:
             state += f"; no password stored: not checked until `mailcrm mailbox set {box.address}"
             state += " --password-stdin`"
         out.print(f"mailbox {box.address} added ({box.kind}, {state})", markup=False)
+    if found:
+        out.print(found, markup=False)
 
 
 @app.command("set")
@@ -131,8 +144,13 @@ def mailbox_set(
     options.pop("address")
     with STATE.db.session() as s:
         box = admin.get_mailbox(s, address)
-        admin.apply_settings(s, STATE.secrets(), box, _settings(**options))
+        notes = admin.apply_settings(s, STATE.secrets(), box, _settings(**options))
+        found = _verify_folders(box) if folders else None
     out.print(f"mailbox {address} updated")
+    for note in notes:
+        out.print(note, markup=False)
+    if found:
+        out.print(found, markup=False)
 
 
 @app.command("list")

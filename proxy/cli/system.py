@@ -29,7 +29,7 @@ def status(as_json: JsonOpt = False) -> None:
 
     from proxy.web.status import gather, probe_tcp
 
-    snap = asyncio.run(gather(STATE.config, STATE.db))
+    snap = asyncio.run(gather(STATE.config, STATE.db, from_node=False))
     http = STATE.config.http
     snap.listeners = [
         asyncio.run(probe_tcp("HTTP (status, metrics)", http.host, http.port, "http"))

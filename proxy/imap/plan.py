@@ -19,6 +19,7 @@ from crm.vocab import DEFAULT_WINDOW, WINDOWS, Direction, MailboxKind
 
 from .client import Endpoint
 
+NO_PASSWORD = "no password stored (mailbox set --password-stdin)"
 DEFAULT_PORTS = {"ssl": 993, "starttls": 143, "none": 143}
 SMTP_PORTS = {"ssl": 465, "starttls": 587, "none": 25}
 
@@ -40,6 +41,7 @@ class MailboxPlan:
     endpoint: Endpoint | None
     smtp: Endpoint | None
     problem: str | None
+    smtp_problem: str | None = None  # why ``smtp`` is None: not configured, or no password
 
     @property
     def is_company(self) -> bool:
@@ -67,7 +69,7 @@ def _endpoint(box: MailboxSnapshot, config: PollerConfig) -> tuple[Endpoint | No
     if not host:
         return None, "no IMAP server configured (mailbox set --imap-host or a preset)"
     if box.password is None:
-        return None, "no password stored (mailbox set --password-stdin)"
+        return None, NO_PASSWORD
     endpoint = Endpoint(
         host,
         port or DEFAULT_PORTS.get(tls, 993),
@@ -78,6 +80,13 @@ def _endpoint(box: MailboxSnapshot, config: PollerConfig) -> tuple[Endpoint | No
         config.insecure,
     )
     return endpoint, None
+
+
+def _smtp_problem(box: MailboxSnapshot) -> str | None:
+    """Why the mailbox has no SMTP endpoint (None: it has one)."""
+    if box.smtp is None:
+        return "not configured"
+    return (box.problem or NO_PASSWORD) if box.password is None else None
 
 
 def _smtp(box: MailboxSnapshot, config: PollerConfig) -> Endpoint | None:
@@ -106,6 +115,7 @@ def plan_for(box: MailboxSnapshot, config: PollerConfig) -> MailboxPlan:
         endpoint=endpoint,
         smtp=_smtp(box, config),
         problem=box.problem or missing,
+        smtp_problem=_smtp_problem(box),
     )
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
 import time
 from pathlib import Path
 from typing import cast
@@ -30,7 +29,7 @@ from .proxyproto import ProxyPolicy
 from .proxytls import PreTLSListener
 from .server import RelaySMTP
 from .session import RelayConnection
-from .tls import relay_context
+from .tls import relay_context, relay_hostname
 from .upstream import UpstreamClient, UpstreamUnavailable
 from .values import Caps
 
@@ -214,8 +213,9 @@ async def run_relay(
     mail_log = logging.getLogger("mail.log")  # aiosmtpd logs every command at INFO
     if mail_log.level == logging.NOTSET:
         mail_log.setLevel(logging.WARNING)
-    hostname = config.relay.hostname or await asyncio.to_thread(socket.getfqdn, "")
-    relay = Relay(config, db, hostname or "localhost", wakeup)
+    relay_context(config.relay)  # the data directory's pair written first, when there is none
+    hostname = await asyncio.to_thread(relay_hostname, config.relay)
+    relay = Relay(config, db, hostname, wakeup)
     await relay.start()
     try:
         await stop.wait()
