@@ -33,12 +33,13 @@ def iso(when: dt.datetime | None) -> str | None:
 
 
 def user_json(user: User) -> JSON:
-    """user: email, name, admin, crm_access."""
+    """user: email, name, admin, crm_access, sees."""
     return {
         "email": user.email,
         "name": user.name,
         "admin": user.admin,
         "crm_access": user.crm_access,
+        "sees": user.sees,
     }
 
 
