@@ -35,10 +35,11 @@ class Page:
 
 @dataclass(frozen=True)
 class Filter:
-    """``--search TEXT`` and ``--limit N`` (None: no limit)."""
+    """``--search TEXT`` and ``--limit N`` (None: no limit); ``offset``: rows skipped (paging)."""
 
     search: str | None = None
     limit: int | None = None
+    offset: int = 0
 
 
 def _pattern(text: str) -> str:
@@ -53,6 +54,8 @@ def _ids(session: Session, query: Any, model: Any, wanted: Filter) -> tuple[list
     page = query.order_by(model.id)
     if wanted.limit is not None:
         page = page.limit(wanted.limit)
+    if wanted.offset > 0:
+        page = page.offset(wanted.offset)
     return list(session.scalars(page)), total
 
 
@@ -73,12 +76,27 @@ def _named(model: Any, etype: str, search: str | None, viewer: Viewer | None = N
 
 
 def leads(
-    session: Session, wanted: Filter, converted: bool = False, *, viewer: Viewer | None = None
+    session: Session,
+    wanted: Filter,
+    converted: bool = False,
+    *,
+    viewer: Viewer | None = None,
+    status: str | None = None,
+    responsible: int | None = None,
 ) -> Page:
-    """Leads matching ``wanted``; converted ones only with ``converted``; those ``viewer`` sees."""
+    """Leads matching ``wanted``; converted ones only with ``converted`` (or ``status``); those
+    ``viewer`` sees; of one ``status``; of one ``responsible`` user id (0: nobody's)."""
     query = _named(Lead, "lead", wanted.search, viewer)
-    if not converted:
+    if status:
+        query = query.where(Lead.status == status)
+    elif not converted:
         query = query.where(Lead.status != CONVERTED)
+    if responsible is not None:
+        query = query.where(
+            Lead.responsible_id.is_(None)
+            if responsible == 0
+            else Lead.responsible_id == responsible
+        )
     ids, total = _ids(session, query, Lead, wanted)
     return Page(views.leads_json(session, ids), total)
 
@@ -119,17 +137,22 @@ def activities(
         query = query.where(seen)
     if mailbox is not None:
         query = query.where(Activity.mailbox_id == views.mailbox_id(session, mailbox))
-    if wanted.search:
-        like = _pattern(wanted.search)
-        query = query.where(
-            or_(
-                func.lower(Activity.subject).like(like, escape="\\"),
-                func.lower(Activity.sender).like(like, escape="\\"),
-                func.lower(cast(Activity.counterparts, String)).like(like, escape="\\"),
-            )
-        )
-    ids, total = _ids(session, query, Activity, wanted)
+    ids, total = _ids(session, activity_search(query, wanted.search), Activity, wanted)
     return Page(views.activities_json(session, ids=ids), total)
+
+
+def activity_search(query: Any, search: str | None) -> Any:
+    """``query`` on activities narrowed to ``search`` (subject, sender, counterparts)."""
+    if not search:
+        return query
+    like = _pattern(search)
+    return query.where(
+        or_(
+            func.lower(Activity.subject).like(like, escape="\\"),
+            func.lower(Activity.sender).like(like, escape="\\"),
+            func.lower(cast(Activity.counterparts, String)).like(like, escape="\\"),
+        )
+    )
 
 
 def _timeline(
