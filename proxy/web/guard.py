@@ -43,15 +43,22 @@ def templates() -> jinja2.Environment:
     )
 
 
+def session_of(request: web.Request) -> WebSession | None:
+    """The request's live session, if any."""
+    return request.app[SESSIONS].get(request.cookies.get(COOKIE))
+
+
 def current(request: web.Request) -> WebSession:
     """The request's session (the middleware made sure there is one)."""
-    found: WebSession = request["session"]
+    found = session_of(request)
+    if found is None:
+        raise web.HTTPSeeOther("/login")
     return found
 
 
 def render(request: web.Request, name: str, status: int = 200, **context: Any) -> web.Response:
     """A page from template ``name``, with the viewer and CSRF token of the session."""
-    session: WebSession | None = request.get("session")
+    session = session_of(request)
     context.setdefault("message", request.query.get("done", "")[:200])
     html = (
         request.app[TEMPLATES]
@@ -91,13 +98,12 @@ async def gate(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Session required (else to /login), CSRF token required on POST (else 403)."""
     if request.path.startswith(OPEN):
         return await handler(request)
-    session = request.app[SESSIONS].get(request.cookies.get(COOKIE))
+    session = session_of(request)
     if session is None:
         if request.method == "GET":
             target = request.path_qs if request.path != "/" else ""
             raise web.HTTPSeeOther("/login" + (f"?next={quote(target)}" if target else ""))
         raise web.HTTPForbidden(text="403 Forbidden: sign in first\n")
-    request["session"] = session
     if request.method not in ("GET", "HEAD"):
         given = request.headers.get("X-CSRF-Token")
         if given is None and request.content_type == "application/x-www-form-urlencoded":
