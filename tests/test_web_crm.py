@@ -127,7 +127,7 @@ async def test_a_salesperson_works_their_leads_in_the_browser(
             try:
                 page = await browser.new_page(viewport={"width": 1200, "height": 800})
                 page.set_default_timeout(TIMEOUT)
-                page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+                page.on("dialog", lambda d: dialogs.append(d.message))
                 # Redirect to login; wrong password.
                 await page.goto(f"{base}/leads")
                 assert re.search(r"/login\?next=/leads$", page.url)
