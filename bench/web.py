@@ -22,7 +22,7 @@ from sqlalchemy import insert
 
 from crm.face import Database, queries
 from crm.face import web as face
-from crm.face.visibility import viewer_for
+from crm.face.visibility import Viewer, viewer_for
 from crm.store.models import Activity, ActivityBinding, Company, EntityEmail, Lead, Mailbox, User
 from crm.vocab import utcnow
 
@@ -81,6 +81,21 @@ def timed(work: Callable[[], Any], runs: int = 5) -> tuple[float, float]:
     return statistics.median(times), max(times)
 
 
+def pages_for(viewer: Viewer | None, page: queries.Filter) -> dict[str, Callable[[Any], Any]]:
+    """Each page's face call for ``viewer``."""
+    return {
+        "/leads": lambda s: queries.leads(s, page, viewer=viewer),
+        "/leads?q=lead 4242": lambda s: queries.leads(
+            s, queries.Filter("lead 4242", 50), viewer=viewer
+        ),
+        "/leads/ID": lambda s: queries.lead(s, 5 * 20 + 6, viewer=viewer),
+        "/contacts": lambda s: queries.contacts(s, page, viewer=viewer),
+        "/companies": lambda s: queries.companies(s, page, viewer=viewer),
+        "/activities": lambda s: face.open_first(s, page, viewer=viewer),
+        "/ (dashboard)": lambda s: face.dashboard(s, viewer),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--leads", type=int, default=100_000)
@@ -97,17 +112,7 @@ def main() -> None:
     for email in ("u0@co.test", "u5@co.test"):
         viewer = viewer_for(db, email)
         who = "all" if viewer and viewer.sees_all else "own"
-        pages: dict[str, Callable[[Any], Any]] = {
-            "/leads": lambda s: queries.leads(s, page, viewer=viewer),
-            "/leads?q=lead 4242": lambda s: queries.leads(
-                s, queries.Filter("lead 4242", 50), viewer=viewer
-            ),
-            "/leads/ID": lambda s: queries.lead(s, 5 * 20 + 6, viewer=viewer),
-            "/contacts": lambda s: queries.contacts(s, page, viewer=viewer),
-            "/companies": lambda s: queries.companies(s, page, viewer=viewer),
-            "/activities": lambda s: face.open_first(s, page, viewer=viewer),
-            "/ (dashboard)": lambda s: face.dashboard(s, viewer),
-        }
+        pages = pages_for(viewer, page)
         for name, call in pages.items():
 
             def run(call: Callable[[Any], Any] = call) -> None:
