@@ -36,12 +36,13 @@ def iso(when: dt.datetime | None) -> str | None:
 
 
 def user_json(user: User) -> JSON:
-    """user: email, name, admin, crm_access."""
+    """user: email, name, admin, crm_access, sees."""
     return {
         "email": user.email,
         "name": user.name,
         "admin": user.admin,
         "crm_access": user.crm_access,
+        "sees": user.sees,
     }
 
 
@@ -112,8 +113,10 @@ def _emails(session: Session, etype: str, ids: list[int] | None = None) -> dict[
     return found
 
 
-def _names(session: Session, model: Any) -> dict[int, str]:
-    return _pairs(session, select(model.id, model.name))
+def _names(session: Session, model: Any, ids: Any = None) -> dict[int, str]:
+    """id -> name of ``model``; only of ``ids`` (a subquery or list) when given."""
+    query = select(model.id, model.name)
+    return _pairs(session, query if ids is None else query.where(model.id.in_(ids)))
 
 
 def _only(query: Any, model: Any, ids: list[int] | None) -> Any:
@@ -126,7 +129,8 @@ def leads_json(session: Session, ids: list[int] | None = None) -> list[JSON]:
     """lead: id, name, emails, company, responsible, mailbox (plus status, changed); every lead,
     or those of ``ids``."""
     emails = _emails(session, "lead", ids)
-    companies = _names(session, Company)
+    wanted = None if ids is None else select(Lead.company_id).where(Lead.id.in_(ids))
+    companies = _names(session, Company, wanted)
     users = _pairs(session, select(User.id, User.email))
     boxes = _pairs(session, select(Mailbox.id, Mailbox.address))
     return [
@@ -148,7 +152,8 @@ def leads_json(session: Session, ids: list[int] | None = None) -> list[JSON]:
 def contacts_json(session: Session, ids: list[int] | None = None) -> list[JSON]:
     """contact: id, name, emails, phones, company; every contact, or those of ``ids``."""
     emails = _emails(session, "contact", ids)
-    companies = _names(session, Company)
+    wanted = None if ids is None else select(Contact.company_id).where(Contact.id.in_(ids))
+    companies = _names(session, Company, wanted)
     return [
         {
             "id": c.id,

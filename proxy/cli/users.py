@@ -8,9 +8,18 @@ import typer
 
 from crm.face import admin, views
 
-from .common import STATE, Email, JsonOpt, group, out, print_json, table
+from .common import STATE, Email, JsonOpt, choice, group, out, print_json, table
 
 app = group("Employees (U1-U3).")
+
+Sees = Annotated[
+    str | None,
+    typer.Option(
+        metavar="own|all",
+        callback=choice("own", "all"),
+        help="What of the CRM they see (V1): own records or all (default: all for admins).",
+    ),
+]
 
 
 @app.command("add")
@@ -19,10 +28,11 @@ def user_add(
     name: Annotated[str, typer.Option(metavar="TEXT", help="Full name.")] = "",
     is_admin: Annotated[bool, typer.Option("--admin", help="May manage the gateway.")] = False,
     no_crm: Annotated[bool, typer.Option("--no-crm", help="No CRM access.")] = False,
+    sees: Sees = None,
 ) -> None:
     """Add an employee."""
     with STATE.db.session() as s:
-        user = admin.add_user(s, email, name, is_admin, not no_crm)
+        user = admin.add_user(s, email, name, is_admin, not no_crm, sees)
         out.print(f"user {user.email} added")
 
 
@@ -32,7 +42,7 @@ def user_list(as_json: JsonOpt = False) -> None:
     with STATE.db.session() as s:
         rows = views.users_json(s)
     print_json(rows) if as_json else table(
-        rows, ["email", "name", "admin", "crm_access"], "no users"
+        rows, ["email", "name", "admin", "crm_access", "sees"], "no users"
     )
 
 
@@ -59,8 +69,9 @@ def user_set(
         bool | None, typer.Option("--admin/--no-admin", help="May manage the gateway.")
     ] = None,
     crm: Annotated[bool | None, typer.Option("--crm/--no-crm", help="CRM access.")] = None,
+    sees: Sees = None,
 ) -> None:
     """Change an employee."""
     with STATE.db.session() as s:
-        admin.set_user(s, email, name, is_admin, crm)
+        admin.set_user(s, email, name, is_admin, crm, sees)
     out.print(f"user {email} updated", markup=False)
