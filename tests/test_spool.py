@@ -336,12 +336,23 @@ def test_several_workers_capture_each_entry_once(
     db.dispose()
 
 
-async def test_worker_component_wakes_on_kick(db: Database, linked: str, tmp_path: Path) -> None:
-    config = Config(database_url=db.url,
-                    relay=RelayConfig(spool_dir=str(tmp_path), spool_poll_interval=60.0))
+async def test_worker_component_wakes_on_kick(
+    db: Database, linked: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = Config(
+        database_url=db.url, relay=RelayConfig(spool_dir=str(tmp_path), spool_poll_interval=60.0)
+    )
+    idle, pause = asyncio.Event(), runner._sleep
+
+    async def watched(stop: asyncio.Event, wake: asyncio.Event, delay: float) -> None:
+        if delay >= 60.0:  # the worker is idle: its next poll is a minute away
+            idle.set()
+        await pause(stop, wake, delay)
+
+    monkeypatch.setattr(runner, "_sleep", watched)
     stop, wakeup = asyncio.Event(), spool.Wakeup()
     task = asyncio.create_task(runner.run_spool_worker(config, db, stop, wakeup=wakeup))
-    await asyncio.sleep(0.3)  # idle now, next poll a minute away
+    await asyncio.wait_for(idle.wait(), 60)
     to = _customer()
     await asyncio.to_thread(spool.enqueue, db, message(OWNER, to, "Kicked"), _env(to), True)
     spool.Wakeup().kick()  # another process's wake-up: not this worker's
