@@ -150,7 +150,7 @@ class Lead(Base):
     name: Mapped[str] = mapped_column(String(200))
     status: Mapped[str] = mapped_column(String(40), default="new")
     company_id: Mapped[int | None] = mapped_column(
-        ForeignKey("companies.id", ondelete="SET NULL"), default=None
+        ForeignKey("companies.id", ondelete="SET NULL"), index=True, default=None
     )
     responsible_id: Mapped[int | None] = mapped_column(
         ForeignKey("users.id", ondelete="SET NULL"), index=True, default=None
@@ -159,7 +159,7 @@ class Lead(Base):
         ForeignKey("mailboxes.id", ondelete="SET NULL"), default=None
     )
     changed_by_person: Mapped[bool] = mapped_column(Boolean, default=False)
-    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    created_at: Mapped[dt.datetime] = mapped_column(index=True, default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 
@@ -172,7 +172,7 @@ class Contact(Base):
     phones: Mapped[list[str]] = mapped_column(JSON, default=list)
     title: Mapped[str | None] = mapped_column(String(200), default=None)
     company_id: Mapped[int | None] = mapped_column(
-        ForeignKey("companies.id", ondelete="SET NULL"), default=None
+        ForeignKey("companies.id", ondelete="SET NULL"), index=True, default=None
     )
     #: V1: the person who made it (a conversion, a web or DAV write): they keep seeing it.
     created_by_id: Mapped[int | None] = mapped_column(
@@ -217,6 +217,10 @@ class Activity(Base):
     bindings: Mapped[list[ActivityBinding]] = relationship(
         cascade="all, delete-orphan", lazy="selectin", order_by="ActivityBinding.entity_type"
     )
+
+
+#: the web's /activities order (open first, newest first) read straight off an index
+Index("ix_activities_open_first", Activity.completed, Activity.id.desc())
 
 
 class ActivityBinding(Base):
