@@ -25,6 +25,7 @@ from crm.face.status import metrics
 
 from . import crmpages, guard
 from .hosts import HostPolicy
+from .listen import tls_context
 from .page import render
 from .sessions import SessionStore
 from .signin import SignIn
@@ -40,9 +41,7 @@ HOSTS: web.AppKey[HostPolicy] = web.AppKey("hosts", HostPolicy)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def make_app(
-    config: Config, db: Database, sessions: SessionStore | None = None
-) -> web.Application:
+def make_app(config: Config, db: Database, sessions: SessionStore | None = None) -> web.Application:
     """The aiohttp application for one node (``sessions``: the sign-in sessions to keep)."""
     app = web.Application(
         middlewares=[check_host, guard.headers, guard.gate], client_max_size=guard.MAX_FORM
@@ -71,12 +70,15 @@ async def run_http(config: Config, db: Database, stop: asyncio.Event) -> None:
         log.info("HTTP listener disabled in the config")
         await stop.wait()
         return
+    context = tls_context(config)
     runner = web.AppRunner(make_app(config, db), handle_signals=False)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, config.http.host, config.http.port)
+        site = web.TCPSite(runner, config.http.host, config.http.port, ssl_context=context)
         await site.start()
-        log.info("HTTP status and metrics on http://%s:%d/", config.http.host, config.http.port)
+        scheme = "https" if context else "http"
+        log.info("web CRM, status and metrics on %s://%s:%d/", scheme, config.http.host,
+                 config.http.port)  # fmt: skip
         await stop.wait()
     finally:
         await runner.cleanup()
@@ -88,10 +90,15 @@ async def check_host(request: web.Request, handler: Handler) -> web.StreamRespon
     sockname = request.transport.get_extra_info("sockname") if request.transport else None
     local = str(sockname[0]) if isinstance(sockname, tuple) else None
     if not request.app[HOSTS].allows(request.headers.get(hdrs.HOST), local):
-        log.info("http: request for Host %r refused (not in [http] allowed_hosts)",
-                 request.headers.get(hdrs.HOST, "")[:100])
-        return web.Response(status=421, text="421 Misdirected Request: this node does not "
-                            "answer for that Host (see [http] allowed_hosts)\n")
+        log.info(
+            "http: request for Host %r refused (not in [http] allowed_hosts)",
+            request.headers.get(hdrs.HOST, "")[:100],
+        )
+        return web.Response(
+            status=421,
+            text="421 Misdirected Request: this node does not "
+            "answer for that Host (see [http] allowed_hosts)\n",
+        )
     return await handler(request)
 
 
