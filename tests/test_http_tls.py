@@ -1,9 +1,11 @@
-"""The web listener's TLS (issue 18): HTTPS with its own or the relay's certificate, and no plain
-HTTP beyond loopback unless ``[http] trusted_proxy`` names the proxy in front."""
+"""The web listener (issue 18): HTTPS with its own or the relay's certificate, no plain HTTP
+beyond loopback unless ``[http] trusted_proxy`` names the proxy in front, and /status showing a
+non-admin only their own mailboxes."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import ssl
 from pathlib import Path
 
@@ -13,10 +15,13 @@ import pytest
 from crm.config import Config
 from crm.errors import ConfigError
 from crm.face import Database
+from crm.face.visibility import Viewer
+from crm.store.models import Mailbox, Node, User, utcnow
 from proxy.web.app import run_http
 from proxy.web.listen import tls_context
+from proxy.web.sessions import COOKIE, SessionStore
 from tests.servers import _make_cert
-from tests.test_http import node_config, wait_listening
+from tests.test_http import node_config, start_http, wait_listening
 
 
 def test_plain_http_beyond_loopback_is_refused_unless_a_proxy_is_named() -> None:
@@ -82,3 +87,43 @@ async def test_https_with_its_own_or_the_relays_certificate(
                 await response.text()
     stop.set()
     await asyncio.wait_for(task, 60)
+
+
+async def test_status_shows_a_non_admin_only_their_own_mailboxes(db: Database, db_url: str) -> None:
+    with db.session() as s:
+        ann = User(email="ann@ourco.example", name="Ann", crm_access=True, sees="own")
+        bob = User(email="bob@ourco.example", name="Bob", crm_access=True, sees="own")
+        s.add_all([ann, bob])
+        s.flush()
+        s.add_all([
+            Mailbox(address="ann@ourco.example", kind="personal", owner_id=ann.id),
+            Mailbox(address="bob@ourco.example", kind="personal", owner_id=bob.id),
+            Mailbox(address="sales@ourco.example", kind="company"),
+        ])  # fmt: skip
+        ann_id = ann.id
+    node = Node(name="node-other", last_seen=utcnow())
+    with db.session() as s:
+        s.add(node)
+    sessions = SessionStore()
+    ann_session = sessions.start(Viewer(ann_id, "ann@ourco.example", False, False))
+    async for admin_get in start_http(node_config(db_url), db, sessions):
+        _, body = await admin_get("/status.json")
+        admin = json.loads(body)
+        port = int(next(c for c in admin["listeners"] if c["key"] == "http")["address"]
+                   .rsplit(":", 1)[1])  # fmt: skip
+        cookies = {COOKIE: ann_session.token}
+        async with aiohttp.ClientSession(cookies=cookies) as session:
+            async with session.get(f"http://127.0.0.1:{port}/status.json") as response:
+                assert response.status == 200
+                mine = await response.json()
+            async with session.get(f"http://127.0.0.1:{port}/status") as response:
+                page = await response.text()
+    assert {b["address"] for b in admin["mailboxes"]} == {
+        "ann@ourco.example", "bob@ourco.example", "sales@ourco.example"
+    }  # fmt: skip
+    assert [n["name"] for n in admin["nodes"]] == ["node-other"]
+    assert [b["address"] for b in mine["mailboxes"]] == ["ann@ourco.example"]
+    assert mine["nodes"] == []
+    assert "ann@ourco.example" in page
+    assert "bob@ourco.example" not in page and "sales@ourco.example" not in page
+    assert "node-other" not in page

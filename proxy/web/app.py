@@ -29,7 +29,7 @@ from .listen import tls_context
 from .page import render
 from .sessions import SessionStore
 from .signin import SignIn
-from .status import Check, gather, probe_relay
+from .status import Check, Snapshot, gather, probe_relay
 
 log = logging.getLogger(__name__)
 HEALTH_TIMEOUT = 5.0
@@ -142,13 +142,23 @@ class _ListenerCollector(Collector):
         return [up]
 
 
+def _for_viewer(request: web.Request, snap: Snapshot) -> Snapshot:
+    """An admin sees every mailbox and node; anyone else only their own mailboxes, no nodes and
+    none of the CRM's recent records (those follow the visibility rule on the CRM's pages)."""
+    viewer = guard.current(request).viewer
+    if not viewer.admin:
+        snap.mailboxes = [box for box in snap.mailboxes if box.get("owner") == viewer.email]
+        snap.nodes, snap.recent_leads, snap.recent_activities = [], [], []
+    return snap
+
+
 async def status_page(request: web.Request) -> web.Response:
     """The status page (HTML)."""
-    snap = await gather(request.app[CONFIG], request.app[DB])
+    snap = _for_viewer(request, await gather(request.app[CONFIG], request.app[DB]))
     return web.Response(text=render(snap), content_type="text/html", charset="utf-8")
 
 
 async def status_json(request: web.Request) -> web.Response:
     """The status page's data as JSON."""
-    snap = await gather(request.app[CONFIG], request.app[DB])
+    snap = _for_viewer(request, await gather(request.app[CONFIG], request.app[DB]))
     return web.json_response(snap.as_json())
