@@ -23,7 +23,7 @@ from crm.face import Database
 from crm.face.relay import spool_dir
 from crm.face.status import metrics
 
-from . import crmpages, guard
+from . import crmpages, figures, guard
 from .hosts import HostPolicy
 from .listen import tls_context
 from .page import render
@@ -48,6 +48,7 @@ def make_app(config: Config, db: Database, sessions: SessionStore | None = None)
     )
     app[CONFIG], app[DB], app[HOSTS] = config, db, HostPolicy(config.http)
     app[crmpages.DB] = db
+    figures.install(app, db)
     app[REGISTRY] = metrics.registry(db, spool=spool_dir(config))
     app[guard.SESSIONS] = sessions if sessions is not None else SessionStore()
     app[guard.SIGNIN] = SignIn(config, db)
