@@ -317,3 +317,4 @@ class DavChange(Base):
     id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
     entity_type: Mapped[str] = mapped_column(String(10))
     entity_id: Mapped[int] = mapped_column(Integer)
+    __table_args__ = (Index("ix_dav_changes_kind", "entity_type", "id"),)

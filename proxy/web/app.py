@@ -22,6 +22,8 @@ from crm.face import Database
 from crm.face.relay import spool_dir
 from crm.face.status import metrics
 
+from ..dav import mount as mount_dav
+
 from .hosts import HostPolicy
 from .page import render
 from .status import Check, gather, probe_relay
@@ -45,6 +47,7 @@ def make_app(config: Config, db: Database) -> web.Application:
     app.router.add_get("/status.json", status_json)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics_page)
+    mount_dav(app, config, db)
     return app
 
 

@@ -35,9 +35,11 @@ def upgrade() -> None:
         sa.Column("entity_id", sa.Integer(), nullable=False),
         sa.PrimaryKeyConstraint("id", name="pk_dav_changes"),
     )
+    op.create_index("ix_dav_changes_kind", "dav_changes", ["entity_type", "id"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_dav_changes_kind", table_name="dav_changes")
     op.drop_table("dav_changes")
     with op.batch_alter_table("leads") as batch:
         batch.drop_column("phones")
