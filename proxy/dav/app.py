@@ -39,7 +39,7 @@ class DavApp(webdav.WebDAVApp):
         self.register_properties([
             webdav.ResourceTypeProperty(),
             webdav.CurrentUserPrincipalProperty(
-                lambda env: PREFIX + resources.home(resources.CURRENT.get().viewer)),
+                lambda env: resources.home(resources.CURRENT.get().viewer)),
             webdav.PrincipalURLProperty(),
             webdav.PrincipalCollectionSetProperty(self.backend.get_principal_collection_set),
             webdav.DisplayNameProperty(), webdav.GetETagProperty(),
