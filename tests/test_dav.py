@@ -36,12 +36,21 @@ def seed(db: Database) -> dict[str, int]:
         contact = Contact(name="Bo Berg", phones=["+46 70 1"])
         s.add_all([lead, contact])
         s.flush()
-        s.add_all([EntityEmail(address="ana@acme.test", entity_type="lead", entity_id=lead.id),
-                   EntityEmail(address="bo@berg.test", entity_type="contact",
-                               entity_id=contact.id)])
-        act = Activity(message_key="k1", message_id="<m1@acme.test>", thread="<m1@acme.test>",
-                       direction="incoming", subject="Quote please", sender="ana@acme.test",
-                       counterparts=["ana@acme.test"])
+        s.add_all(
+            [
+                EntityEmail(address="ana@acme.test", entity_type="lead", entity_id=lead.id),
+                EntityEmail(address="bo@berg.test", entity_type="contact", entity_id=contact.id),
+            ]
+        )
+        act = Activity(
+            message_key="k1",
+            message_id="<m1@acme.test>",
+            thread="<m1@acme.test>",
+            direction="incoming",
+            subject="Quote please",
+            sender="ana@acme.test",
+            counterparts=["ana@acme.test"],
+        )
         act.bindings.append(ActivityBinding(entity_type="lead", entity_id=lead.id))
         s.add(act)
         s.flush()
@@ -57,8 +66,7 @@ class Env:
         return {"Authorization": "Basic " + base64.b64encode(token).decode()}
 
     def client(self) -> caldav.DAVClient:
-        return caldav.DAVClient(url=self.url + "/dav/", username=self.user,
-                                password=self.password)
+        return caldav.DAVClient(url=self.url + "/dav/", username=self.user, password=self.password)
 
 
 @pytest.fixture
@@ -80,8 +88,9 @@ async def env(cli: Cli, db_url: str, tmp_path: Path, postfix: Postfix) -> AsyncI
 
 async def test_wrong_password_is_401_with_basic_realm(env: Env) -> None:
     async with aiohttp.ClientSession() as http:
-        async with http.request("PROPFIND", env.url + "/dav/",
-                                headers=env.auth(password="wrong")) as r:
+        async with http.request(
+            "PROPFIND", env.url + "/dav/", headers=env.auth(password="wrong")
+        ) as r:
             assert r.status == 401
             assert r.headers["WWW-Authenticate"] == 'Basic realm="mailcrm CRM", charset="UTF-8"'
         async with http.request("PROPFIND", env.url + "/dav/") as r:
@@ -115,30 +124,42 @@ async def test_caldav_client_finds_the_task_list(env: Env) -> None:
 
 
 async def _report(env: Env, http: aiohttp.ClientSession, token: str = "") -> tuple[int, str]:
-    body = ('<?xml version="1.0"?><d:sync-collection xmlns:d="DAV:">'
-            f'<d:sync-token>{token}</d:sync-token><d:sync-level>1</d:sync-level>'
-            '<d:prop><d:getetag/></d:prop></d:sync-collection>')
-    async with http.request("REPORT", env.url + "/dav/users/1/crm/", data=body,
-                            headers={**env.auth(), "Content-Type": "application/xml"}) as r:
+    body = (
+        '<?xml version="1.0"?><d:sync-collection xmlns:d="DAV:">'
+        f"<d:sync-token>{token}</d:sync-token><d:sync-level>1</d:sync-level>"
+        "<d:prop><d:getetag/></d:prop></d:sync-collection>"
+    )
+    async with http.request(
+        "REPORT",
+        env.url + "/dav/users/1/crm/",
+        data=body,
+        headers={**env.auth(), "Content-Type": "application/xml"},
+    ) as r:
         return r.status, await r.text()
 
 
 def _token(text: str) -> str:
-    return text.split("<ns0:sync-token>")[1].split("<")[0] if "<ns0:sync-token>" in text else \
-        text.split("sync-token>")[1].split("<")[0]
+    return (
+        text.split("<ns0:sync-token>")[1].split("<")[0]
+        if "<ns0:sync-token>" in text
+        else text.split("sync-token>")[1].split("<")[0]
+    )
 
 
 async def test_address_book_lists_cards_and_syncs(env: Env) -> None:
     async with aiohttp.ClientSession() as http:
-        async with http.get(env.url + f"/dav/users/1/crm/lead-{env.ids['lead']}.vcf",
-                            headers=env.auth()) as r:
+        async with http.get(
+            env.url + f"/dav/users/1/crm/lead-{env.ids['lead']}.vcf", headers=env.auth()
+        ) as r:
             assert r.status == 200
             card = await r.text()
         assert "FN:Ana Gomez" in card and "CATEGORIES:Lead" in card
         assert "ORG:Acme" in card and "TEL:+34 600 000 000" in card
         assert f"UID:mailcrm-lead-{env.ids['lead']}" in card
-        async with http.get(env.url + f"/dav/users/1/crm/company-{env.ids['company']}.vcf",
-                            headers={**env.auth(), "Accept": "text/vcard; version=4.0"}) as r:
+        async with http.get(
+            env.url + f"/dav/users/1/crm/company-{env.ids['company']}.vcf",
+            headers={**env.auth(), "Accept": "text/vcard; version=4.0"},
+        ) as r:
             company = await r.text()
         assert "VERSION:4.0" in company and "KIND:org" in company
         status, first = await _report(env, http)
@@ -158,32 +179,45 @@ async def test_address_book_lists_cards_and_syncs(env: Env) -> None:
 
 
 async def test_put_delete_and_preconditions(env: Env) -> None:
-    card = ("BEGIN:VCARD\r\nVERSION:3.0\r\nUID:new-1\r\nFN:Cy Cole\r\nN:Cole;Cy;;;\r\n"
-            "EMAIL:cy@cole.test\r\nTEL:+1 555\r\nEND:VCARD\r\n")
+    card = (
+        "BEGIN:VCARD\r\nVERSION:3.0\r\nUID:new-1\r\nFN:Cy Cole\r\nN:Cole;Cy;;;\r\n"
+        "EMAIL:cy@cole.test\r\nTEL:+1 555\r\nEND:VCARD\r\n"
+    )
     async with aiohttp.ClientSession() as http:
         base = env.url + "/dav/users/1/crm/"
-        async with http.put(base + "new-1.vcf", data=card, headers={
-                **env.auth(), "Content-Type": "text/vcard", "If-None-Match": "*"}) as r:
+        async with http.put(
+            base + "new-1.vcf",
+            data=card,
+            headers={**env.auth(), "Content-Type": "text/vcard", "If-None-Match": "*"},
+        ) as r:
             assert r.status == 201, await r.text()
         with env.db.session() as s:
             [made] = [c for c in s.query(Contact).all() if c.name == "Cy Cole"]
             assert made.phones == ["+1 555"]
-        async with http.put(base + "new-2.vcf", data="BEGIN:VCARD\r\nFN:x\r\n", headers={
-                **env.auth(), "Content-Type": "text/vcard"}) as r:
+        async with http.put(
+            base + "new-2.vcf",
+            data="BEGIN:VCARD\r\nFN:x\r\n",
+            headers={**env.auth(), "Content-Type": "text/vcard"},
+        ) as r:
             assert r.status == 400
-        async with http.put(base + "new-3.vcf", data="hello", headers={
-                **env.auth(), "Content-Type": "image/png"}) as r:
+        async with http.put(
+            base + "new-3.vcf", data="hello", headers={**env.auth(), "Content-Type": "image/png"}
+        ) as r:
             assert r.status == 415
         url = base + f"contact-{env.ids['contact']}.vcf"
-        async with http.put(url, data=card.replace("Cy Cole", "Bo B"), headers={
-                **env.auth(), "Content-Type": "text/vcard", "If-Match": '"nope"'}) as r:
+        async with http.put(
+            url,
+            data=card.replace("Cy Cole", "Bo B"),
+            headers={**env.auth(), "Content-Type": "text/vcard", "If-Match": '"nope"'},
+        ) as r:
             assert r.status == 412
         async with http.delete(base + f"lead-{env.ids['lead']}.vcf", headers=env.auth()) as r:
             assert r.status == 403  # it has an activity: the CRM keeps it
         async with http.get(env.url + "/dav/users/2/crm/", headers=env.auth()) as r:
             assert r.status == 404
-        async with http.get(env.url + "/dav/users/1/crm/../../2/crm/x.vcf",
-                            headers=env.auth()) as r:
+        async with http.get(
+            env.url + "/dav/users/1/crm/../../2/crm/x.vcf", headers=env.auth()
+        ) as r:
             assert r.status == 404
 
 
@@ -193,10 +227,9 @@ async def test_completing_the_todo_completes_the_activity(env: Env) -> None:
         async with http.get(url, headers=env.auth()) as r:
             ics = await r.text()
         done = ics.replace("STATUS:NEEDS-ACTION", "STATUS:COMPLETED")
-        async with http.put(url, data=done, headers={**env.auth(),
-                                                     "Content-Type": "text/calendar"}) as r:
+        async with http.put(
+            url, data=done, headers={**env.auth(), "Content-Type": "text/calendar"}
+        ) as r:
             assert r.status == 204, await r.text()
     with env.db.session() as s:
         assert s.get(Activity, env.ids["activity"]).completed  # type: ignore[union-attr]
-
-

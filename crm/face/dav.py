@@ -147,12 +147,22 @@ def cards(db: Database, viewer: Any, wanted: dict[str, list[int]] | None = None)
 def _cards_of(db: Database, kind: str, ids: list[int]) -> list[Card]:
     with db.session() as session:
         if kind == "company":
-            return [Card("company", row["id"], row["name"]) for row in
-                    views.companies_json(session, ids)]
+            return [
+                Card("company", row["id"], row["name"])
+                for row in views.companies_json(session, ids)
+            ]
         rows = (views.leads_json if kind == "lead" else views.contacts_json)(session, ids)
     return [
-        Card(kind, row["id"], row["name"], tuple(row["emails"]), tuple(row.get("phones") or ()),
-             row.get("company"), row.get("title"), row.get("status"))
+        Card(
+            kind,
+            row["id"],
+            row["name"],
+            tuple(row["emails"]),
+            tuple(row.get("phones") or ()),
+            row.get("company"),
+            row.get("title"),
+            row.get("status"),
+        )
         for row in rows
     ]
 
@@ -165,8 +175,18 @@ def tasks(db: Database, viewer: Any, ids: list[int] | None = None) -> list[Task]
     with db.session() as session:
         rows = views.activities_json(session, ids=chosen)
     return [
-        Task(r["id"], r["subject"] or "", r["direction"], r["sender"], tuple(r["counterparts"]),
-             r["date"], bool(r["completed"]), r["thread"], r["message_id"], r["mailbox"])
+        Task(
+            r["id"],
+            r["subject"] or "",
+            r["direction"],
+            r["sender"],
+            tuple(r["counterparts"]),
+            r["date"],
+            bool(r["completed"]),
+            r["thread"],
+            r["message_id"],
+            r["mailbox"],
+        )
         for r in rows
     ]
 
@@ -174,8 +194,10 @@ def tasks(db: Database, viewer: Any, ids: list[int] | None = None) -> list[Task]
 def head(db: Database, kinds: tuple[str, ...]) -> int:
     """The newest change of ``kinds`` (0: none yet): a collection's tag and sync token."""
     with db.session() as session:
-        return int(session.scalar(select(func.max(DavChange.id))
-                                  .where(DavChange.entity_type.in_(kinds))) or 0)
+        return int(
+            session.scalar(select(func.max(DavChange.id)).where(DavChange.entity_type.in_(kinds)))
+            or 0
+        )
 
 
 def floor(db: Database) -> int:
@@ -184,15 +206,20 @@ def floor(db: Database) -> int:
         return max(0, int(session.scalar(select(func.min(DavChange.id))) or 1) - 1)
 
 
-def changed(db: Database, kinds: tuple[str, ...], since: int, limit: int
-            ) -> tuple[list[tuple[str, int]], int, bool]:
+def changed(
+    db: Database, kinds: tuple[str, ...], since: int, limit: int
+) -> tuple[list[tuple[str, int]], int, bool]:
     """The records of ``kinds`` changed after change ``since``, at most ``limit`` changes:
     (distinct records in change order, the change they reach, whether more are left)."""
     with db.session() as session:
-        rows = list(session.execute(
-            select(DavChange.id, DavChange.entity_type, DavChange.entity_id)
-            .where(DavChange.id > since, DavChange.entity_type.in_(kinds))
-            .order_by(DavChange.id).limit(limit + 1)))
+        rows = list(
+            session.execute(
+                select(DavChange.id, DavChange.entity_type, DavChange.entity_id)
+                .where(DavChange.id > since, DavChange.entity_type.in_(kinds))
+                .order_by(DavChange.id)
+                .limit(limit + 1)
+            )
+        )
     more = len(rows) > limit
     rows = rows[:limit]
     seen: dict[tuple[str, int], None] = {}

@@ -47,19 +47,28 @@ def _company_id(session: Any, name: str | None) -> int | None:
 
 
 def _set_emails(session: Any, kind: str, eid: int, addresses: list[str]) -> None:
-    session.execute(delete(EntityEmail).where(EntityEmail.entity_type == kind,
-                                              EntityEmail.entity_id == eid))
+    session.execute(
+        delete(EntityEmail).where(EntityEmail.entity_type == kind, EntityEmail.entity_id == eid)
+    )
     for i, address in enumerate(addresses):
         session.add(EntityEmail(address=address, entity_type=kind, entity_id=eid, position=i))
 
 
-def create_contact(db: Database, viewer: Any, name: str, emails: Sequence[str],
-                   phones: Sequence[str], org: str | None, title: str | None) -> int:
+def create_contact(
+    db: Database,
+    viewer: Any,
+    name: str,
+    emails: Sequence[str],
+    phones: Sequence[str],
+    org: str | None,
+    title: str | None,
+) -> int:
     """A new contact from a client's card; its id."""
     addresses = _addresses(emails)
     with db.session() as session:
-        contact = Contact(name=name, phones=list(phones), title=title,
-                          company_id=_company_id(session, org))
+        contact = Contact(
+            name=name, phones=list(phones), title=title, company_id=_company_id(session, org)
+        )
         if hasattr(Contact, "created_by_id"):  # the visibility rule's column (helper "web")
             contact.created_by_id = viewer.user_id
         session.add(contact)
@@ -68,9 +77,17 @@ def create_contact(db: Database, viewer: Any, name: str, emails: Sequence[str],
         return contact.id
 
 
-def update_card(db: Database, viewer: Any, kind: str, eid: int, name: str,
-                emails: Sequence[str], phones: Sequence[str], org: str | None,
-                title: str | None) -> None:
+def update_card(
+    db: Database,
+    viewer: Any,
+    kind: str,
+    eid: int,
+    name: str,
+    emails: Sequence[str],
+    phones: Sequence[str],
+    org: str | None,
+    title: str | None,
+) -> None:
     """An edited card: name, addresses, telephones, organisation (and a contact's title)."""
     if not can_change(db, viewer, kind, eid):
         raise PermissionDenied(f"{kind} {eid} is not yours to change")
@@ -96,8 +113,11 @@ def delete_card(db: Database, viewer: Any, kind: str, eid: int) -> None:
     if kind == "company" or not can_change(db, viewer, kind, eid):
         raise PermissionDenied(f"{kind} {eid} is not yours to delete")
     with db.session() as session:
-        bound = session.scalar(select(func.count()).select_from(ActivityBinding).where(
-            ActivityBinding.entity_type == kind, ActivityBinding.entity_id == eid))
+        bound = session.scalar(
+            select(func.count())
+            .select_from(ActivityBinding)
+            .where(ActivityBinding.entity_type == kind, ActivityBinding.entity_id == eid)
+        )
         if bound:
             raise PermissionDenied(f"{kind} {eid} has {bound} activities; the CRM keeps it")
         record = session.get(MODELS[kind], eid)

@@ -45,8 +45,9 @@ def _log(session: Session, _context: Any) -> None:
     for obj in session.dirty:
         if session.is_modified(obj, include_collections=False):
             _of(obj, touched)
-    rows = [{"entity_type": kind, "entity_id": eid} for kind, eid in sorted(touched)
-            if eid is not None]
+    rows = [
+        {"entity_type": kind, "entity_id": eid} for kind, eid in sorted(touched) if eid is not None
+    ]
     if rows:
         session.connection().execute(insert(DavChange), rows)
 

@@ -20,13 +20,14 @@ from xandikos import access, caldav, carddav, sync, webdav
 from crm.config import Config
 from crm.face import Database
 
-from . import resources
+from . import resources, tree
+from .context import CURRENT, MAX_CARD, Request
 from .signin import Refused, SignIn
 
 log = logging.getLogger("proxy.dav")
 PREFIX = "/dav"
 REALM = 'Basic realm="mailcrm CRM", charset="UTF-8"'
-MAX_BODY = 2 * resources.MAX_CARD  # bytes of a request body (XML or payload)
+MAX_BODY = 2 * MAX_CARD  # bytes of a request body (XML or payload)
 SIGNIN: web.AppKey[SignIn] = web.AppKey("dav_signin", SignIn)
 DAVAPP: web.AppKey[Any] = web.AppKey("dav_app", object)
 
@@ -35,29 +36,46 @@ class DavApp(webdav.WebDAVApp):
     """xandikos' WebDAV app with the CardDAV/CalDAV properties and reports mailcrm serves."""
 
     def __init__(self) -> None:
-        super().__init__(resources.Backend(), strict=False)
-        self.register_properties([
-            webdav.ResourceTypeProperty(),
-            webdav.CurrentUserPrincipalProperty(
-                lambda env: resources.home(resources.CURRENT.get().viewer)),
-            webdav.PrincipalURLProperty(),
-            webdav.PrincipalCollectionSetProperty(self.backend.get_principal_collection_set),
-            webdav.DisplayNameProperty(), webdav.GetETagProperty(),
-            webdav.GetContentTypeProperty(), webdav.GetContentLengthProperty(),
-            caldav.CalendarHomeSetProperty(), carddav.AddressbookHomeSetProperty(),
-            caldav.CalendarDescriptionProperty(), carddav.AddressbookDescriptionProperty(),
-            caldav.SupportedCalendarComponentSetProperty(),
-            caldav.SupportedCalendarDataProperty(), carddav.SupportedAddressDataProperty(),
-            webdav.AppleGetCTagProperty(), webdav.DAVGetCTagProperty(),
-            webdav.SupportedReportSetProperty(self.reporters), sync.SyncTokenProperty(),
-            carddav.MaxResourceSizeProperty(), caldav.MaxResourceSizeProperty(),
-            access.CurrentUserPrivilegeSetProperty(), access.OwnerProperty(),
-        ])
-        self.register_reporters([
-            caldav.CalendarMultiGetReporter(), caldav.CalendarQueryReporter(),
-            carddav.AddressbookMultiGetReporter(), carddav.AddressbookQueryReporter(),
-            webdav.ExpandPropertyReporter(), sync.SyncCollectionReporter(),
-        ])
+        super().__init__(tree.Backend(), strict=False)
+        self.register_properties(
+            [
+                webdav.ResourceTypeProperty(),
+                webdav.CurrentUserPrincipalProperty(
+                    lambda env: resources.home(CURRENT.get().viewer)
+                ),
+                webdav.PrincipalURLProperty(),
+                webdav.PrincipalCollectionSetProperty(self.backend.get_principal_collection_set),
+                webdav.DisplayNameProperty(),
+                webdav.GetETagProperty(),
+                webdav.GetContentTypeProperty(),
+                webdav.GetContentLengthProperty(),
+                caldav.CalendarHomeSetProperty(),
+                carddav.AddressbookHomeSetProperty(),
+                caldav.CalendarDescriptionProperty(),
+                carddav.AddressbookDescriptionProperty(),
+                caldav.SupportedCalendarComponentSetProperty(),
+                caldav.SupportedCalendarDataProperty(),
+                carddav.SupportedAddressDataProperty(),
+                webdav.AppleGetCTagProperty(),
+                webdav.DAVGetCTagProperty(),
+                webdav.SupportedReportSetProperty(self.reporters),
+                sync.SyncTokenProperty(),
+                carddav.MaxResourceSizeProperty(),
+                caldav.MaxResourceSizeProperty(),
+                access.CurrentUserPrivilegeSetProperty(),
+                access.OwnerProperty(),
+            ]
+        )
+        self.register_reporters(
+            [
+                caldav.CalendarMultiGetReporter(),
+                caldav.CalendarQueryReporter(),
+                carddav.AddressbookMultiGetReporter(),
+                carddav.AddressbookQueryReporter(),
+                webdav.ExpandPropertyReporter(),
+                sync.SyncCollectionReporter(),
+            ]
+        )
 
     def _get_dav_features(self, resource: Any) -> list[str]:
         return ["1", "3", "calendar-access", "addressbook", "sync-collection"]
@@ -78,12 +96,17 @@ async def well_known(request: web.Request) -> web.StreamResponse:
 
 
 def _environ(request: web.Request, body: bytes, user: str) -> dict[str, Any]:
-    path = request.path[len(PREFIX):] or "/"
+    path = request.path[len(PREFIX) :] or "/"
     env: dict[str, Any] = {
-        "REQUEST_METHOD": request.method, "SCRIPT_NAME": PREFIX, "PATH_INFO": path,
-        "QUERY_STRING": request.query_string, "CONTENT_LENGTH": str(len(body)),
-        "wsgi.input": io.BytesIO(body), "wsgi.url_scheme": request.scheme,
-        "SERVER_NAME": request.host.split(":")[0], "SERVER_PORT": str(request.url.port or 80),
+        "REQUEST_METHOD": request.method,
+        "SCRIPT_NAME": PREFIX,
+        "PATH_INFO": path,
+        "QUERY_STRING": request.query_string,
+        "CONTENT_LENGTH": str(len(body)),
+        "wsgi.input": io.BytesIO(body),
+        "wsgi.url_scheme": request.scheme,
+        "SERVER_NAME": request.host.split(":")[0],
+        "SERVER_PORT": str(request.url.port or 80),
         "REMOTE_USER": user,
     }
     if request.content_type and body:
@@ -95,8 +118,8 @@ def _environ(request: web.Request, body: bytes, user: str) -> dict[str, Any]:
     return env
 
 
-def _run(dav: DavApp, req: resources.Request, env: dict[str, Any]) -> webdav.Response:
-    resources.CURRENT.set(req)
+def _run(dav: DavApp, req: Request, env: dict[str, Any]) -> webdav.Response:
+    CURRENT.set(req)
     request = webdav.WSGIRequest(env)
     environ = {"SCRIPT_NAME": PREFIX, "ORIGINAL_ENVIRON": env, "REMOTE_USER": env["REMOTE_USER"]}
     response: webdav.Response = asyncio.run(dav._handle_request(request, environ))
@@ -115,8 +138,9 @@ def _version(request: web.Request) -> str:
 async def handle(request: web.Request) -> web.StreamResponse:
     """One DAV request: sign in, bound the body, let xandikos answer in a worker thread."""
     try:
-        viewer = await request.app[SIGNIN].viewer(request.remote,
-                                                 request.headers.get(hdrs.AUTHORIZATION))
+        viewer = await request.app[SIGNIN].viewer(
+            request.remote, request.headers.get(hdrs.AUTHORIZATION)
+        )
     except Refused as exc:
         headers = {"WWW-Authenticate": REALM} if exc.status == 401 else {}
         if exc.retry_after:
@@ -127,14 +151,19 @@ async def handle(request: web.Request) -> web.StreamResponse:
     body = await _read(request)
     if body is None:
         return web.Response(status=413, text=f"bodies are limited to {MAX_BODY} bytes\n")
-    req = resources.Request(request.app[DB_KEY], viewer, _version(request))
+    req = Request(request.app[DB_KEY], viewer, _version(request))
     env = _environ(request, body, viewer.email)
     response = await asyncio.to_thread(_run, request.app[DAVAPP], req, env)
-    headers = [(k, v) for k, v in response.headers
-               if not (k.lower() == "etag" and request.method == "PUT"
-                       and req.put_identical[-1:] == [False])]
-    return web.Response(status=response.status, reason=response.reason,
-                        headers=headers, body=response.body)
+    headers = [
+        (k, v)
+        for k, v in response.headers
+        if not (
+            k.lower() == "etag" and request.method == "PUT" and req.put_identical[-1:] == [False]
+        )
+    ]
+    return web.Response(
+        status=response.status, reason=response.reason, headers=headers, body=response.body
+    )
 
 
 async def _read(request: web.Request) -> bytes | None:

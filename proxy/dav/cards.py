@@ -134,8 +134,13 @@ def read_card(text: bytes) -> CardFields:
         value = contents["org"][0].value
         org = (value[0] if isinstance(value, list) and value else str(value)).strip() or None
     title = str(contents["title"][0].value).strip()[:200] if "title" in contents else None
-    return CardFields(name[:200], tuple(e for e in emails if e), tuple(p for p in phones if p),
-                      org[:200] if org else None, title or None)
+    return CardFields(
+        name[:200],
+        tuple(e for e in emails if e),
+        tuple(p for p in phones if p),
+        org[:200] if org else None,
+        title or None,
+    )
 
 
 def read_todo_status(text: bytes) -> bool:

@@ -11,39 +11,23 @@ here block no event loop. The request's user, database and vCard version come in
 
 from __future__ import annotations
 
-import contextvars
 import datetime as dt
 import re
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from xandikos import caldav, carddav, webdav
 from xandikos.icalendar import CalendarFilter, ICalendarFile
 from xandikos.sync import InvalidToken
 
 from crm.face import dav as face
-from crm.face import Database
 
 from . import cards, writes
+from .context import CURRENT, MAX_CARD
 
-MAX_CARD = 1024 * 1024  # bytes of one card or task a client may send
 SYNC_PAGE = 1000  # changes answered by one sync-collection before it is truncated
 NAME = re.compile(r"^(lead|contact|company)-([1-9][0-9]{0,9})\.vcf$")
 TASK = re.compile(r"^activity-([1-9][0-9]{0,9})\.ics$")
-
-
-@dataclass
-class Request:
-    """What one request's resources need."""
-
-    db: Database
-    viewer: Any
-    version: str = "3.0"
-    put_identical: list[bool] = field(default_factory=list)
-
-
-CURRENT: contextvars.ContextVar[Request] = contextvars.ContextVar("dav_request")
 
 
 def home(viewer: Any) -> str:
@@ -53,8 +37,8 @@ def home(viewer: Any) -> str:
 class Item(webdav.Resource):
     """One card or task, rendered when first asked."""
 
-    def __init__(self, content_type: str, name: str, body: bytes) -> None:
-        self.content_type, self.name, self.body = content_type, name, body
+    def __init__(self, content_type: str, name: str, body: bytes, book: Any = None) -> None:
+        self.content_type, self.name, self.body, self.book = content_type, name, body, book
 
     def get_content_type(self) -> str:
         return self.content_type
@@ -83,9 +67,14 @@ class Item(webdav.Resource):
     def get_owner(self) -> str:
         raise KeyError
 
-    async def set_body(self, body: Iterable[bytes], replace_etag: str | None = None,
-                       remote_user: str | None = None, requester: str | None = None) -> str:
-        return await writes.replace(self, b"".join(body))
+    async def set_body(
+        self,
+        body: Iterable[bytes],
+        replace_etag: str | None = None,
+        remote_user: str | None = None,
+        requester: str | None = None,
+    ) -> str:
+        return await writes.replace(self, self.book, b"".join(body))
 
     async def get_file(self) -> ICalendarFile:
         return ICalendarFile([self.body], self.content_type)
@@ -134,7 +123,7 @@ class Tracked(webdav.Collection):
         if token is None:
             return -1
         prefix = f"urn:mailcrm:sync:{self._scope()}:"
-        number = token[len(prefix):] if token.startswith(prefix) else ""
+        number = token[len(prefix) :] if token.startswith(prefix) else ""
         if not number.isdigit() or len(number) > 18:
             raise InvalidToken(token[:200])
         since, req = int(number), CURRENT.get()
@@ -142,8 +131,9 @@ class Tracked(webdav.Collection):
             raise InvalidToken(token[:200])
         return since
 
-    def iter_differences_since(self, old_token: str | None, new_token: str
-                               ) -> Iterator[tuple[str, Any, Any]]:
+    def iter_differences_since(
+        self, old_token: str | None, new_token: str
+    ) -> Iterator[tuple[str, Any, Any]]:
         since = self._since(old_token)
         if since < 0:
             for name, item in self.members():
@@ -193,7 +183,10 @@ class AddressBook(Tracked, carddav.Addressbook):
 
     kinds = face.CARD_KINDS
     displayname = "CRM"
-    resource_types = [webdav.COLLECTION_RESOURCE_TYPE, carddav.ADDRESSBOOK_RESOURCE_TYPE]
+    resource_types: ClassVar[list[str]] = [
+        webdav.COLLECTION_RESOURCE_TYPE,
+        carddav.ADDRESSBOOK_RESOURCE_TYPE,
+    ]
 
     def get_addressbook_description(self) -> str:
         return "Leads, contacts and companies of the CRM (mailcrm)"
@@ -216,8 +209,13 @@ class AddressBook(Tracked, carddav.Addressbook):
 
     def _items(self, found: list[face.Card]) -> list[tuple[str, Item]]:
         version = CURRENT.get().version
-        return [(self.name_of(c.kind, c.id), Item("text/vcard", self.name_of(c.kind, c.id),
-                                                   cards.vcard(c, version))) for c in found]
+        return [
+            (
+                self.name_of(c.kind, c.id),
+                Item("text/vcard", self.name_of(c.kind, c.id), cards.vcard(c, version), self),
+            )
+            for c in found
+        ]
 
     def members(self) -> list[tuple[str, webdav.Resource]]:
         req = CURRENT.get()
@@ -231,13 +229,23 @@ class AddressBook(Tracked, carddav.Addressbook):
         req = CURRENT.get()
         return self._items(face.cards(req.db, req.viewer, by_kind))
 
-    async def create_member(self, name: str | None, contents: Iterable[bytes],
-                            content_type: str, remote_user: str | None = None,
-                            requester: str | None = None) -> tuple[str, str]:
+    async def create_member(
+        self,
+        name: str | None,
+        contents: Iterable[bytes],
+        content_type: str,
+        remote_user: str | None = None,
+        requester: str | None = None,
+    ) -> tuple[str, str]:
         return await writes.create(self, name, b"".join(contents), content_type)
 
-    def delete_member(self, name: str, etag: str | None = None,
-                      remote_user: str | None = None, requester: str | None = None) -> None:
+    def delete_member(
+        self,
+        name: str,
+        etag: str | None = None,
+        remote_user: str | None = None,
+        requester: str | None = None,
+    ) -> None:
         writes.delete(self, name)
 
 
@@ -246,7 +254,10 @@ class TaskList(Tracked, caldav.Calendar):
 
     kinds = face.TASK_KINDS
     displayname = "CRM activities"
-    resource_types = [webdav.COLLECTION_RESOURCE_TYPE, caldav.CALENDAR_RESOURCE_TYPE]
+    resource_types: ClassVar[list[str]] = [
+        webdav.COLLECTION_RESOURCE_TYPE,
+        caldav.CALENDAR_RESOURCE_TYPE,
+    ]
 
     def get_calendar_description(self) -> str:
         return "The CRM's e-mail activities: complete one to mark its mail read (mailcrm)"
@@ -276,10 +287,14 @@ class TaskList(Tracked, caldav.Calendar):
         match = TASK.match(name)
         return ("activity", int(match.group(1))) if match else None
 
-    @staticmethod
-    def _items(found: list[face.Task]) -> list[tuple[str, Item]]:
-        return [(f"activity-{t.id}.ics",
-                 Item("text/calendar", f"activity-{t.id}.ics", cards.vtodo(t))) for t in found]
+    def _items(self, found: list[face.Task]) -> list[tuple[str, Item]]:
+        return [
+            (
+                f"activity-{t.id}.ics",
+                Item("text/calendar", f"activity-{t.id}.ics", cards.vtodo(t), self),
+            )
+            for t in found
+        ]
 
     def members(self) -> list[tuple[str, webdav.Resource]]:
         req = CURRENT.get()
@@ -297,113 +312,21 @@ class TaskList(Tracked, caldav.Calendar):
             if wanted.check(name, ICalendarFile([item.body], "text/calendar")):
                 yield name, item
 
-    async def create_member(self, name: str | None, contents: Iterable[bytes],
-                            content_type: str, remote_user: str | None = None,
-                            requester: str | None = None) -> tuple[str, str]:
+    async def create_member(
+        self,
+        name: str | None,
+        contents: Iterable[bytes],
+        content_type: str,
+        remote_user: str | None = None,
+        requester: str | None = None,
+    ) -> tuple[str, str]:
         raise webdav.ForbiddenError("new tasks come from mail: the task list takes no new ones")
 
-    def delete_member(self, name: str, etag: str | None = None,
-                      remote_user: str | None = None, requester: str | None = None) -> None:
+    def delete_member(
+        self,
+        name: str,
+        etag: str | None = None,
+        remote_user: str | None = None,
+        requester: str | None = None,
+    ) -> None:
         raise webdav.ForbiddenError("an activity is deleted with its mail, not from the task list")
-
-
-class Home(webdav.Principal):
-    """The signed-in user's principal, which is also both home sets."""
-
-    resource_types = [webdav.COLLECTION_RESOURCE_TYPE, webdav.PRINCIPAL_RESOURCE_TYPE]
-
-    def __init__(self, viewer: Any) -> None:
-        self.path = "/dav" + home(viewer)
-        self.email = viewer.email
-
-    def get_displayname(self) -> str:
-        return str(self.email)
-
-    def get_principal_url(self) -> str:
-        return self.path
-
-    def get_addressbook_home_set(self) -> list[str]:
-        return [self.path]
-
-    def get_calendar_home_set(self) -> list[str]:
-        return [self.path]
-
-    def get_calendar_user_address_set(self) -> list[str]:
-        return [f"mailto:{self.email}"]
-
-    def get_principal_address(self) -> str:
-        raise KeyError
-
-    def members(self) -> list[tuple[str, webdav.Resource]]:
-        return [("crm/", AddressBook()), ("tasks/", TaskList())]
-
-    def get_member(self, name: str) -> webdav.Resource:
-        return dict(self.members())[name.rstrip("/") + "/"]
-
-    def get_owner(self) -> str:
-        return self.path
-
-    def get_creationdate(self) -> dt.datetime:
-        raise KeyError
-
-    def get_last_modified(self) -> dt.datetime:
-        raise KeyError
-
-    def get_content_language(self) -> str:
-        raise KeyError
-
-    def get_etag(self) -> Any:
-        raise KeyError
-
-
-class Root(webdav.Collection):
-    """``/dav/``: points at the user's principal."""
-
-    resource_types = [webdav.COLLECTION_RESOURCE_TYPE]
-
-    def members(self) -> list[tuple[str, webdav.Resource]]:
-        return []
-
-    def get_displayname(self) -> str:
-        return "mailcrm"
-
-    def get_owner(self) -> str:
-        raise KeyError
-
-    def get_creationdate(self) -> dt.datetime:
-        raise KeyError
-
-    def get_last_modified(self) -> dt.datetime:
-        raise KeyError
-
-    def get_content_language(self) -> str:
-        raise KeyError
-
-    def get_ctag(self) -> str:
-        raise KeyError
-
-    def get_sync_token(self) -> str:
-        raise KeyError
-
-
-class Backend(webdav.Backend):
-    """Path -> resource for the request's user."""
-
-    def get_resource(self, relpath: str) -> webdav.Resource | None:
-        viewer = CURRENT.get().viewer
-        parts = [p for p in relpath.split("/") if p]
-        if not parts:
-            return Root()
-        mine = home(viewer).strip("/").split("/")
-        if parts[:2] != mine:
-            return None
-        resource: webdav.Resource = Home(viewer)
-        for part in parts[2:4]:
-            try:
-                resource = resource.get_member(part)  # type: ignore[attr-defined]
-            except (KeyError, AttributeError):
-                return None
-        return resource if len(parts) <= 4 else None
-
-    def get_principal_collection_set(self) -> list[str]:
-        return ["/dav/users/"]

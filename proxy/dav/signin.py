@@ -64,8 +64,11 @@ class SignIn:
         if view.smtp is not None:
             return Endpoint(*view.smtp)
         relay = self.config.relay
-        return Endpoint(relay.upstream_host, relay.upstream_port, relay.upstream_tls) \
-            if relay.upstream_host else None
+        return (
+            Endpoint(relay.upstream_host, relay.upstream_port, relay.upstream_tls)
+            if relay.upstream_host
+            else None
+        )
 
     async def viewer(self, client: str | None, header: str | None) -> Any:
         found = credentials(header)

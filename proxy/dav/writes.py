@@ -11,7 +11,8 @@ from xandikos import webdav
 from crm.errors import InvalidInput, NotFound, PermissionDenied
 from crm.face import davwrite
 
-from . import cards, resources
+from . import cards
+from .context import CURRENT, MAX_CARD
 
 CARD_TYPES = ("text/vcard", "text/x-vcard", "text/directory")
 TASK_TYPES = ("text/calendar",)
@@ -21,8 +22,8 @@ def _checked(body: bytes, content_type: str, allowed: tuple[str, ...]) -> None:
     base = (content_type or "").split(";", 1)[0].strip().lower()
     if base and base not in allowed and base != "application/octet-stream":
         raise webdav.UnsupportedMediaType(base[:100])
-    if len(body) > resources.MAX_CARD:
-        raise webdav.BadRequestError(f"the object is larger than {resources.MAX_CARD} bytes")
+    if len(body) > MAX_CARD:
+        raise webdav.BadRequestError(f"the object is larger than {MAX_CARD} bytes")
 
 
 def _run(call: Any, *args: Any) -> Any:
@@ -45,22 +46,30 @@ async def create(book: Any, name: str | None, body: bytes, content_type: str) ->
     """PUT of a new card: a new contact (the name the client chose is replaced by ours)."""
     _checked(body, content_type, CARD_TYPES)
     fields = _fields(body)
-    req = resources.CURRENT.get()
-    cid = _run(davwrite.create_contact, req.db, req.viewer, fields.name, fields.emails,
-               fields.phones, fields.org, fields.title)
+    req = CURRENT.get()
+    cid = _run(
+        davwrite.create_contact,
+        req.db,
+        req.viewer,
+        fields.name,
+        fields.emails,
+        fields.phones,
+        fields.org,
+        fields.title,
+    )
     return _answer(book, [("contact", cid)], body, f"contact-{cid}.vcf")
 
 
 def _answer(book: Any, wanted: list[tuple[str, int]], sent: bytes, name: str) -> tuple[str, str]:
     found = book.items_of(wanted)
     stored = found[0][1].body if found else b""
-    resources.CURRENT.get().put_identical.append(stored == sent)
+    CURRENT.get().put_identical.append(stored == sent)
     return name, cards.etag(stored)
 
 
-async def replace(item: Any, body: bytes) -> str:
+async def replace(item: Any, book: Any, body: bytes) -> str:
     """PUT over an existing card or task."""
-    req = resources.CURRENT.get()
+    req = CURRENT.get()
     if item.content_type == "text/calendar":
         _checked(body, "text/calendar", TASK_TYPES)
         try:
@@ -69,14 +78,23 @@ async def replace(item: Any, body: bytes) -> str:
             raise webdav.BadRequestError(str(exc)) from exc
         aid = int(item.name.split("-", 1)[1].split(".", 1)[0])
         _run(davwrite.set_task, req.db, req.viewer, aid, done)
-        book: Any = resources.TaskList()
         return _answer(book, [("activity", aid)], body, item.name)[1]
     _checked(body, "text/vcard", CARD_TYPES)
     fields = _fields(body)
-    kind, eid = resources.AddressBook().parse(item.name) or ("", 0)
-    _run(davwrite.update_card, req.db, req.viewer, kind, eid, fields.name, fields.emails,
-         fields.phones, fields.org, fields.title)
-    return _answer(resources.AddressBook(), [(kind, eid)], body, item.name)[1]
+    kind, eid = book.parse(item.name) or ("", 0)
+    _run(
+        davwrite.update_card,
+        req.db,
+        req.viewer,
+        kind,
+        eid,
+        fields.name,
+        fields.emails,
+        fields.phones,
+        fields.org,
+        fields.title,
+    )
+    return _answer(book, [(kind, eid)], body, item.name)[1]
 
 
 def delete(book: Any, name: str) -> None:
@@ -84,5 +102,5 @@ def delete(book: Any, name: str) -> None:
     parsed = book.parse(name)
     if parsed is None:
         raise webdav.ForbiddenError("no such card")
-    req = resources.CURRENT.get()
+    req = CURRENT.get()
     _run(davwrite.delete_card, req.db, req.viewer, parsed[0], parsed[1])
