@@ -71,7 +71,8 @@ class Poller:
 
     def __init__(self, config: Config, db: Database) -> None:
         self.config = config
-        self.ctx = PollerContext(config.poller, db, DbThread(), Capturer(db, config.capture))
+        threads = config.poller.db_threads or (1 if db.single_writer else 4)
+        self.ctx = PollerContext(config.poller, db, DbThread(threads), Capturer(db, config.capture))
         self.keeper = LeaseKeeper(db, config.cluster.node_name, config.cluster.lease_seconds)
         self.lease_run = DbThread()  # the leases' own thread: never behind capture work
         self.workers: dict[int, tuple[MailboxWorker, asyncio.Task[None]]] = {}
