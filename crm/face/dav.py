@@ -2,41 +2,35 @@
 (leads, contacts, companies) and tasks (activities) a user may see, and the change log that makes
 sync tokens and collection tags (``dav_changes``, :mod:`crm.store.changes`).
 
-Plain dataclasses cross the door; the vCard and iCalendar text is the front end's business. The
-visibility rule is :mod:`crm.face.visibility`'s (helper "web", issue 16); until it lands here,
-only users who are admins (who see everything) may use DAV.
+Plain dataclasses cross the door; the vCard and iCalendar text is the front end's business. What a
+user sees is the visibility rule's (SPEC V1, :mod:`crm.face.visibility`), applied in SQL: one
+query per kind lists a user's cards, whatever the number of records they cannot see.
 """
 
 from __future__ import annotations
 
-import importlib
+from collections.abc import Iterator
 from dataclasses import dataclass
-from types import ModuleType
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, func, select
+from sqlalchemy.orm import Session
 
 from crm.mail.addresses import try_normalize
 from crm.mailboxes.linking import LoginView as LoginView
 from crm.mailboxes.linking import lookup_login
 from crm.mailboxes.schedule import touch_owner
 from crm.store.db import Database
-from crm.store.models import DavChange, User
+from crm.store.models import Activity, Company, Contact, DavChange, EntityEmail, Lead, Mailbox
+from crm.vocab import EntityType
 
-from . import views
+from .views import iso
+from .visibility import Viewer, viewer_for, where_activity_seen, where_seen
 
 CARD_KINDS = ("lead", "contact", "company")
 TASK_KINDS = ("activity",)
-
-
-@dataclass(frozen=True)
-class Viewer:
-    """Stand-in for :class:`crm.face.visibility.Viewer` until the rule is merged: admins only."""
-
-    user_id: int
-    email: str
-    admin: bool
-    sees_all: bool
+MODELS: dict[str, Any] = {"lead": Lead, "contact": Contact, "company": Company}
+CHUNK = 500  # ids per IN list when a client names the records it wants
 
 
 @dataclass(frozen=True)
@@ -69,126 +63,116 @@ class Task:
     mailbox: str | None
 
 
-def _rule() -> ModuleType | None:
-    try:
-        return importlib.import_module("crm.face.visibility")
-    except ImportError:
-        return None
-
-
 def login_view(db: Database, login: str) -> LoginView:
     """Who ``login`` is and which SMTP server checks its password (as for the relay)."""
     with db.session() as session:
         return lookup_login(session, login)
 
 
-def signed_in(db: Database, email: str) -> Any:
+def signed_in(db: Database, email: str) -> Viewer | None:
     """The viewer for ``email`` after their password was proven, or None (no CRM access);
     the sign-in counts as the owner being active (T1)."""
     with db.session() as session:
         touch_owner(session, email)
-    rule = _rule()
-    if rule is not None:
-        return rule.viewer_for(db, email)
-    with db.session() as session:
-        user = session.scalar(select(User).where(User.email == email))
-        if user is None or not user.crm_access or not user.admin:
-            return None
-        return Viewer(user.id, user.email, True, True)
+    return viewer_for(db, email)
 
 
-def can_see(db: Database, viewer: Any, kind: str, entity_id: int) -> bool:
-    """The visibility rule for one record (``kind`` lead/contact/company/activity)."""
-    rule = _rule()
-    if rule is None or viewer.sees_all:
-        return bool(viewer.sees_all)
-    if kind == "activity":
-        return bool(rule.can_see_activity(db, viewer, entity_id))
-    from crm.vocab import EntityType
-
-    return bool(rule.can_see(db, viewer, EntityType(kind), entity_id))
+def _chunks(ids: list[int] | None) -> Iterator[list[int] | None]:
+    if ids is None:
+        yield None
+        return
+    unique = sorted(set(ids))
+    for start in range(0, len(unique), CHUNK):
+        yield unique[start : start + CHUNK]
 
 
-def can_change(db: Database, viewer: Any, kind: str, entity_id: int) -> bool:
-    """Whether ``viewer`` may edit or delete the record (own records; all for ``sees all``)."""
-    rule = _rule()
-    if rule is None or viewer.sees_all:
-        return bool(viewer.sees_all)
-    from crm.vocab import EntityType
-
-    return bool(rule.can_change(db, viewer, EntityType(kind), entity_id))
+def _limited(query: Any, cond: ColumnElement[bool] | None, column: Any, ids: Any) -> Any:
+    if cond is not None:
+        query = query.where(cond)
+    return query if ids is None else query.where(column.in_(ids))
 
 
-def _visible(db: Database, viewer: Any, kind: str, ids: list[int]) -> list[int]:
-    if viewer.sees_all:
-        return ids
-    return [i for i in ids if can_see(db, viewer, kind, i)]
-
-
-def _all_ids(db: Database, kind: str) -> list[int]:
-    from crm.store.models import Activity, Company, Contact, Lead
-
-    model: Any = {"lead": Lead, "contact": Contact, "company": Company, "activity": Activity}[kind]
-    with db.session() as session:
-        return list(session.scalars(select(model.id).order_by(model.id)))
-
-
-def cards(db: Database, viewer: Any, wanted: dict[str, list[int]] | None = None) -> list[Card]:
-    """The cards ``viewer`` may see: all of them, or those of ``wanted`` (kind -> ids)."""
-    found: list[Card] = []
-    for kind in CARD_KINDS:
-        ids = wanted.get(kind, []) if wanted is not None else _all_ids(db, kind)
-        ids = _visible(db, viewer, kind, ids)
-        if ids:
-            found.extend(_cards_of(db, kind, ids))
+def _emails(session: Session, kind: str, ids: Any) -> dict[int, list[str]]:
+    query = select(EntityEmail.entity_id, EntityEmail.address).where(
+        EntityEmail.entity_type == kind, EntityEmail.entity_id.in_(ids)
+    )
+    found: dict[int, list[str]] = {}
+    for eid, address in session.execute(
+        query.order_by(EntityEmail.entity_id, EntityEmail.position)
+    ):
+        found.setdefault(eid, []).append(address)
     return found
 
 
-def _cards_of(db: Database, kind: str, ids: list[int]) -> list[Card]:
-    with db.session() as session:
-        if kind == "company":
-            return [
-                Card("company", row["id"], row["name"])
-                for row in views.companies_json(session, ids)
-            ]
-        rows = (views.leads_json if kind == "lead" else views.contacts_json)(session, ids)
+def _cards_of(session: Session, viewer: Viewer, kind: str, ids: list[int] | None) -> list[Card]:
+    model, cond = MODELS[kind], where_seen(viewer, EntityType(kind))
+    if kind == "company":
+        query = _limited(select(Company.id, Company.name), cond, Company.id, ids)
+        return [
+            Card("company", cid, name) for cid, name in session.execute(query.order_by(Company.id))
+        ]
+    query = _limited(
+        select(model, Company.name).outerjoin(Company, Company.id == model.company_id),
+        cond,
+        model.id,
+        ids,
+    )
+    rows = list(session.execute(query.order_by(model.id)))
+    emails = _emails(session, kind, _limited(select(model.id), cond, model.id, ids))
     return [
         Card(
             kind,
-            row["id"],
-            row["name"],
-            tuple(row["emails"]),
-            tuple(row.get("phones") or ()),
-            row.get("company"),
-            row.get("title"),
-            row.get("status"),
+            record.id,
+            record.name,
+            tuple(emails.get(record.id, ())),
+            tuple(record.phones or ()),
+            org,
+            getattr(record, "title", None),
+            getattr(record, "status", None),
         )
-        for row in rows
+        for record, org in rows
     ]
 
 
-def tasks(db: Database, viewer: Any, ids: list[int] | None = None) -> list[Task]:
-    """The activities ``viewer`` may see: all, or those of ``ids``."""
-    chosen = _visible(db, viewer, "activity", _all_ids(db, "activity") if ids is None else ids)
-    if not chosen:
-        return []
+def cards(db: Database, viewer: Viewer, wanted: dict[str, list[int]] | None = None) -> list[Card]:
+    """The cards ``viewer`` may see: all of them, or those of ``wanted`` (kind -> ids)."""
+    found: list[Card] = []
     with db.session() as session:
-        rows = views.activities_json(session, ids=chosen)
-    return [
-        Task(
-            r["id"],
-            r["subject"] or "",
-            r["direction"],
-            r["sender"],
-            tuple(r["counterparts"]),
-            r["date"],
-            bool(r["completed"]),
-            r["thread"],
-            r["message_id"],
-            r["mailbox"],
-        )
-        for r in rows
-    ]
+        for kind in CARD_KINDS:
+            if wanted is not None and not wanted.get(kind):
+                continue
+            for ids in _chunks(None if wanted is None else wanted[kind]):
+                found.extend(_cards_of(session, viewer, kind, ids))
+    return found
+
+
+def _task(activity: Activity, mailbox: str | None) -> Task:
+    return Task(
+        activity.id,
+        activity.subject or "",
+        activity.direction,
+        activity.sender,
+        tuple(activity.counterparts or ()),
+        iso(activity.sent_at),
+        bool(activity.completed),
+        activity.thread,
+        activity.message_id,
+        mailbox,
+    )
+
+
+def tasks(db: Database, viewer: Viewer, ids: list[int] | None = None) -> list[Task]:
+    """The activities ``viewer`` may see: all, or those of ``ids``."""
+    found: list[Task] = []
+    cond = where_activity_seen(viewer)
+    with db.session() as session:
+        for chunk in _chunks(ids):
+            query = select(Activity, Mailbox.address).outerjoin(
+                Mailbox, Mailbox.id == Activity.mailbox_id
+            )
+            query = _limited(query, cond, Activity.id, chunk)
+            found.extend(_task(a, box) for a, box in session.execute(query.order_by(Activity.id)))
+    return found
 
 
 def head(db: Database, kinds: tuple[str, ...]) -> int:

@@ -16,9 +16,9 @@ from crm.errors import InvalidInput, NotFound, PermissionDenied
 from crm.mail.addresses import try_normalize
 from crm.store.db import Database
 from crm.store.models import Activity, ActivityBinding, Company, Contact, EntityEmail, Lead
-from crm.vocab import utcnow
+from crm.vocab import EntityType, utcnow
 
-from .dav import can_change, can_see
+from .visibility import Viewer, require_activity, require_change
 
 MODELS: dict[str, Any] = {"lead": Lead, "contact": Contact, "company": Company}
 
@@ -54,9 +54,17 @@ def _set_emails(session: Any, kind: str, eid: int, addresses: list[str]) -> None
         session.add(EntityEmail(address=address, entity_type=kind, entity_id=eid, position=i))
 
 
+def _require_change(session: Any, viewer: Viewer, kind: str, eid: int) -> None:
+    """PermissionDenied unless ``viewer`` may change the record (unseen ones too: 403)."""
+    try:
+        require_change(session, viewer, EntityType(kind), eid)
+    except NotFound as exc:
+        raise PermissionDenied(f"{kind} {eid} is not yours to change") from exc
+
+
 def create_contact(
     db: Database,
-    viewer: Any,
+    viewer: Viewer,
     name: str,
     emails: Sequence[str],
     phones: Sequence[str],
@@ -69,8 +77,7 @@ def create_contact(
         contact = Contact(
             name=name, phones=list(phones), title=title, company_id=_company_id(session, org)
         )
-        if hasattr(Contact, "created_by_id"):  # the visibility rule's column (helper "web")
-            contact.created_by_id = viewer.user_id
+        contact.created_by_id = viewer.user_id  # the user's own contact (SPEC V1)
         session.add(contact)
         session.flush()
         _set_emails(session, "contact", contact.id, addresses)
@@ -79,7 +86,7 @@ def create_contact(
 
 def update_card(
     db: Database,
-    viewer: Any,
+    viewer: Viewer,
     kind: str,
     eid: int,
     name: str,
@@ -89,10 +96,9 @@ def update_card(
     title: str | None,
 ) -> None:
     """An edited card: name, addresses, telephones, organisation (and a contact's title)."""
-    if not can_change(db, viewer, kind, eid):
-        raise PermissionDenied(f"{kind} {eid} is not yours to change")
     addresses = _addresses(emails)
     with db.session() as session:
+        _require_change(session, viewer, kind, eid)
         record = session.get(MODELS[kind], eid)
         if record is None:
             raise NotFound(f"no {kind} {eid}")
@@ -108,11 +114,12 @@ def update_card(
         _set_emails(session, kind, eid, addresses)
 
 
-def delete_card(db: Database, viewer: Any, kind: str, eid: int) -> None:
+def delete_card(db: Database, viewer: Viewer, kind: str, eid: int) -> None:
     """Delete a lead or contact the user may change and no activity is bound to."""
-    if kind == "company" or not can_change(db, viewer, kind, eid):
-        raise PermissionDenied(f"{kind} {eid} is not yours to delete")
+    if kind == "company":
+        raise PermissionDenied(f"company {eid}: companies are not deleted from an address book")
     with db.session() as session:
+        _require_change(session, viewer, kind, eid)
         bound = session.scalar(
             select(func.count())
             .select_from(ActivityBinding)
@@ -127,11 +134,13 @@ def delete_card(db: Database, viewer: Any, kind: str, eid: int) -> None:
         session.delete(record)
 
 
-def set_task(db: Database, viewer: Any, activity_id: int, completed: bool) -> None:
+def set_task(db: Database, viewer: Viewer, activity_id: int, completed: bool) -> None:
     """Complete or reopen an activity the user sees (C10)."""
-    if not can_see(db, viewer, "activity", activity_id):
-        raise PermissionDenied(f"activity {activity_id} is not yours")
     with db.session() as session:
+        try:
+            require_activity(session, viewer, activity_id)
+        except NotFound as exc:
+            raise PermissionDenied(f"activity {activity_id} is not yours") from exc
         activity = session.get(Activity, activity_id)
         if activity is None:
             raise NotFound(f"no activity {activity_id}")

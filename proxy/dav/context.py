@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import contextvars
 from dataclasses import dataclass, field
-from typing import Any
 
 from crm.face import Database
+from crm.face.visibility import Viewer
 
 MAX_CARD = 1024 * 1024  # bytes of one card or task a client may send
 
@@ -17,7 +17,7 @@ class Request:
     """What one request's resources need."""
 
     db: Database
-    viewer: Any
+    viewer: Viewer
     version: str = "3.0"
     put_identical: list[bool] = field(default_factory=list)
 

@@ -43,7 +43,10 @@ def _fields(body: bytes) -> cards.CardFields:
 
 
 async def create(book: Any, name: str | None, body: bytes, content_type: str) -> tuple[str, str]:
-    """PUT of a new card: a new contact (the name the client chose is replaced by ours)."""
+    """PUT of a new card: a new contact (the name the client chose is replaced by ours). A PUT
+    to one of the CRM's own names the user does not see is a write outside their cards: 403."""
+    if name is not None and book.parse(name) is not None:
+        raise webdav.ForbiddenError(f"{name[:100]} is not yours to write")
     _checked(body, content_type, CARD_TYPES)
     fields = _fields(body)
     req = CURRENT.get()
