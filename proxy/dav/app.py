@@ -37,7 +37,7 @@ class DavApp(webdav.WebDAVApp):
 
     def __init__(self) -> None:
         super().__init__(tree.Backend(), strict=False)
-        self.register_properties(
+        self.register_properties(  # type: ignore[no-untyped-call]  # xandikos: no annotations
             [
                 webdav.ResourceTypeProperty(),
                 webdav.CurrentUserPrincipalProperty(
@@ -66,7 +66,7 @@ class DavApp(webdav.WebDAVApp):
                 access.OwnerProperty(),
             ]
         )
-        self.register_reporters(
+        self.register_reporters(  # type: ignore[no-untyped-call]  # xandikos: no annotations
             [
                 caldav.CalendarMultiGetReporter(),
                 caldav.CalendarQueryReporter(),
@@ -122,7 +122,9 @@ def _run(dav: DavApp, req: Request, env: dict[str, Any]) -> webdav.Response:
     CURRENT.set(req)
     request = webdav.WSGIRequest(env)
     environ = {"SCRIPT_NAME": PREFIX, "ORIGINAL_ENVIRON": env, "REMOTE_USER": env["REMOTE_USER"]}
-    response: webdav.Response = asyncio.run(dav._handle_request(request, environ))
+    response: webdav.Response = asyncio.run(
+        dav._handle_request(request, environ)  # type: ignore[no-untyped-call]  # untyped upstream
+    )
     body = response.body
     if not isinstance(body, bytes | bytearray):
         body = b"".join(bytes(chunk) for chunk in body)
@@ -154,7 +156,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
     req = Request(request.app[DB_KEY], viewer, _version(request))
     env = _environ(request, body, viewer.email)
     response = await asyncio.to_thread(_run, request.app[DAVAPP], req, env)
-    headers = [
+    answered = [
         (k, v)
         for k, v in response.headers
         if not (
@@ -162,7 +164,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
         )
     ]
     return web.Response(
-        status=response.status, reason=response.reason, headers=headers, body=response.body
+        status=response.status, reason=response.reason, headers=answered, body=response.body
     )
 
 

@@ -13,7 +13,7 @@ import hashlib
 from dataclasses import dataclass
 
 import vobject
-from dateutil.tz import tzutc
+from dateutil.tz import tzutc  # type: ignore[import-untyped]  # no stubs; vobject writes Z only for tzutc
 
 from crm.face.dav import Card, Task
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 from collections.abc import Iterable, Iterator
-from typing import Any, ClassVar
+from typing import Any
 
 from xandikos import caldav, carddav, webdav
 from xandikos.icalendar import CalendarFilter, ICalendarFile
@@ -84,6 +84,7 @@ class Tracked(webdav.Collection):
     """A collection whose tag and sync token are the newest change of its kinds."""
 
     kinds: tuple[str, ...] = ()
+    displayname = ""
 
     def _scope(self) -> str:
         viewer = CURRENT.get().viewer
@@ -183,7 +184,7 @@ class AddressBook(Tracked, carddav.Addressbook):
 
     kinds = face.CARD_KINDS
     displayname = "CRM"
-    resource_types: ClassVar[list[str]] = [
+    resource_types = [  # noqa: RUF012 (xandikos declares it an instance attribute)
         webdav.COLLECTION_RESOURCE_TYPE,
         carddav.ADDRESSBOOK_RESOURCE_TYPE,
     ]
@@ -254,7 +255,7 @@ class TaskList(Tracked, caldav.Calendar):
 
     kinds = face.TASK_KINDS
     displayname = "CRM activities"
-    resource_types: ClassVar[list[str]] = [
+    resource_types = [  # noqa: RUF012 (xandikos declares it an instance attribute)
         webdav.COLLECTION_RESOURCE_TYPE,
         caldav.CALENDAR_RESOURCE_TYPE,
     ]
@@ -262,10 +263,12 @@ class TaskList(Tracked, caldav.Calendar):
     def get_calendar_description(self) -> str:
         return "The CRM's e-mail activities: complete one to mark its mail read (mailcrm)"
 
-    def get_supported_calendar_components(self) -> list[str]:
+    def get_supported_calendar_components(self) -> list[str]:  # type: ignore[override]
+        # xandikos annotates str; its callers iterate over component names
         return ["VTODO"]
 
-    def get_supported_calendar_data_types(self) -> list[tuple[str, str]]:
+    def get_supported_calendar_data_types(self) -> list[tuple[str, str]]:  # type: ignore[override]
+        # xandikos annotates str; its callers iterate over (content type, version) pairs
         return [("text/calendar", "2.0")]
 
     def get_calendar_color(self) -> str:

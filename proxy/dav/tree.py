@@ -5,7 +5,7 @@ home sets) and the backend mapping a path to a resource; the collections are
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, ClassVar
+from typing import Any
 
 from xandikos import webdav
 
@@ -16,7 +16,7 @@ from .resources import AddressBook, TaskList, home
 class Home(webdav.Principal):
     """The signed-in user's principal, which is also both home sets."""
 
-    resource_types: ClassVar[list[str]] = [
+    resource_types = [  # noqa: RUF012 (xandikos declares it an instance attribute)
         webdav.COLLECTION_RESOURCE_TYPE,
         webdav.PRINCIPAL_RESOURCE_TYPE,
     ]
@@ -68,7 +68,7 @@ class Home(webdav.Principal):
 class Root(webdav.Collection):
     """``/dav/``: points at the user's principal."""
 
-    resource_types: ClassVar[list[str]] = [webdav.COLLECTION_RESOURCE_TYPE]
+    resource_types = [webdav.COLLECTION_RESOURCE_TYPE]  # noqa: RUF012 (an instance attribute in xandikos)
 
     def members(self) -> list[tuple[str, webdav.Resource]]:
         return []
