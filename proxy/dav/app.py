@@ -56,6 +56,8 @@ class DavApp(webdav.WebDAVApp):
                 caldav.SupportedCalendarComponentSetProperty(),
                 caldav.SupportedCalendarDataProperty(),
                 carddav.SupportedAddressDataProperty(),
+                carddav.AddressDataProperty(),  # bodies in a sync-collection answer
+                caldav.CalendarDataProperty(),
                 webdav.AppleGetCTagProperty(),
                 webdav.DAVGetCTagProperty(),
                 webdav.SupportedReportSetProperty(self.reporters),
