@@ -158,6 +158,7 @@ class Lead(Base):
     mailbox_id: Mapped[int | None] = mapped_column(
         ForeignKey("mailboxes.id", ondelete="SET NULL"), default=None
     )
+    phones: Mapped[list[str]] = mapped_column(JSON, default=list)
     changed_by_person: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[dt.datetime] = mapped_column(index=True, default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
@@ -317,3 +318,13 @@ class Lease(Base):
     #: A foreground import asking the holder to hand the mailbox over, until the request lapses.
     requested_by: Mapped[str | None] = mapped_column(String(200), default=None)
     requested_until: Mapped[dt.datetime | None] = mapped_column(default=None)
+
+
+class DavChange(Base):
+    """One change of a lead, contact, company or activity: its id is a DAV sync token."""
+
+    __tablename__ = "dav_changes"
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    entity_type: Mapped[str] = mapped_column(String(10))
+    entity_id: Mapped[int] = mapped_column(Integer)
+    __table_args__ = (Index("ix_dav_changes_kind", "entity_type", "id"),)

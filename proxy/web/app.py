@@ -23,6 +23,7 @@ from crm.face import Database
 from crm.face.relay import spool_dir
 from crm.face.status import metrics
 
+from ..dav import mount as mount_dav
 from . import crmpages, figures, forwarded, guard
 from .hosts import HostPolicy
 from .listen import tls_context
@@ -64,6 +65,7 @@ def make_app(config: Config, db: Database, sessions: SessionStore | None = None)
     app.router.add_get("/status.json", status_json)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics_page)
+    mount_dav(app, config, db)
     return app
 
 

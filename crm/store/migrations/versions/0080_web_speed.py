@@ -6,7 +6,7 @@ and ``activities (completed, id DESC)`` (/activities: open ones first, newest fi
 index instead of sorting the table).
 
 Revision ID: 0080
-Revises: 0050
+Revises: 0070
 Create Date: 2026-12-07
 """
 
@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0080"
-down_revision = "0050"
+down_revision = "0070"
 branch_labels = None
 depends_on = None
 
