@@ -3,7 +3,7 @@ under 100 ms on 100,000 leads and 1,000,000 activities, where computing them tak
 
 A request only *reads* the last figures of its view (:meth:`FigureKeeper.read`), which also marks
 the view as wanted; a background task of the web app calls :meth:`FigureKeeper.refresh` in a
-worker thread on a schedule for every view wanted lately (and always for the ``all`` view). A
+worker thread on a schedule for every view wanted lately (nobody looking: nothing computed). A
 view is what a viewer sees under SPEC V1: everyone who sees all shares the ``all`` view; an
 ``own`` user has their own, computed with their exact visibility rule. Bounded: at most
 ``max_views`` views are kept, and one nobody asked for in ``forget_after`` seconds is dropped.
@@ -63,7 +63,7 @@ class FigureKeeper:
         self.max_views, self.clock = max_views, clock
         self._lock = threading.Lock()
         self._kept: dict[View, tuple[float, Kept]] = {}  # view -> (computed at, figures)
-        self._wanted: dict[View, tuple[float, Viewer | None]] = {None: (clock(), None)}
+        self._wanted: dict[View, tuple[float, Viewer | None]] = {}
 
     def read(self, viewer: Viewer | None) -> Kept | None:
         """The last figures of ``viewer``'s view (None: not computed yet); marks it wanted."""
@@ -95,7 +95,7 @@ class FigureKeeper:
             due = [
                 (view in self._kept, viewer)
                 for view, (asked, viewer) in self._wanted.items()
-                if (view is None or now - asked <= self.recent)
+                if now - asked <= self.recent
                 and (view not in self._kept or now - self._kept[view][0] >= self.every)
             ]
         return [viewer for _, viewer in sorted(due, key=lambda d: d[0])]
