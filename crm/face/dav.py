@@ -61,6 +61,7 @@ class Task:
     thread: str
     message_id: str | None
     mailbox: str | None
+    completed_at: str | None = None
 
 
 def login_view(db: Database, login: str) -> LoginView:
@@ -158,6 +159,7 @@ def _task(activity: Activity, mailbox: str | None) -> Task:
         activity.thread,
         activity.message_id,
         mailbox,
+        iso(activity.completed_at) if activity.completed else None,
     )
 
 

@@ -25,6 +25,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    event,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -213,11 +214,21 @@ class Activity(Base):
     folder: Mapped[str | None] = mapped_column(String(255), default=None)
     sent_at: Mapped[dt.datetime | None] = mapped_column(default=None)
     completed: Mapped[bool] = mapped_column(Boolean, default=False)
+    completed_at: Mapped[dt.datetime | None] = mapped_column(default=None)  # set by _stamp
     answered: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     bindings: Mapped[list[ActivityBinding]] = relationship(
         cascade="all, delete-orphan", lazy="selectin", order_by="ActivityBinding.entity_type"
     )
+
+
+@event.listens_for(Activity.completed, "set")
+def _stamp(target: Activity, value: Any, old: Any, _initiator: Any) -> None:
+    """When an activity was completed (a VTODO's COMPLETED), whoever completes it."""
+    if not value:
+        target.completed_at = None
+    elif old is not True:
+        target.completed_at = utcnow()
 
 
 #: the web's /activities order (open first, newest first) read straight off an index
