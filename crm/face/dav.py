@@ -62,6 +62,7 @@ class Task:
     message_id: str | None
     mailbox: str | None
     completed_at: str | None = None
+    sequence: int = 0  # times completed or reopened
 
 
 def login_view(db: Database, login: str) -> LoginView:
@@ -160,6 +161,7 @@ def _task(activity: Activity, mailbox: str | None) -> Task:
         activity.message_id,
         mailbox,
         iso(activity.completed_at) if activity.completed else None,
+        activity.status_changes or 0,
     )
 
 

@@ -78,6 +78,8 @@ def vtodo(task: Task) -> bytes:
     todo.add("status").value = "COMPLETED" if task.completed else "NEEDS-ACTION"
     if task.completed:  # completed before the CRM kept the time: the mail's
         todo.add("completed").value = _date(task.completed_at) if task.completed_at else when
+    if task.sequence:  # a reopened to-do differs from the one before its completion
+        todo.add("sequence").value = str(task.sequence)
     if task.thread and task.thread != task.message_id:
         todo.add("related-to").value = task.thread
     return str(cal.serialize()).encode("utf-8")
