@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 from caldav.davclient import DAVClient
+from sqlalchemy import select
 
 from crm.config import Config
 from crm.face import Database
@@ -233,3 +235,27 @@ async def test_completing_the_todo_completes_the_activity(env: Env) -> None:
             assert r.status == 204, await r.text()
     with env.db.session() as s:
         assert s.get(Activity, env.ids["activity"]).completed  # type: ignore[union-attr]
+
+
+async def test_a_sync_past_a_thousand_changes_is_answered_in_parts(env: Env) -> None:
+    """RFC 6578 3.6: 507 for the request URI with the token of the part answered; asking again
+    from there brings the rest."""
+    async with aiohttp.ClientSession() as http:
+        _, first = await _report(env, http)
+        token = _token(first)
+        with env.db.session() as s:
+            s.add_all(Contact(name=f"Many {n}") for n in range(1100))
+        status, part = await _report(env, http, token)
+        assert status == 207 and "507 Insufficient Storage" in part, part[-500:]
+        assert "number-of-matches-within-limits" in part
+        assert 900 <= part.count("contact-") <= 1000
+        partial = _token(part)
+        assert partial != token
+        status, rest = await _report(env, http, partial)
+        assert status == 207 and "507 Insufficient" not in rest
+        names = set(re.findall(r"contact-[0-9]+\.vcf", part + rest))
+        with env.db.session() as s:
+            ids = s.scalars(select(Contact.id).where(Contact.name.like("Many %"))).all()
+        assert {f"contact-{i}.vcf" for i in ids} <= names
+        status, again = await _report(env, http, _token(rest))
+        assert status == 207 and ".vcf" not in again

@@ -142,3 +142,36 @@ async def test_vdirsyncer_syncs_both_collections_both_ways(env: Env, tmp_path: P
     before = _files(tmp_path / "book") | _files(tmp_path / "todo")
     await _vdirsyncer(config, "sync")
     assert _files(tmp_path / "book") | _files(tmp_path / "todo") == before
+
+
+async def test_a_reopening_in_the_crm_reaches_a_client_that_completed_the_todo(
+    env: Env, tmp_path: Path
+) -> None:
+    """The client completes the to-do, the CRM reopens it (``activity reopen``): the client's
+    next sync rewrites its file as NEEDS-ACTION; completing it in the CRM again comes back too."""
+    config = tmp_path / "vdirsyncer.conf"
+    config.write_text(
+        CONFIG.format(root=tmp_path, url=env.url, user=env.user, password=env.password)
+    )
+    (tmp_path / "book").mkdir()
+    (tmp_path / "todo").mkdir()
+    await _vdirsyncer(config, "discover")
+    await _vdirsyncer(config, "sync")
+    [todo_file] = list((tmp_path / "todo").glob("*/*"))
+    todo_file.write_bytes(todo_file.read_bytes().replace(b"NEEDS-ACTION", b"COMPLETED"))
+    await _vdirsyncer(config, "sync")
+    with env.db.session() as s:
+        activity = s.get(Activity, env.ids["activity"])
+        assert activity is not None and activity.completed
+        activity.completed = False  # as `mailcrm activity reopen` does
+    await _vdirsyncer(config, "sync")
+    [todo_file] = list((tmp_path / "todo").glob("*/*"))
+    text = todo_file.read_text()
+    assert "STATUS:NEEDS-ACTION" in text and "COMPLETED:" not in text, text
+    with env.db.session() as s:
+        activity = s.get(Activity, env.ids["activity"])
+        assert activity is not None
+        activity.completed = True
+    await _vdirsyncer(config, "sync")
+    [todo_file] = list((tmp_path / "todo").glob("*/*"))
+    assert "STATUS:COMPLETED" in todo_file.read_text()

@@ -61,6 +61,8 @@ class Task:
     thread: str
     message_id: str | None
     mailbox: str | None
+    completed_at: str | None = None
+    sequence: int = 0  # times completed or reopened
 
 
 def login_view(db: Database, login: str) -> LoginView:
@@ -158,6 +160,8 @@ def _task(activity: Activity, mailbox: str | None) -> Task:
         activity.thread,
         activity.message_id,
         mailbox,
+        iso(activity.completed_at) if activity.completed else None,
+        activity.status_changes or 0,
     )
 
 

@@ -25,6 +25,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    event,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -213,11 +214,24 @@ class Activity(Base):
     folder: Mapped[str | None] = mapped_column(String(255), default=None)
     sent_at: Mapped[dt.datetime | None] = mapped_column(default=None)
     completed: Mapped[bool] = mapped_column(Boolean, default=False)
+    completed_at: Mapped[dt.datetime | None] = mapped_column(default=None)  # set by _stamp
+    status_changes: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     answered: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     bindings: Mapped[list[ActivityBinding]] = relationship(
         cascade="all, delete-orphan", lazy="selectin", order_by="ActivityBinding.entity_type"
     )
+
+
+@event.listens_for(Activity.completed, "set", active_history=True)
+def _stamp(target: Activity, value: Any, old: Any, _initiator: Any) -> None:
+    """When an activity was completed (a VTODO's COMPLETED) and how often it was completed or
+    reopened (its SEQUENCE), whoever does it."""
+    if isinstance(old, bool) and old == bool(value):
+        return
+    target.completed_at = utcnow() if value else None
+    if isinstance(old, bool):
+        target.status_changes = (target.status_changes or 0) + 1
 
 
 #: the web's /activities order (open first, newest first) read straight off an index

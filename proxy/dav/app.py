@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import xml.etree.ElementTree as ET
 from typing import Any
 
 from aiohttp import hdrs, web
@@ -30,6 +31,31 @@ REALM = 'Basic realm="mailcrm CRM", charset="UTF-8"'
 MAX_BODY = 2 * MAX_CARD  # bytes of a request body (XML or payload)
 SIGNIN: web.AppKey[SignIn] = web.AppKey("dav_signin", SignIn)
 DAVAPP: web.AppKey[Any] = web.AppKey("dav_app", object)
+
+
+class TruncatingSync(sync.SyncCollectionReporter):
+    """sync-collection answering a long change list in parts (RFC 6578 3.6): a 507 for the
+    request URI and the token of the part answered; the client asks again from there."""
+
+    async def report(self, environ: Any, body: Any, by_hrefs: Any, *args: Any) -> Any:
+        response = await super().report(environ, body, by_hrefs, *args)
+        req = CURRENT.get()
+        if req.truncated is None or not str(response.status).startswith("207"):
+            return response
+        root = ET.fromstring(b"".join(bytes(chunk) for chunk in response.body))
+        token = root.find("{DAV:}sync-token")
+        if token is not None:
+            token.text = req.truncated
+            href = environ["SCRIPT_NAME"] + environ["ORIGINAL_ENVIRON"]["PATH_INFO"]
+            error = ET.Element("{DAV:}number-of-matches-within-limits")
+            full = webdav.Status(href, "507 Insufficient Storage", error=error)
+            root.insert(list(root).index(token), full.aselement())  # type: ignore[no-untyped-call]
+        text = ET.tostring(root, encoding="utf-8", xml_declaration=True)
+        return webdav.Response(
+            status="207 Multi-Status",
+            headers={"Content-Type": "application/xml; charset=utf-8"},
+            body=[text],
+        )
 
 
 class DavApp(webdav.WebDAVApp):
@@ -75,7 +101,7 @@ class DavApp(webdav.WebDAVApp):
                 carddav.AddressbookMultiGetReporter(),
                 carddav.AddressbookQueryReporter(),
                 webdav.ExpandPropertyReporter(),
-                sync.SyncCollectionReporter(),
+                TruncatingSync(),
             ]
         )
 

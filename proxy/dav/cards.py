@@ -76,6 +76,10 @@ def vtodo(task: Task) -> bytes:
     way = "to" if task.direction == "outgoing" else "from"
     todo.add("description").value = f"{task.direction} e-mail {way} {who}".strip()
     todo.add("status").value = "COMPLETED" if task.completed else "NEEDS-ACTION"
+    if task.completed:  # completed before the CRM kept the time: the mail's
+        todo.add("completed").value = _date(task.completed_at) if task.completed_at else when
+    if task.sequence:  # a reopened to-do differs from the one before its completion
+        todo.add("sequence").value = str(task.sequence)
     if task.thread and task.thread != task.message_id:
         todo.add("related-to").value = task.thread
     return str(cal.serialize()).encode("utf-8")
@@ -150,5 +154,6 @@ def read_todo_status(text: bytes) -> bool:
     if len(todos) != 1:
         raise InvalidPayload("expected a VCALENDAR with one VTODO")
     status = todos[0].contents.get("status")
-    done = bool(status and str(status[0].value).upper() == "COMPLETED")
-    return done or "completed" in todos[0].contents
+    if status:  # STATUS decides: a client reopening a to-do may leave its COMPLETED time
+        return str(status[0].value).strip().upper() == "COMPLETED"
+    return "completed" in todos[0].contents

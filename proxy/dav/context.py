@@ -1,5 +1,6 @@
 """What one DAV request carries into the worker thread that answers it: the database, the
-signed-in viewer, the vCard version asked for, and whether a PUT's card was stored as sent."""
+signed-in viewer, the vCard version asked for, whether a PUT's card was stored as sent, and
+where a truncated sync-collection stopped."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ class Request:
     viewer: Viewer
     version: str = "3.0"
     put_identical: list[bool] = field(default_factory=list)
+    truncated: str | None = None  # a sync-collection answered in part: the token it reached
 
 
 CURRENT: contextvars.ContextVar[Request] = contextvars.ContextVar("dav_request")

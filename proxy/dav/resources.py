@@ -146,8 +146,8 @@ class Tracked(webdav.Collection):
         for kind, eid in touched:
             name = self.name_of(kind, eid)
             yield name, None, found.get(name)
-        if more:
-            raise Truncated(f"urn:mailcrm:sync:{self._scope()}:{upto}")
+        if more:  # the reporter (proxy.dav.app) answers 507 and this partial token
+            req.truncated = f"urn:mailcrm:sync:{self._scope()}:{upto}"
 
     def name_of(self, kind: str, eid: int) -> str:
         raise NotImplementedError
@@ -169,14 +169,6 @@ class Tracked(webdav.Collection):
 
     def subcollections(self) -> list[tuple[str, webdav.Resource]]:
         return []
-
-
-class Truncated(Exception):
-    """More changes are left than one sync answer carries: the token of the part answered."""
-
-    def __init__(self, token: str) -> None:
-        super().__init__(token)
-        self.token = token
 
 
 class AddressBook(Tracked, carddav.Addressbook):
