@@ -29,12 +29,12 @@ LOCAL = ("--imap-host", "127.0.0.1", "--smtp-host", "127.0.0.1", "--smtp-tls", "
 
 
 async def status_page(url: str) -> tuple[str, str]:
-    """``/status.json`` and ``/`` of an HTTP listener on the database."""
+    """``/status.json`` and ``/status`` of an HTTP listener on the database."""
     db = Database(url)
     try:
         async for get in start_http(node_config(url), db):
             _, body = await get("/status.json")
-            _, page = await get("/")
+            _, page = await get("/status")
     finally:
         db.dispose()
     return body, page
