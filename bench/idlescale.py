@@ -3,7 +3,7 @@
 Run from the repository root, as root (the test Dovecot drops privileges)::
 
     .venv/bin/python bench/idlescale.py [--idle-mailboxes 1000] [--burst 100] [--idle-seconds 40]
-        [--tls ssl|none] [--deliver lmtp|maildir] [--db sqlite|URL]
+        [--tls ssl|none] [--deliver lmtp|maildir] [--db sqlite|URL] [--db-threads 1,4]
 
 Also run by ``bench/scale.py`` (its ``idle`` phase). A private Dovecot (``tests/servers.py``, its
 limits raised for N sessions) gets N users; a fresh CRM (a SQLite file, or a private schema of the
@@ -13,6 +13,10 @@ the CRM and Dovecot counts N IMAP sessions, it measures over ``--idle-seconds``:
 (VmHWM of its processes, start-up included) and its CPU (% of one core), Dovecot's CPU alongside;
 then one message each for ``--burst`` mailboxes, delivered at once, and the delay from each one's
 delivery to its activity in the CRM (p50/p95/max). The same node with 0 mailboxes is the baseline.
+With several ``--db-threads`` (the poller's ``[poller] db_threads``, e.g. ``1,4`` on PostgreSQL),
+the N mailboxes, the node and the burst are done once for each value, in the order given, each on a
+fresh CRM against the same Dovecot, so their figures are measured side by side in one run (the idle
+figures only for the first).
 Figures are printed next to the targets (< 600 MB, < 5 % of a core, p95 < 3 s), never asserted.
 """
 
@@ -65,6 +69,7 @@ class Options:
     db: str = "sqlite"
     ca: str = "system"
     baseline_seconds: float = 15.0
+    db_threads: tuple[int, ...] = (0,)
 
 
 @dataclass
@@ -216,11 +221,13 @@ def free_port() -> int:
 class Node:
     """``mailcrm serve`` (relay off) in a child process, on one CRM."""
 
-    def __init__(self, work: Path, url: str, key: str, ca_file: Path, name: str) -> None:
+    def __init__(self, work: Path, url: str, key: str, ca_file: Path, name: str,
+                 db_threads: int = 0) -> None:
         self.log = work / f"{name}.log"
         config = work / f"{name}.toml"
         config.write_text(
-            f'[poller]\nca_file = "{ca_file}"\n\n[relay]\nenabled = false\n\n'
+            f'[poller]\nca_file = "{ca_file}"\ndb_threads = {db_threads}\n\n'
+            "[relay]\nenabled = false\n\n"
             f"[http]\nport = {free_port()}\n"
         )
         env = {**os.environ, "MAILCRM_SECRET_KEY": key, "MAILCRM_NODE_NAME": name,
@@ -249,9 +256,10 @@ class Node:
 
 
 @contextlib.contextmanager
-def node(work: Path, url: str, key: str, ca_file: Path, name: str) -> Iterator[Node]:
+def node(work: Path, url: str, key: str, ca_file: Path, name: str,
+         db_threads: int = 0) -> Iterator[Node]:
     """A running node, always stopped afterwards."""
-    running = Node(work, url, key, ca_file, name)
+    running = Node(work, url, key, ca_file, name, db_threads)
     try:
         yield running
     finally:
@@ -402,17 +410,22 @@ def trust(work: Path, dovecot: Dovecot, ca: str) -> Path:
 
 
 def measure(dovecot: Dovecot, opts: Options, work: Path, key: str, url: str,
-            ca_file: Path) -> None:
-    """Seed, start the node, wait for IDLE, measure idle, then the burst."""
+            ca_file: Path, threads: int = 0, idle: bool = True) -> None:
+    """Seed, start the node (``threads`` its db_threads), wait for IDLE, measure idle (when
+    ``idle``), then the burst."""
     names = [f"box{i:04d}" for i in range(opts.mailboxes)]
     addresses = dovecot.add_users(dict.fromkeys(names, PASSWORD))
     port = dovecot.imaps_port if opts.tls == "ssl" else dovecot.imap_port
     seed(url, key, addresses, port, opts.tls)
-    with node(work, url, key, ca_file, "node") as running:
+    with node(work, url, key, ca_file, f"node{threads}", threads) as running:
         took = wait_idle(running, dovecot, url, opts.mailboxes)
         print(f"all {opts.mailboxes} mailboxes green, {opts.mailboxes} IMAP sessions at Dovecot "
               f"after {took:.1f} s")
         time.sleep(5.0)
+        if not idle:
+            burst(dovecot, opts, url, addresses)
+            running.check()
+            return
         fds = len(list(Path(f"/proc/{running.proc.pid}/fd").iterdir()))
         master = dovecot_pid(dovecot)
         with ThreadPoolExecutor(1) as pool:
@@ -443,8 +456,11 @@ def run(opts: Options) -> None:
         work = Path(tmp)
         ca_file = trust(work, dovecot, opts.ca)
         baseline(work, opts, key, ca_file)
-        with crm_url(opts.db, work, "crm") as url:
-            measure(dovecot, opts, work, key, url, ca_file)
+        for n, threads in enumerate(opts.db_threads):
+            if len(opts.db_threads) > 1 or threads:
+                print(f"--- db_threads = {threads} (0: the default, 1 on SQLite, 4 on PostgreSQL)")
+            with crm_url(opts.db, work, f"crm{threads}") as url:
+                measure(dovecot, opts, work, key, url, ca_file, threads, idle=n == 0)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -458,12 +474,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the node's ca_file: the system trust store plus Dovecot's "
                              "certificate (as many public CAs as a public server needs), or "
                              "Dovecot's certificate alone (a private CA)")
+    parser.add_argument("--db-threads", default="0",
+                        help="the poller's db_threads, or several comma-separated (e.g. 1,4): one "
+                             "node and burst for each, side by side in this run")
 
 
 def options(args: argparse.Namespace, db: str) -> Options:
     """Options from parsed arguments."""
+    threads = tuple(int(part) for part in str(args.db_threads).split(",") if part.strip())
     return Options(args.idle_mailboxes, args.burst, args.idle_seconds, args.tls, args.deliver, db,
-                   args.ca)
+                   args.ca, db_threads=threads or (0,))
 
 
 def main() -> None:
