@@ -77,6 +77,8 @@ class Incoming:
     envelope_to: tuple[str, ...] = ()
     location: Location | None = None
     history: bool = False  # found in the mailbox at linking: the import window applies (C12)
+    #: The message parsed ahead by :meth:`Capturer.prepare` (None: parsed when captured).
+    parsed: ParsedMessage | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass
@@ -155,6 +157,22 @@ class Capturer:
             history,
         )  # fmt: skip
         return self._attempts(item, self._own_transaction)
+
+    def prepare(self, items: Sequence[Incoming]) -> list[Incoming]:
+        """``items`` parsed ahead, on any thread (no database): :meth:`capture_many` then runs
+        only its queries, so its transaction holds the database for less time, while the caller
+        parses the next batch meanwhile. A message that does not parse is left to the capture,
+        which skips it as before."""
+        return [self._parsed(item) for item in items]
+
+    @staticmethod
+    def _parsed(item: Incoming) -> Incoming:
+        if item.parsed is not None:
+            return item
+        try:
+            return replace(item, parsed=parse_message(item.raw, item.envelope_from))
+        except Exception:  # the capture parses it again and says why it skips it
+            return item
 
     def capture_many(self, items: Sequence[Incoming]) -> list[CaptureResult]:
         """Capture ``items`` in order in one transaction, as if each had one of its own.
@@ -237,7 +255,11 @@ class Capturer:
     def _attempts(self, item: Incoming, run: _Run) -> CaptureResult:
         """Parse, then ``run`` the capture; a race is tried once more, a refused value skipped."""
         try:
-            msg = parse_message(item.raw, item.envelope_from)
+            msg = (
+                item.parsed
+                if item.parsed is not None
+                else parse_message(item.raw, item.envelope_from)
+            )
         except MessageParseError as exc:
             log.info("capture skipped %s: %s", item.source or "message", exc)
             return CaptureResult(item.source, "skipped", str(exc))

@@ -2,7 +2,9 @@
 
 Memory stays flat whatever the folder size: a SEARCH covers at most ``search_span`` UIDs, a FETCH
 at most ``chunk_size`` messages and ``fetch_bytes`` bytes (sizes are asked first), and at most
-two chunks are in memory (one being captured on the database thread while the next is fetched).
+two chunks are in memory: a pipeline, one being captured on the database thread while the next is
+fetched (event loop) and then parsed on the parse thread (:attr:`PollerContext.parse`), so the
+capture's transaction holds the database only for its queries.
 Messages are read with ``BODY.PEEK[]``, so capture never changes the user's read state.
 
 A fetched batch is captured in one transaction (:meth:`crm.capture.path.Capturer.capture_many`): one
@@ -77,9 +79,32 @@ def store_batch(
     another node) is rolled back and captured once more as a plain duplicate, so its location is
     recorded before the checkpoint moves past it.
     """
+    items = prepare_batch(capturer, plan, folder, uidvalidity, records)
+    return store_items(capturer, plan, folder, uidvalidity, items, checkpoint)
+
+
+def prepare_batch(
+    capturer: Capturer,
+    plan: MailboxPlan,
+    folder: FolderPlan,
+    uidvalidity: int,
+    records: Sequence[FetchRecord],
+) -> list[Incoming]:
+    """The fetched messages to capture, in UID order, parsed (parse thread: no database)."""
     wanted = sorted((r for r in records if r.uid is not None and r.body is not None),
                     key=lambda r: r.uid or 0)  # fmt: skip
-    items = [_incoming(plan, folder, uidvalidity, r) for r in wanted]
+    return capturer.prepare([_incoming(plan, folder, uidvalidity, r) for r in wanted])
+
+
+def store_items(
+    capturer: Capturer,
+    plan: MailboxPlan,
+    folder: FolderPlan,
+    uidvalidity: int,
+    items: Sequence[Incoming],
+    checkpoint: int,
+) -> ImportStats:
+    """:func:`store_batch` of messages already prepared (database thread)."""
     stats = ImportStats()
     for result in capturer.capture_many(items) if items else []:
         stats.captured += result.action == "captured"
@@ -187,18 +212,15 @@ class Importer:
         return [b for b in batches if b]
 
     async def _store(self, records: list[FetchRecord], checkpoint: int) -> None:
-        """Hand a fetched batch to the database thread; wait for the previous one first."""
+        """Parse a fetched batch on the parse thread (while the previous one is still being
+        captured), then hand it to the database thread once the previous one is done."""
+        capturer, plan, folder = self.ctx.capturer, self.plan, self.folder
+        items = await self.ctx.parsing(
+            prepare_batch, capturer, plan, folder, self.uidvalidity, records
+        )
         await self._drain()
         self._storing = asyncio.ensure_future(
-            self.ctx.run(
-                store_batch,
-                self.ctx.capturer,
-                self.plan,
-                self.folder,
-                self.uidvalidity,
-                records,
-                checkpoint,
-            )
+            self.ctx.run(store_items, capturer, plan, folder, self.uidvalidity, items, checkpoint)
         )
 
     async def _drain(self) -> None:
