@@ -16,6 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import DataError
 
 import crm.capture.path
+import crm.mail.message
 from crm.capture.path import Capturer, Incoming, Location
 from crm.capture.records import apply_decision
 from crm.face import admin
@@ -151,13 +152,13 @@ def test_a_batch_parsed_ahead_is_captured_as_one_parsed_in_the_transaction(
     prepared = capturer.prepare(items)
     assert [i.parsed is not None for i in prepared] == [True, True, False]
     parsed_in_transaction: list[bytes] = []
-    original = crm.capture.path.parse_message
+    original = crm.mail.message.parse_message
 
     def counting(raw: bytes, *args: Any) -> Any:
         parsed_in_transaction.append(raw)
         return original(raw, *args)
 
-    monkeypatch.setattr(crm.capture.path, "parse_message", counting)
+    monkeypatch.setattr("crm.capture.path.parse_message", counting)
     results = capturer.capture_many([*prepared, prepared[0]])  # the last one twice
     assert parsed_in_transaction == [broken.raw]  # only the one that did not parse ahead
     assert [r.action for r in results] == ["captured", "captured", "skipped", "duplicate"]
