@@ -156,6 +156,7 @@ class Importer:
         self.uidvalidity = uidvalidity
         self.stats = ImportStats()
         self._storing: asyncio.Future[ImportStats] | None = None
+        self._checkpoint = -1  # the last checkpoint handed to the database thread
 
     async def run(self, last_uid: int, uidnext: int, remapping: bool) -> ImportStats:
         """Import every message above ``last_uid`` (inside the window, C12)."""
@@ -192,7 +193,8 @@ class Importer:
                 await self._store(records, batch[-1])
             if not wanted:
                 await self._store([], chunk[-1])
-        await self._store([], high)
+        if high != self._checkpoint:  # not already moved there by the last batch
+            await self._store([], high)
 
     async def _batches(self, uids: Sequence[int]) -> list[list[int]]:
         """Split ``uids`` so that one FETCH carries at most ``fetch_bytes`` (one big one alone)."""
@@ -215,9 +217,12 @@ class Importer:
         """Parse a fetched batch on the parse thread (while the previous one is still being
         captured), then hand it to the database thread once the previous one is done."""
         capturer, plan, folder = self.ctx.capturer, self.plan, self.folder
-        items = await self.ctx.parsing(
-            prepare_batch, capturer, plan, folder, self.uidvalidity, records
-        )
+        items: list[Incoming] = []
+        if records:
+            items = await self.ctx.parsing(
+                prepare_batch, capturer, plan, folder, self.uidvalidity, records
+            )
+        self._checkpoint = checkpoint
         await self._drain()
         self._storing = asyncio.ensure_future(
             self.ctx.run(store_items, capturer, plan, folder, self.uidvalidity, items, checkpoint)
