@@ -30,6 +30,7 @@ import argparse
 import contextlib
 import email.utils
 import os
+import re
 import signal
 import smtplib
 import socket
@@ -242,7 +243,7 @@ class Node:
         if sample:  # the node's threads sampled between SIGUSR1 and SIGUSR2
             main = f"import sys; sys.path.insert(0, 'bench'); import sampler; " \
                    f"sampler.install({sample!r}); {main}"
-        command = [sys.executable, "-c", main, "--config", str(config), "--db", url, "serve"]
+        command = [sys.executable, "-c", main, "--config", str(config), "--db", url, "-v", "serve"]
         with self.log.open("ab") as sink:
             self.proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=sink, stderr=sink,
                                          stdin=subprocess.DEVNULL)
@@ -390,9 +391,30 @@ def _tree_ticks(root: int) -> int:
     return total
 
 
-def burst(dovecot: Dovecot, opts: Options, url: str, addresses: list[str], pid: int = 0) -> None:
+NOTICE = re.compile(rb"(\d+) ms after the server's notice")
+
+
+def ours(log: Path, offset: int) -> str:
+    """mailcrm's part of the passes logged after ``offset`` of the node's ``log`` (the server's
+    IDLE notice -> the pass ended, the poller's own figure)."""
+    with log.open("rb") as source:
+        source.seek(offset)
+        found = sorted(int(ms) / 1000 for ms in NOTICE.findall(source.read()))
+    if not found:
+        return "no IDLE pass logged"
+    p95 = found[min(len(found) - 1, round(0.95 * (len(found) - 1)))]
+    return (f"{len(found)} passes logged, the server's notice -> pass ended (mailcrm's part): "
+            f"p50 {statistics.median(found):.2f} s, p95 {p95:.2f} s")
+
+
+def burst(dovecot: Dovecot, opts: Options, url: str, addresses: list[str], pid: int = 0,
+          log: Path | None = None) -> None:
     """One message to each of ``opts.burst`` mailboxes at once; delivery-to-activity delays, and
-    the CPU of the node ``pid`` meanwhile (sampled when it runs :mod:`sampler`)."""
+    the CPU of the node ``pid`` and of Dovecot meanwhile (the node sampled when it runs
+    :mod:`sampler`), and mailcrm's part from the node's ``log``."""
+    offset = log.stat().st_size if log else 0
+    theirs = dovecot_pid(dovecot)
+    their_ticks = _tree_ticks(theirs)
     step = max(1, len(addresses) // opts.burst)
     chosen = addresses[::step][: opts.burst]
     mails = [mail(address, i) for i, address in enumerate(chosen)]
@@ -407,6 +429,7 @@ def burst(dovecot: Dovecot, opts: Options, url: str, addresses: list[str], pid: 
         seen = watching.result()
     wall = time.monotonic() - started
     cpu = 100 * (_tree_ticks(pid) - ticks) / TICK / wall if pid else 0.0
+    dove = 100 * (_tree_ticks(theirs) - their_ticks) / TICK / wall
     if opts.sample and pid:
         os.kill(pid, signal.SIGUSR2)
     spread = max(done) - started
@@ -419,7 +442,10 @@ def burst(dovecot: Dovecot, opts: Options, url: str, addresses: list[str], pid: 
         print(f"delivery -> activity: p50 {statistics.median(ordered):.2f} s, p95 {p95:.2f} s, "
               f"max {ordered[-1]:.2f} s (target p95 < 3 s); last activity "
               f"{max(seen.values()) - started:.2f} s after the burst began; node CPU meanwhile "
-              f"{cpu:.0f} % of a core")
+              f"{cpu:.0f} % of a core, Dovecot's {dove:.0f} %")
+    if log is not None:
+        time.sleep(1.0)  # the passes' last log lines
+        print(f"  {ours(log, offset)}")
 
 
 # ------------------------------------------------------------------------------- the run
@@ -450,7 +476,7 @@ def measure(dovecot: Dovecot, opts: Options, work: Path, key: str, url: str,
               f"after {took:.1f} s")
         time.sleep(5.0)
         if not idle:
-            burst(dovecot, opts, url, addresses, running.proc.pid)
+            burst(dovecot, opts, url, addresses, running.proc.pid, running.log)
             running.check()
             return
         fds = len(list(Path(f"/proc/{running.proc.pid}/fd").iterdir()))
@@ -464,7 +490,7 @@ def measure(dovecot: Dovecot, opts: Options, work: Path, key: str, url: str,
         dove = theirs.result()
         print(f"idle {opts.seconds:.0f} s, Dovecot (baseline): CPU {dove.cpu:.2f} % of a core, "
               f"{dove.processes} processes")
-        burst(dovecot, opts, url, addresses, running.proc.pid)
+        burst(dovecot, opts, url, addresses, running.proc.pid, running.log)
         running.check()
         print(f"the second after the burst, node: {show(usage(running.proc.pid, 1.0))}")
 
