@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from cryptography.fernet import Fernet
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.exc import DataError
 
 import crm.capture.path
@@ -164,3 +164,22 @@ def test_a_batch_parsed_ahead_is_captured_as_one_parsed_in_the_transaction(
     assert [r.action for r in results] == ["captured", "captured", "skipped", "duplicate"]
     assert results[2].reason == capturer.capture(broken.raw, SALES, IN).reason
     assert _locations(db) == {1: results[0].activities[0], 2: results[1].activities[0]}
+
+
+def test_then_runs_in_the_last_transaction_of_the_batch(capturer: Capturer, db: Database) -> None:
+    """The poller's checkpoint moves in the commit of the captures it covers: ``then`` sees them
+    uncommitted in its transaction, and a failure in it rolls them back with it."""
+
+    def fail(conn: Any) -> None:
+        raise RuntimeError("the checkpoint could not move")
+
+    with pytest.raises(RuntimeError):
+        capturer.capture_many(_batch("one", "two"), then=fail)
+    assert _locations(db) == {}
+    seen: list[int | None] = []
+    count = select(func.count()).select_from(MessageLocation)
+    results = capturer.capture_many(
+        _batch(*(f"m{n}" for n in range(20))), then=lambda conn: seen.append(conn.scalar(count))
+    )
+    assert seen == [20]  # after every capture of the batch (SQLite: its last slice of 16)
+    assert len(_locations(db)) == 20 and [r.action for r in results] == ["captured"] * 20

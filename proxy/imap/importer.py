@@ -10,9 +10,9 @@ Messages are read with ``BODY.PEEK[]``, so capture never changes the user's read
 A fetched batch is captured in one transaction (:meth:`crm.capture.path.Capturer.capture_many`): one
 commit per batch, and a message the database refuses, or that raced with another writer, rolls
 back only itself (the batch is then done again with a SAVEPOINT per message). The checkpoint
-(last UID done) is written after the captures it covers are committed; a crash in between only
-repeats work that capture recognises (location and message key), so nothing is missed and
-nothing doubled. After a UIDVALIDITY change, messages are first matched to the old ones by
+(last UID done) moves in the commit of the captures it covers (on SQLite, whose batches are cut
+into several transactions, in the last one); a crash before only repeats work that capture
+recognises (location and message key), so nothing is missed and nothing doubled. After a UIDVALIDITY change, messages are first matched to the old ones by
 Message-ID (headers only) and re-mapped instead of imported again.
 """
 
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -106,11 +107,20 @@ def store_items(
 ) -> ImportStats:
     """:func:`store_batch` of messages already prepared (database thread)."""
     stats = ImportStats()
-    for result in capturer.capture_many(items) if items else []:
+    if not items:
+        sync.save_checkpoint(capturer.db, plan.id, folder.name, uidvalidity, last_uid=checkpoint)
+        return stats
+    advance = functools.partial(
+        sync.save_checkpoint_in,
+        mailbox_id=plan.id,
+        folder=folder.name,
+        uidvalidity=uidvalidity,
+        last_uid=checkpoint,
+    )
+    for result in capturer.capture_many(items, then=advance):  # one commit for both
         stats.captured += result.action == "captured"
         stats.duplicate += result.action == "duplicate"
         stats.skipped += result.action == "skipped"
-    sync.save_checkpoint(capturer.db, plan.id, folder.name, uidvalidity, last_uid=checkpoint)
     return stats
 
 
