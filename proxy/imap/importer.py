@@ -12,8 +12,9 @@ commit per batch, and a message the database refuses, or that raced with another
 back only itself (the batch is then done again with a SAVEPOINT per message). The checkpoint
 (last UID done) moves in the commit of the captures it covers (on SQLite, whose batches are cut
 into several transactions, in the last one); a crash before only repeats work that capture
-recognises (location and message key), so nothing is missed and nothing doubled. After a UIDVALIDITY change, messages are first matched to the old ones by
-Message-ID (headers only) and re-mapped instead of imported again.
+recognises (location and message key), so nothing is missed and nothing doubled. After a
+UIDVALIDITY change, messages are first matched to the old ones by Message-ID (headers only) and
+re-mapped instead of imported again.
 """
 
 from __future__ import annotations
