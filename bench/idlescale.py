@@ -3,7 +3,8 @@
 Run from the repository root, as root (the test Dovecot drops privileges)::
 
     .venv/bin/python bench/idlescale.py [--idle-mailboxes 1000] [--burst 100] [--idle-seconds 40]
-        [--tls ssl|none] [--deliver lmtp|maildir] [--db sqlite|URL]
+        [--tls ssl|none] [--deliver lmtp|maildir] [--db sqlite|URL] [--db-threads 1,4]
+        [--sample FILE]
 
 Also run by ``bench/scale.py`` (its ``idle`` phase). A private Dovecot (``tests/servers.py``, its
 limits raised for N sessions) gets N users; a fresh CRM (a SQLite file, or a private schema of the
@@ -13,6 +14,13 @@ the CRM and Dovecot counts N IMAP sessions, it measures over ``--idle-seconds``:
 (VmHWM of its processes, start-up included) and its CPU (% of one core), Dovecot's CPU alongside;
 then one message each for ``--burst`` mailboxes, delivered at once, and the delay from each one's
 delivery to its activity in the CRM (p50/p95/max). The same node with 0 mailboxes is the baseline.
+With several ``--db-threads`` (the poller's ``[poller] db_threads``, e.g. ``1,4`` on PostgreSQL),
+the N mailboxes, the node and the burst are done once for each value, in the order given, each on a
+fresh CRM against the same Dovecot, so their figures are measured side by side in one run (the idle
+figures only for the first). The burst's line gives the node's CPU over the burst (from the first
+delivery to the last activity; 100 % is one core, all the GIL lets one process use), and with
+``--sample FILE`` the node's threads are sampled over the burst (:mod:`sampler`) into
+``FILE.<db_threads>``.
 Figures are printed next to the targets (< 600 MB, < 5 % of a core, p95 < 3 s), never asserted.
 """
 
@@ -22,6 +30,8 @@ import argparse
 import contextlib
 import email.utils
 import os
+import re
+import signal
 import smtplib
 import socket
 import ssl
@@ -65,6 +75,8 @@ class Options:
     db: str = "sqlite"
     ca: str = "system"
     baseline_seconds: float = 15.0
+    db_threads: tuple[int, ...] = (0,)
+    sample: str = ""
 
 
 @dataclass
@@ -216,17 +228,22 @@ def free_port() -> int:
 class Node:
     """``mailcrm serve`` (relay off) in a child process, on one CRM."""
 
-    def __init__(self, work: Path, url: str, key: str, ca_file: Path, name: str) -> None:
+    def __init__(self, work: Path, url: str, key: str, ca_file: Path, name: str,
+                 db_threads: int = 0, sample: str = "") -> None:
         self.log = work / f"{name}.log"
         config = work / f"{name}.toml"
         config.write_text(
-            f'[poller]\nca_file = "{ca_file}"\n\n[relay]\nenabled = false\n\n'
+            f'[poller]\nca_file = "{ca_file}"\ndb_threads = {db_threads}\n\n'
+            "[relay]\nenabled = false\n\n"
             f"[http]\nport = {free_port()}\n"
         )
         env = {**os.environ, "MAILCRM_SECRET_KEY": key, "MAILCRM_NODE_NAME": name,
                "XDG_DATA_HOME": str(work / name)}
-        command = [sys.executable, "-c", "import cli; cli.main()", "--config", str(config),
-                   "--db", url, "serve"]
+        main = "import cli; cli.main()"
+        if sample:  # the node's threads sampled between SIGUSR1 and SIGUSR2
+            main = f"import sys; sys.path.insert(0, 'bench'); import sampler; " \
+                   f"sampler.install({sample!r}); {main}"
+        command = [sys.executable, "-c", main, "--config", str(config), "--db", url, "-v", "serve"]
         with self.log.open("ab") as sink:
             self.proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=sink, stderr=sink,
                                          stdin=subprocess.DEVNULL)
@@ -249,9 +266,10 @@ class Node:
 
 
 @contextlib.contextmanager
-def node(work: Path, url: str, key: str, ca_file: Path, name: str) -> Iterator[Node]:
+def node(work: Path, url: str, key: str, ca_file: Path, name: str,
+         db_threads: int = 0, sample: str = "") -> Iterator[Node]:
     """A running node, always stopped afterwards."""
-    running = Node(work, url, key, ca_file, name)
+    running = Node(work, url, key, ca_file, name, db_threads, sample)
     try:
         yield running
     finally:
@@ -365,17 +383,55 @@ def seen_at(url: str, mids: list[str], timeout: float = 120.0) -> dict[str, floa
     return found
 
 
-def burst(dovecot: Dovecot, opts: Options, url: str, addresses: list[str]) -> None:
-    """One message to each of ``opts.burst`` mailboxes at once; delivery-to-activity delays."""
+def _tree_ticks(root: int) -> int:
+    total = 0
+    for pid in tree(root):
+        with contextlib.suppress(OSError):
+            total += _ticks(pid)
+    return total
+
+
+NOTICE = re.compile(rb"(\d+) ms after the server's notice")
+
+
+def ours(log: Path, offset: int) -> str:
+    """mailcrm's part of the passes logged after ``offset`` of the node's ``log`` (the server's
+    IDLE notice -> the pass ended, the poller's own figure)."""
+    with log.open("rb") as source:
+        source.seek(offset)
+        found = sorted(int(ms) / 1000 for ms in NOTICE.findall(source.read()))
+    if not found:
+        return "no IDLE pass logged"
+    p95 = found[min(len(found) - 1, round(0.95 * (len(found) - 1)))]
+    return (f"{len(found)} passes logged, the server's notice -> pass ended (mailcrm's part): "
+            f"p50 {statistics.median(found):.2f} s, p95 {p95:.2f} s")
+
+
+def burst(dovecot: Dovecot, opts: Options, url: str, addresses: list[str], pid: int = 0,
+          log: Path | None = None) -> None:
+    """One message to each of ``opts.burst`` mailboxes at once; delivery-to-activity delays, and
+    the CPU of the node ``pid`` and of Dovecot meanwhile (the node sampled when it runs
+    :mod:`sampler`), and mailcrm's part from the node's ``log``."""
+    offset = log.stat().st_size if log else 0
+    theirs = dovecot_pid(dovecot)
+    their_ticks = _tree_ticks(theirs)
     step = max(1, len(addresses) // opts.burst)
     chosen = addresses[::step][: opts.burst]
     mails = [mail(address, i) for i, address in enumerate(chosen)]
+    if opts.sample and pid:
+        os.kill(pid, signal.SIGUSR1)
+    ticks = _tree_ticks(pid) if pid else 0
     started = time.monotonic()
     with ThreadPoolExecutor(max_workers=min(len(chosen), 25)) as pool:
         watching = pool.submit(seen_at, url, [mid for mid, _ in mails])
         done = list(pool.map(lambda pair: deliver(dovecot, opts.deliver, *pair),
                              [(a, raw) for a, (_, raw) in zip(chosen, mails, strict=True)]))
         seen = watching.result()
+    wall = time.monotonic() - started
+    cpu = 100 * (_tree_ticks(pid) - ticks) / TICK / wall if pid else 0.0
+    dove = 100 * (_tree_ticks(theirs) - their_ticks) / TICK / wall
+    if opts.sample and pid:
+        os.kill(pid, signal.SIGUSR2)
     spread = max(done) - started
     delays = [seen[mid] - at for (mid, _), at in zip(mails, done, strict=True) if mid in seen]
     print(f"burst: {len(chosen)} messages delivered ({opts.deliver}) within {spread:.2f} s; "
@@ -385,7 +441,11 @@ def burst(dovecot: Dovecot, opts: Options, url: str, addresses: list[str]) -> No
         p95 = ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
         print(f"delivery -> activity: p50 {statistics.median(ordered):.2f} s, p95 {p95:.2f} s, "
               f"max {ordered[-1]:.2f} s (target p95 < 3 s); last activity "
-              f"{max(seen.values()) - started:.2f} s after the burst began")
+              f"{max(seen.values()) - started:.2f} s after the burst began; node CPU meanwhile "
+              f"{cpu:.0f} % of a core, Dovecot's {dove:.0f} %")
+    if log is not None:
+        time.sleep(1.0)  # the passes' last log lines
+        print(f"  {ours(log, offset)}")
 
 
 # ------------------------------------------------------------------------------- the run
@@ -402,17 +462,23 @@ def trust(work: Path, dovecot: Dovecot, ca: str) -> Path:
 
 
 def measure(dovecot: Dovecot, opts: Options, work: Path, key: str, url: str,
-            ca_file: Path) -> None:
-    """Seed, start the node, wait for IDLE, measure idle, then the burst."""
+            ca_file: Path, threads: int = 0, idle: bool = True) -> None:
+    """Seed, start the node (``threads`` its db_threads), wait for IDLE, measure idle (when
+    ``idle``), then the burst."""
     names = [f"box{i:04d}" for i in range(opts.mailboxes)]
     addresses = dovecot.add_users(dict.fromkeys(names, PASSWORD))
     port = dovecot.imaps_port if opts.tls == "ssl" else dovecot.imap_port
     seed(url, key, addresses, port, opts.tls)
-    with node(work, url, key, ca_file, "node") as running:
+    sample = f"{opts.sample}.{threads}" if opts.sample else ""
+    with node(work, url, key, ca_file, f"node{threads}", threads, sample) as running:
         took = wait_idle(running, dovecot, url, opts.mailboxes)
         print(f"all {opts.mailboxes} mailboxes green, {opts.mailboxes} IMAP sessions at Dovecot "
               f"after {took:.1f} s")
         time.sleep(5.0)
+        if not idle:
+            burst(dovecot, opts, url, addresses, running.proc.pid, running.log)
+            running.check()
+            return
         fds = len(list(Path(f"/proc/{running.proc.pid}/fd").iterdir()))
         master = dovecot_pid(dovecot)
         with ThreadPoolExecutor(1) as pool:
@@ -424,7 +490,7 @@ def measure(dovecot: Dovecot, opts: Options, work: Path, key: str, url: str,
         dove = theirs.result()
         print(f"idle {opts.seconds:.0f} s, Dovecot (baseline): CPU {dove.cpu:.2f} % of a core, "
               f"{dove.processes} processes")
-        burst(dovecot, opts, url, addresses)
+        burst(dovecot, opts, url, addresses, running.proc.pid, running.log)
         running.check()
         print(f"the second after the burst, node: {show(usage(running.proc.pid, 1.0))}")
 
@@ -443,8 +509,11 @@ def run(opts: Options) -> None:
         work = Path(tmp)
         ca_file = trust(work, dovecot, opts.ca)
         baseline(work, opts, key, ca_file)
-        with crm_url(opts.db, work, "crm") as url:
-            measure(dovecot, opts, work, key, url, ca_file)
+        for n, threads in enumerate(opts.db_threads):
+            if len(opts.db_threads) > 1 or threads:
+                print(f"--- db_threads = {threads} (0: the default, 1 on SQLite, 4 on PostgreSQL)")
+            with crm_url(opts.db, work, f"crm{threads}") as url:
+                measure(dovecot, opts, work, key, url, ca_file, threads, idle=n == 0)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -458,12 +527,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the node's ca_file: the system trust store plus Dovecot's "
                              "certificate (as many public CAs as a public server needs), or "
                              "Dovecot's certificate alone (a private CA)")
+    parser.add_argument("--db-threads", default="0",
+                        help="the poller's db_threads, or several comma-separated (e.g. 1,4): one "
+                             "node and burst for each, side by side in this run")
+    parser.add_argument("--sample", default="", metavar="FILE",
+                        help="sample the node's threads over the burst into FILE.<db_threads>")
 
 
 def options(args: argparse.Namespace, db: str) -> Options:
     """Options from parsed arguments."""
+    threads = tuple(int(part) for part in str(args.db_threads).split(",") if part.strip())
     return Options(args.idle_mailboxes, args.burst, args.idle_seconds, args.tls, args.deliver, db,
-                   args.ca)
+                   args.ca, db_threads=threads or (0,), sample=str(Path(args.sample).resolve())
+                   if args.sample else "")
 
 
 def main() -> None:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import pickle
@@ -143,7 +144,42 @@ def phase_poll(config_path: str, url: str) -> None:
 
     config = load_config(config_path, url)
     components = (("poller", "proxy.imap.poller:run_poller"),)
-    asyncio.run(serve(config, Database(config.database_url), components=components))
+    with profiled(os.environ.get("MAILCRM_BENCH_PROFILE")):
+        asyncio.run(serve(config, Database(config.database_url), components=components))
+
+
+@contextlib.contextmanager
+def profiled(path: str | None) -> Iterator[None]:
+    """cProfile every thread of this process (the event loop and the database threads) while
+    inside, when ``path`` is given; their stats summed into ``path`` (``--profile``)."""
+    if not path:
+        yield
+        return
+    import cProfile
+    import threading
+
+    profiles: list[cProfile.Profile] = []
+
+    def start(*_: object) -> None:  # a new thread's first call: it gets its own profiler
+        profile = cProfile.Profile()
+        profiles.append(profile)
+        profile.enable()
+
+    threading.setprofile(start)
+    start()
+    try:
+        yield
+    finally:
+        threading.setprofile(None)
+        for profile in profiles:
+            profile.disable()
+        import pstats
+
+        stats = pstats.Stats(profiles[0])
+        for profile in profiles[1:]:
+            with contextlib.suppress(TypeError):  # a thread that never ran a call
+                stats.add(profile)
+        stats.dump_stats(path)
 
 
 def _child(*args: str) -> Result:
@@ -318,8 +354,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--large", type=int, default=50_000, help="0 to skip")
     parser.add_argument("--idle", type=int, default=40, help="IDLE latency samples")
     parser.add_argument("--no-capture", action="store_true", help="skip phase (c)")
+    parser.add_argument("--profile", metavar="FILE",
+                        help="cProfile the poller's process in (d), all its threads, into FILE")
     parser.add_argument("--phase", nargs="*", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.profile:
+        os.environ["MAILCRM_BENCH_PROFILE"] = str(Path(args.profile).resolve())
     if args.phase:
         _phase(args.phase)
         return

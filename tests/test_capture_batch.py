@@ -12,10 +12,11 @@ from typing import Any
 
 import pytest
 from cryptography.fernet import Fernet
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.exc import DataError
 
 import crm.capture.path
+import crm.mail.message
 from crm.capture.path import Capturer, Incoming, Location
 from crm.capture.records import apply_decision
 from crm.face import admin
@@ -138,3 +139,47 @@ def test_any_other_error_rolls_the_whole_batch_back(
     assert [r.action for r in capturer.capture_many(_batch("one", "two"))] == ["captured"] * 2
     with db.session() as s:
         assert len(s.scalars(select(Activity.id)).all()) == 2
+
+
+def test_a_batch_parsed_ahead_is_captured_as_one_parsed_in_the_transaction(
+    capturer: Capturer, db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The poller parses a batch on its parse thread (``prepare``) before the transaction: the
+    transaction then parses nothing, and what it does is the same, also for a message that does
+    not parse (skipped with its reason) and a duplicate."""
+    broken = Incoming(b"\xff" * 10, SALES, IN, source="broken", location=Location("INBOX", 9, 9))
+    items = [*_batch("one", "two"), broken]
+    prepared = capturer.prepare(items)
+    assert [i.parsed is not None for i in prepared] == [True, True, False]
+    parsed_in_transaction: list[bytes] = []
+    original = crm.mail.message.parse_message
+
+    def counting(raw: bytes, *args: Any) -> Any:
+        parsed_in_transaction.append(raw)
+        return original(raw, *args)
+
+    monkeypatch.setattr("crm.capture.path.parse_message", counting)
+    results = capturer.capture_many([*prepared, prepared[0]])  # the last one twice
+    assert parsed_in_transaction == [broken.raw]  # only the one that did not parse ahead
+    assert [r.action for r in results] == ["captured", "captured", "skipped", "duplicate"]
+    assert results[2].reason == capturer.capture(broken.raw, SALES, IN).reason
+    assert _locations(db) == {1: results[0].activities[0], 2: results[1].activities[0]}
+
+
+def test_then_runs_in_the_last_transaction_of_the_batch(capturer: Capturer, db: Database) -> None:
+    """The poller's checkpoint moves in the commit of the captures it covers: ``then`` sees them
+    uncommitted in its transaction, and a failure in it rolls them back with it."""
+
+    def fail(conn: Any) -> None:
+        raise RuntimeError("the checkpoint could not move")
+
+    with pytest.raises(RuntimeError):
+        capturer.capture_many(_batch("one", "two"), then=fail)
+    assert _locations(db) == {}
+    seen: list[int | None] = []
+    count = select(func.count()).select_from(MessageLocation)
+    results = capturer.capture_many(
+        _batch(*(f"m{n}" for n in range(20))), then=lambda conn: seen.append(conn.scalar(count))
+    )
+    assert seen == [20]  # after every capture of the batch (SQLite: its last slice of 16)
+    assert len(_locations(db)) == 20 and [r.action for r in results] == ["captured"] * 20

@@ -77,6 +77,8 @@ class Incoming:
     envelope_to: tuple[str, ...] = ()
     location: Location | None = None
     history: bool = False  # found in the mailbox at linking: the import window applies (C12)
+    #: The message parsed ahead by :meth:`Capturer.prepare` (None: parsed when captured).
+    parsed: ParsedMessage | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass
@@ -156,7 +158,25 @@ class Capturer:
         )  # fmt: skip
         return self._attempts(item, self._own_transaction)
 
-    def capture_many(self, items: Sequence[Incoming]) -> list[CaptureResult]:
+    def prepare(self, items: Sequence[Incoming]) -> list[Incoming]:
+        """``items`` parsed ahead, on any thread (no database): :meth:`capture_many` then runs
+        only its queries, so its transaction holds the database for less time, while the caller
+        parses the next batch meanwhile. A message that does not parse is left to the capture,
+        which skips it as before."""
+        return [self._parsed(item) for item in items]
+
+    @staticmethod
+    def _parsed(item: Incoming) -> Incoming:
+        if item.parsed is not None:
+            return item
+        try:
+            return replace(item, parsed=parse_message(item.raw, item.envelope_from))
+        except Exception:  # the capture parses it again and says why it skips it
+            return item
+
+    def capture_many(
+        self, items: Sequence[Incoming], then: Callable[[Connection], None] | None = None
+    ) -> list[CaptureResult]:
         """Capture ``items`` in order in one transaction, as if each had one of its own.
 
         The batch is first run straight through. Should a message race or be refused, the batch
@@ -166,18 +186,22 @@ class Capturer:
         results are counted in the metrics once the batch is committed. On SQLite, whose one
         write lock a transaction holds from its start, the batch is cut into transactions of
         :data:`SQLITE_BATCH` messages so other writers (the spool worker, lease renewals, the
-        CLI) wait milliseconds, not seconds.
+        CLI) wait milliseconds, not seconds. ``then`` runs in the last transaction, after its
+        captures (the poller's checkpoint: it moves in the same commit as they do).
         """
         size = SQLITE_BATCH if self.db.engine.dialect.name == "sqlite" else len(items) or 1
         results: list[CaptureResult] = []
         for start in range(0, len(items), size):
-            results += self._slice(items[start : start + size])
+            last = start + size >= len(items)
+            results += self._slice(items[start : start + size], then if last else None)
         return results
 
-    def _slice(self, items: Sequence[Incoming]) -> list[CaptureResult]:
+    def _slice(
+        self, items: Sequence[Incoming], then: Callable[[Connection], None] | None = None
+    ) -> list[CaptureResult]:
         for attempt in range(1, DEADLOCK_TRIES + 1):
             try:
-                results = self._slice_once(items)
+                results = self._slice_once(items, then)
                 break
             except OperationalError as exc:  # another writer's locks crossed ours: again
                 if not _crossed(exc) or attempt == DEADLOCK_TRIES:
@@ -187,12 +211,14 @@ class Capturer:
             _count(result)
         return results
 
-    def _slice_once(self, items: Sequence[Incoming]) -> list[CaptureResult]:
+    def _slice_once(
+        self, items: Sequence[Incoming], then: Callable[[Connection], None] | None
+    ) -> list[CaptureResult]:
         try:
-            return self._batch(items, saved=False)
+            return self._batch(items, saved=False, then=then)
         except _Redo as redo:
             log.info("capture of a batch of %d again, a savepoint each: %s", len(items), redo)
-            return self._batch(items, saved=True)
+            return self._batch(items, saved=True, then=then)
 
     def _lock_mailboxes(self, conn: Connection, items: Sequence[Incoming]) -> _Views:
         """The batch's mailboxes read (row-locked on PostgreSQL) in one order, their addresses':
@@ -205,7 +231,12 @@ class Capturer:
                 continue  # its message says so in its turn
         return views
 
-    def _batch(self, items: Sequence[Incoming], saved: bool) -> list[CaptureResult]:
+    def _batch(
+        self,
+        items: Sequence[Incoming],
+        saved: bool,
+        then: Callable[[Connection], None] | None = None,
+    ) -> list[CaptureResult]:
         """One transaction; on SQLite the write lock is taken first (``BEGIN IMMEDIATE``: no
         other writer slips in between the batch's reads and writes)."""
         with self.db.engine.begin() as conn:
@@ -228,7 +259,10 @@ class Capturer:
                 with conn.begin_nested():
                     return self._capture_parsed(conn, msg, item)
 
-            return [self._attempts(item, savepoint if saved else straight) for item in items]
+            results = [self._attempts(item, savepoint if saved else straight) for item in items]
+            if then is not None:
+                then(conn)
+            return results
 
     def _own_transaction(self, msg: ParsedMessage, item: Incoming) -> CaptureResult:
         with self.db.engine.begin() as conn:
@@ -237,7 +271,11 @@ class Capturer:
     def _attempts(self, item: Incoming, run: _Run) -> CaptureResult:
         """Parse, then ``run`` the capture; a race is tried once more, a refused value skipped."""
         try:
-            msg = parse_message(item.raw, item.envelope_from)
+            msg = (
+                item.parsed
+                if item.parsed is not None
+                else parse_message(item.raw, item.envelope_from)
+            )
         except MessageParseError as exc:
             log.info("capture skipped %s: %s", item.source or "message", exc)
             return CaptureResult(item.source, "skipped", str(exc))

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import ColumnElement, and_, delete, select, update
+from sqlalchemy import ColumnElement, Connection, and_, delete, select, update
 from sqlalchemy.orm import Session
 
 from crm.store.db import Database
@@ -73,18 +73,40 @@ def save_checkpoint(
     A new UIDVALIDITY starts over at 0; ``last_uid`` never moves back within one UIDVALIDITY.
     """
     with db.session() as s:
-        state = s.get(FolderState, (mailbox_id, folder))
-        if state is None:
-            state = FolderState(mailbox_id=mailbox_id, folder=folder, uidvalidity=uidvalidity)
-            state.last_uid = state.highest_modseq = 0
-            s.add(state)
-        elif state.uidvalidity != uidvalidity:
-            state.uidvalidity, state.last_uid, state.highest_modseq = uidvalidity, 0, 0
-        if last_uid is not None:
-            state.last_uid = max(state.last_uid or 0, last_uid)
-        if highest_modseq is not None:
-            state.highest_modseq = highest_modseq
-        state.updated_at = utcnow()
+        _advance(s, mailbox_id, folder, uidvalidity, last_uid, highest_modseq)
+
+
+def save_checkpoint_in(
+    conn: Connection, mailbox_id: int, folder: str, uidvalidity: int, last_uid: int
+) -> None:
+    """:func:`save_checkpoint` in the caller's transaction on ``conn`` (the capture's batch: the
+    checkpoint then moves in the commit of the captures it covers, one commit for both)."""
+    with Session(bind=conn) as s:
+        _advance(s, mailbox_id, folder, uidvalidity, last_uid, None)
+        s.flush()
+
+
+def _advance(
+    s: Session,
+    mailbox_id: int,
+    folder: str,
+    uidvalidity: int,
+    last_uid: int | None,
+    highest_modseq: int | None,
+) -> None:
+    """The checkpoint moved in ``s`` (not committed)."""
+    state = s.get(FolderState, (mailbox_id, folder))
+    if state is None:
+        state = FolderState(mailbox_id=mailbox_id, folder=folder, uidvalidity=uidvalidity)
+        state.last_uid = state.highest_modseq = 0
+        s.add(state)
+    elif state.uidvalidity != uidvalidity:
+        state.uidvalidity, state.last_uid, state.highest_modseq = uidvalidity, 0, 0
+    if last_uid is not None:
+        state.last_uid = max(state.last_uid or 0, last_uid)
+    if highest_modseq is not None:
+        state.highest_modseq = highest_modseq
+    state.updated_at = utcnow()
 
 
 def here(mailbox_id: int, folder: str, uidvalidity: int) -> list[ColumnElement[bool]]:

@@ -4,6 +4,8 @@ Database work (capture, checkpoints, flag sync) is blocking SQLAlchemy code; it 
 threads (:class:`DbThread`) so the event loop keeps serving every other mailbox's sockets, IDLE and
 timers meanwhile: one on SQLite, whose single writer gains nothing from more; several on
 PostgreSQL, each mailbox on one of them, so a burst across many mailboxes is captured in parallel.
+Fetched messages are parsed beforehand on a thread of their own (:attr:`PollerContext.parse`), so a
+database thread runs only queries, and parses the next batch while the previous one is captured.
 """
 
 from __future__ import annotations
@@ -31,9 +33,11 @@ class DbThread:
     its checkpoint moves) while other mailboxes capture on the other threads at the same time.
     """
 
-    def __init__(self, threads: int = 1, pools: list[ThreadPoolExecutor] | None = None) -> None:
+    def __init__(
+        self, threads: int = 1, pools: list[ThreadPoolExecutor] | None = None, name: str = "db"
+    ) -> None:
         self._pools = pools or [
-            ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"mailcrm-poller-db{n}")
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"mailcrm-poller-{name}{n}")
             for n in range(max(1, threads))
         ]
 
@@ -74,6 +78,12 @@ class PollerContext:
     #: messages, ``("done", n)`` when ``n`` more were stored (captured, duplicate or skipped).
     #: ``mailcrm mailbox import`` draws its progress bar from it.
     progress: Callable[[str, int], None] | None = field(default=None, compare=False)
+    #: Where fetched messages are parsed before capture (no database); None: on :attr:`run`.
+    parse: DbThread | None = field(default=None, compare=False)
+
+    async def parsing(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """``fn`` on the parse thread (on the database thread without one)."""
+        return await (self.parse or self.run)(fn, *args, **kwargs)
 
     def report(self, event: str, count: int) -> None:
         """Tell :attr:`progress`, if anyone listens."""

@@ -155,7 +155,10 @@ class ForegroundImport:
         self.view = view
         self.db_thread = _CountingDb()
         capturer = Capturer(db, config.capture)
-        self.ctx = PollerContext(config.poller, db, self.db_thread, capturer, view.event)
+        self.parse = DbThread(name="parse")
+        self.ctx = PollerContext(
+            config.poller, db, self.db_thread, capturer, view.event, parse=self.parse
+        )
         node = import_node(config.cluster.node_name, os.getpid())
         lease_s = config.cluster.lease_seconds
         self.hold = LeaseHold(db, node, lease_s, plan.id, plan.address, self.db_thread)
@@ -180,6 +183,7 @@ class ForegroundImport:
         finally:
             signals.remove()
             await self.db_thread.close()
+            await self.parse.close()
             self.view.close()
         stats = self.db_thread.stats
         return ImportSummary.of(self.plan, self.folders, stats, signals.caught, failure)

@@ -2,22 +2,26 @@
 
 Memory stays flat whatever the folder size: a SEARCH covers at most ``search_span`` UIDs, a FETCH
 at most ``chunk_size`` messages and ``fetch_bytes`` bytes (sizes are asked first), and at most
-two chunks are in memory (one being captured on the database thread while the next is fetched).
+two chunks are in memory: a pipeline, one being captured on the database thread while the next is
+fetched (event loop) and then parsed on the parse thread (:attr:`PollerContext.parse`), so the
+capture's transaction holds the database only for its queries.
 Messages are read with ``BODY.PEEK[]``, so capture never changes the user's read state.
 
 A fetched batch is captured in one transaction (:meth:`crm.capture.path.Capturer.capture_many`): one
 commit per batch, and a message the database refuses, or that raced with another writer, rolls
 back only itself (the batch is then done again with a SAVEPOINT per message). The checkpoint
-(last UID done) is written after the captures it covers are committed; a crash in between only
-repeats work that capture recognises (location and message key), so nothing is missed and
-nothing doubled. After a UIDVALIDITY change, messages are first matched to the old ones by
-Message-ID (headers only) and re-mapped instead of imported again.
+(last UID done) moves in the commit of the captures it covers (on SQLite, whose batches are cut
+into several transactions, in the last one); a crash before only repeats work that capture
+recognises (location and message key), so nothing is missed and nothing doubled. After a
+UIDVALIDITY change, messages are first matched to the old ones by Message-ID (headers only) and
+re-mapped instead of imported again.
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -77,15 +81,47 @@ def store_batch(
     another node) is rolled back and captured once more as a plain duplicate, so its location is
     recorded before the checkpoint moves past it.
     """
+    items = prepare_batch(capturer, plan, folder, uidvalidity, records)
+    return store_items(capturer, plan, folder, uidvalidity, items, checkpoint)
+
+
+def prepare_batch(
+    capturer: Capturer,
+    plan: MailboxPlan,
+    folder: FolderPlan,
+    uidvalidity: int,
+    records: Sequence[FetchRecord],
+) -> list[Incoming]:
+    """The fetched messages to capture, in UID order, parsed (parse thread: no database)."""
     wanted = sorted((r for r in records if r.uid is not None and r.body is not None),
                     key=lambda r: r.uid or 0)  # fmt: skip
-    items = [_incoming(plan, folder, uidvalidity, r) for r in wanted]
+    return capturer.prepare([_incoming(plan, folder, uidvalidity, r) for r in wanted])
+
+
+def store_items(
+    capturer: Capturer,
+    plan: MailboxPlan,
+    folder: FolderPlan,
+    uidvalidity: int,
+    items: Sequence[Incoming],
+    checkpoint: int,
+) -> ImportStats:
+    """:func:`store_batch` of messages already prepared (database thread)."""
     stats = ImportStats()
-    for result in capturer.capture_many(items) if items else []:
+    if not items:
+        sync.save_checkpoint(capturer.db, plan.id, folder.name, uidvalidity, last_uid=checkpoint)
+        return stats
+    advance = functools.partial(
+        sync.save_checkpoint_in,
+        mailbox_id=plan.id,
+        folder=folder.name,
+        uidvalidity=uidvalidity,
+        last_uid=checkpoint,
+    )
+    for result in capturer.capture_many(items, then=advance):  # one commit for both
         stats.captured += result.action == "captured"
         stats.duplicate += result.action == "duplicate"
         stats.skipped += result.action == "skipped"
-    sync.save_checkpoint(capturer.db, plan.id, folder.name, uidvalidity, last_uid=checkpoint)
     return stats
 
 
@@ -131,6 +167,7 @@ class Importer:
         self.uidvalidity = uidvalidity
         self.stats = ImportStats()
         self._storing: asyncio.Future[ImportStats] | None = None
+        self._checkpoint = -1  # the last checkpoint handed to the database thread
 
     async def run(self, last_uid: int, uidnext: int, remapping: bool) -> ImportStats:
         """Import every message above ``last_uid`` (inside the window, C12)."""
@@ -167,7 +204,8 @@ class Importer:
                 await self._store(records, batch[-1])
             if not wanted:
                 await self._store([], chunk[-1])
-        await self._store([], high)
+        if high != self._checkpoint:  # not already moved there by the last batch
+            await self._store([], high)
 
     async def _batches(self, uids: Sequence[int]) -> list[list[int]]:
         """Split ``uids`` so that one FETCH carries at most ``fetch_bytes`` (one big one alone)."""
@@ -187,18 +225,18 @@ class Importer:
         return [b for b in batches if b]
 
     async def _store(self, records: list[FetchRecord], checkpoint: int) -> None:
-        """Hand a fetched batch to the database thread; wait for the previous one first."""
+        """Parse a fetched batch on the parse thread (while the previous one is still being
+        captured), then hand it to the database thread once the previous one is done."""
+        capturer, plan, folder = self.ctx.capturer, self.plan, self.folder
+        items: list[Incoming] = []
+        if records:
+            items = await self.ctx.parsing(
+                prepare_batch, capturer, plan, folder, self.uidvalidity, records
+            )
+        self._checkpoint = checkpoint
         await self._drain()
         self._storing = asyncio.ensure_future(
-            self.ctx.run(
-                store_batch,
-                self.ctx.capturer,
-                self.plan,
-                self.folder,
-                self.uidvalidity,
-                records,
-                checkpoint,
-            )
+            self.ctx.run(store_items, capturer, plan, folder, self.uidvalidity, items, checkpoint)
         )
 
     async def _drain(self) -> None:

@@ -72,7 +72,10 @@ class Poller:
     def __init__(self, config: Config, db: Database) -> None:
         self.config = config
         threads = config.poller.db_threads or (1 if db.single_writer else 4)
-        self.ctx = PollerContext(config.poller, db, DbThread(threads), Capturer(db, config.capture))
+        capturer = Capturer(db, config.capture)
+        self.ctx = PollerContext(
+            config.poller, db, DbThread(threads), capturer, parse=DbThread(name="parse")
+        )
         self.keeper = LeaseKeeper(db, config.cluster.node_name, config.cluster.lease_seconds)
         self.lease_run = DbThread()  # the leases' own thread: never behind capture work
         self.workers: dict[int, tuple[MailboxWorker, asyncio.Task[None]]] = {}
@@ -104,6 +107,8 @@ class Poller:
                 await self.lease_run(self.keeper.release_all)
             await self.lease_run.close()
             await self.ctx.run.close()
+            if self.ctx.parse is not None:
+                await self.ctx.parse.close()
 
     def _safe(self) -> frozenset[int]:
         """The mailboxes still ours for at least a third of a lease period."""
