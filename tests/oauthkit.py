@@ -34,7 +34,7 @@ import pytest
 from tests.servers import Dovecot, _skip_unless_available
 
 CLIENT_ID = "mailcrm-test-client"
-CLIENT_SECRET = "test-client-secret"  # noqa: S105 - the test provider's own
+CLIENT_SECRET = "test-client-secret"
 
 
 @dataclass
@@ -141,8 +141,10 @@ class TestProvider:
             self._codes[code] = _Pending(
                 self.user, query["redirect_uri"], query["code_challenge"], query.get("scope", "")
             )
-        target = query["redirect_uri"] + "?" + urllib.parse.urlencode(
-            {"code": code, "state": query.get("state", "")}
+        target = (
+            query["redirect_uri"]
+            + "?"
+            + urllib.parse.urlencode({"code": code, "state": query.get("state", "")})
         )
         return 302, {"Location": target}, b""
 
