@@ -31,6 +31,7 @@ from crm.mailboxes.presets import PRESETS
 from crm.store.db import Database
 from crm.store.secrets import SecretBox, load_key
 from crm.vocab import INTERVALS, TLS_MODES, Direction
+from proxy.cli import oauth as oauth_cli
 
 
 def _flag_type(self: TyperOption, ctx: ClickContext) -> str | None:
@@ -120,6 +121,8 @@ for sub, name in (
     (company_app, "company"),
 ):
     app.add_typer(sub, name=name)
+app.add_typer(oauth_cli.app, name="oauth")  # issue 15: oauth provider ...
+oauth_cli.register(mailbox_app)  # issue 15: mailbox authorize, mailbox app-password
 
 out = Console(highlight=False, soft_wrap=True)
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON only.")]
@@ -321,6 +324,11 @@ Interval = Annotated[
 Queue = Annotated[
     str | None, Opt(metavar="EMAIL,EMAIL", help="Company: distribution queue of employees.")
 ]
+Auth = Annotated[
+    str | None,
+    Opt(metavar="password|oauth2", callback=_choice("password", "oauth2"), help="Sign-in."),
+]
+OAuthProvider = Annotated[str | None, Opt(metavar="NAME", help="For --auth oauth2.")]
 Address = Annotated[str, typer.Argument(metavar="ADDRESS", show_default=False)]
 Email = Annotated[str, typer.Argument(metavar="EMAIL", show_default=False)]
 
@@ -348,6 +356,8 @@ def mailbox_add(
     folders: Folders = None,
     interval: Interval = None,
     queue: Queue = None,
+    auth: Auth = None,
+    oauth_provider: OAuthProvider = None,
 ) -> None:
     """Add a personal (--owner) or company (--company) mailbox."""
     if bool(owner) == company:
@@ -358,7 +368,9 @@ def mailbox_add(
     with STATE.db.session() as s:
         box = admin.add_mailbox(s, STATE.secrets(), address, owner, _settings(**options))
         state = "linked" if box.linked else "not linked"
-        if box.linked and box.secret is None:
+        if box.auth == "oauth2" and not box.linked:
+            state += f"; sign in with `mailcrm mailbox authorize {box.address}`"
+        elif box.linked and box.secret is None and box.auth != "oauth2":
             state += f"; no password stored: not checked until `mailcrm mailbox set {box.address}"
             state += " --password-stdin`"
         out.print(f"mailbox {box.address} added ({box.kind}, {state})", markup=False)
@@ -383,6 +395,8 @@ def mailbox_set(
     folders: Folders = None,
     interval: Interval = None,
     queue: Queue = None,
+    auth: Auth = None,
+    oauth_provider: OAuthProvider = None,
 ) -> None:
     """Change settings of a mailbox."""
     options = dict(locals())

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 from crm.errors import AlreadyExists, InvalidInput, NotFound, PermissionDenied
 from crm.mail.addresses import normalize_address, parse_exclusion
 from crm.mailboxes.presets import PRESETS
+from crm.mailboxes.providers import set_auth
 from crm.mailboxes.schedule import touch
 from crm.store.models import (
     Activity,
@@ -110,6 +111,8 @@ class MailboxSettings:
     folders: list[str] | None = None
     interval: str | None = None
     queue: list[str] | None = None
+    auth: str | None = None  # password | oauth2 (issue 15)
+    oauth_provider: str | None = None
     allow_plaintext_smtp: bool = False  # ``relay.allow_plaintext_upstream`` of the config
 
 
@@ -154,6 +157,8 @@ def apply_settings(
 ) -> None:
     """M2-M4: connection, credentials and capture settings, validated."""
     _apply_connection(box, settings)
+    if settings.auth is not None or settings.oauth_provider is not None:
+        set_auth(box, settings.auth, settings.oauth_provider)
     if settings.login is not None:
         box.login = settings.login
     if settings.password is not None:
