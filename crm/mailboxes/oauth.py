@@ -126,7 +126,9 @@ def device_start(provider: Provider) -> dict[str, Any]:
     client = _session(provider)
     data = {"client_id": provider.client_id, "scope": " ".join(provider.scopes)}
     try:
-        response = client.post(provider.device_url, data=data, timeout=HTTP_TIMEOUT)
+        response = client.post(
+            provider.device_url, data=data, timeout=HTTP_TIMEOUT, withhold_token=True
+        )
         answer = response.json()
     except (RequestException, ValueError) as exc:
         raise OAuthError(f"the device endpoint failed: {type(exc).__name__}") from None
