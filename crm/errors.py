@@ -77,6 +77,6 @@ class OAuthError(UpstreamError):
     answered nonsense): try again later."""
 
 
-class ReauthorizeNeeded(OAuthError):
+class ReauthorizeNeeded(OAuthError, UpstreamAuthError):
     """The provider refused the refresh token (revoked, password changed, consent withdrawn):
     only the owner signing in again (``mailcrm mailbox authorize``) helps."""

@@ -22,7 +22,9 @@ import json
 import secrets
 import threading
 import time
+import urllib.error
 import urllib.parse
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -31,6 +33,7 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import Cli
 from tests.servers import Dovecot, _skip_unless_available
 
 CLIENT_ID = "mailcrm-test-client"
@@ -78,6 +81,7 @@ class TestProvider:
         self.lifetime = lifetime
         self.user: str | None = None  # who /authorize signs in
         self.fault: str | None = None
+        self.slow_s = 30.0
         self.log = ProviderLog()
         self._lock = threading.Lock()
         self._codes: dict[str, _Pending] = {}
@@ -278,7 +282,7 @@ def _handler(provider: TestProvider) -> type[BaseHTTPRequestHandler]:
                 self._json(200, {"token_type": "Bearer"})
                 return
             if fault == "slow":
-                time.sleep(30)
+                time.sleep(provider.slow_s)
             self._json(*provider.token(form, self._basic()))
 
         def _basic(self) -> tuple[str, str] | None:
@@ -348,6 +352,47 @@ class OAuthDovecot(Dovecot):
         self.users[addr] = ""
         self._ensure_maildir(addr, "INBOX")
         return addr
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: Any) -> None:
+        return None
+
+
+def redirect_of(url: str) -> str:
+    """Where the provider sends the browser after sign-in (its 302), without going there."""
+    try:
+        urllib.request.build_opener(_NoRedirect).open(url, timeout=30)
+    except urllib.error.HTTPError as exc:
+        return str(exc.headers["Location"])
+    raise AssertionError("the provider did not redirect")
+
+
+def add_test_provider(cli: Cli, server: TestProvider, name: str = "testidp") -> None:
+    """``oauth provider add`` for the test provider (with its device endpoint)."""
+    cli.ok(
+        "oauth", "provider", "add", name, "--authorize-url", f"{server.url}/authorize",
+        "--token-url", f"{server.url}/token", "--device-url", f"{server.url}/device",
+        "--client-id", CLIENT_ID, "--client-secret-stdin", "--scope", "mail",
+        input=CLIENT_SECRET + "\n",
+    )  # fmt: skip
+
+
+def authorize(cli: Cli, server: TestProvider, address: str) -> None:
+    """The owner signs in (code flow with PKCE, as `mailbox authorize --paste` does)."""
+    from crm.face import Database
+    from crm.face import oauth as face
+    from crm.face.relay import SecretBox
+
+    db = Database(cli.env["MAILCRM_DATABASE_URL"])
+    secrets = SecretBox(cli.env["MAILCRM_SECRET_KEY"].encode())
+    try:
+        server.user = address
+        provider = face.mailbox_provider(db, secrets, address)
+        auth = face.begin(provider, "http://127.0.0.1:8400/")
+        face.finish(db, secrets, address, provider, auth, redirect_of(auth.url))
+    finally:
+        db.dispose()
 
 
 @pytest.fixture(scope="session")

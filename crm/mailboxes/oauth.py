@@ -67,7 +67,8 @@ class Tokens:
 
 
 def reauthorize_reason(address: str, why: str) -> str:
-    return f"re-authorize: mailcrm mailbox authorize {address} (the provider refused: {why})"
+    """The status of a mailbox whose grant is gone: what happened and the command that helps."""
+    return f"re-authorize: mailcrm mailbox authorize {address} ({why})"
 
 
 def _session(provider: Provider, **kwargs: Any) -> OAuth2Session:
@@ -274,16 +275,16 @@ def access_token(db: Database, secrets: SecretBox, address: str) -> tuple[str, d
         if row.refused is not None:
             raise ReauthorizeNeeded(row.refused)
         if row.refresh is None:
-            raise ReauthorizeNeeded("not authorized yet")
+            raise ReauthorizeNeeded(reauthorize_reason(box.address, "not authorized yet"))
         if not _fresh(row, utcnow()):
             provider = load_provider(session, secrets, box.oauth_provider)
             try:
                 tokens = refresh(provider, secrets.open(row.refresh))
             except ReauthorizeNeeded as exc:
-                row.refused = str(exc)
-                box.last_error = reauthorize_reason(box.address, str(exc))
+                reason = reauthorize_reason(box.address, f"the provider refused: {exc}")
+                row.refused = box.last_error = reason
                 log.warning("oauth: %s: refresh token refused: %s", box.address, exc)
-                refused = exc
+                refused = ReauthorizeNeeded(reason)
             else:
                 store(session, secrets, box, tokens)
                 row.refreshes += 1

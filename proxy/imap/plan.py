@@ -70,7 +70,8 @@ def _endpoint(
         return None, "no IMAP server configured (mailbox set --imap-host or a preset)"
     tls = box.imap_tls if box.imap_host else config.upstream_tls
     port = box.imap_port if box.imap_host else config.upstream_port
-    if password is None:
+    oauth = box.auth == "oauth2"  # the token comes at login (issue 15)
+    if password is None and not oauth:
         return None, "no password stored (mailbox set --password-stdin)"
     login = box.login or box.address
     endpoint = Endpoint(
@@ -78,20 +79,29 @@ def _endpoint(
         port or DEFAULT_PORTS.get(tls, 993),
         tls,
         login,
-        password,
+        "" if oauth else password or "",
         config.ca_file,
         config.insecure,
+        oauth,
     )
     return endpoint, None
 
 
 def _smtp(box: Mailbox, password: str | None, config: PollerConfig) -> Endpoint | None:
-    if not box.smtp_host or password is None:
+    oauth = box.auth == "oauth2"
+    if not box.smtp_host or (password is None and not oauth):
         return None
     port = box.smtp_port or SMTP_PORTS.get(box.smtp_tls, 587)
     login = box.login or box.address
     return Endpoint(
-        box.smtp_host, port, box.smtp_tls, login, password, config.ca_file, config.insecure
+        box.smtp_host,
+        port,
+        box.smtp_tls,
+        login,
+        password or "",
+        config.ca_file,
+        config.insecure,
+        oauth,
     )
 
 

@@ -37,7 +37,7 @@ from crm.face import Database, StoreError
 from crm.face.poller import Capturer, LeaseKeeper, SecretBox, load_key, sync
 from crm.vocab import utcnow
 
-from .context import DbThread, PollerContext
+from .context import DbThread, PollerContext, token_source
 from .plan import MailboxPlan, load_plans
 from .schedule import mode_for
 from .worker import MailboxWorker, wait_any
@@ -72,6 +72,7 @@ class Poller:
     def __init__(self, config: Config, db: Database) -> None:
         self.config = config
         self.ctx = PollerContext(config.poller, db, DbThread(), Capturer(db, config.capture))
+        self.ctx.tokens = token_source(db, config)
         self.keeper = LeaseKeeper(db, config.cluster.node_name, config.cluster.lease_seconds)
         self.lease_run = DbThread()  # the leases' own thread: never behind capture work
         self.workers: dict[int, tuple[MailboxWorker, asyncio.Task[None]]] = {}

@@ -49,8 +49,9 @@ async def open_session(
     assert plan.endpoint is not None
     client = ImapClient(plan.endpoint, ctx.config.timeout_s)
     try:
+        token = (await ctx.token(plan.address))[0] if plan.endpoint.oauth else None
         await client.connect()
-        await client.login()
+        await client.login(token)
         if ctx.config.use_qresync:
             await client.enable("QRESYNC")
         yield client, await discover(client, plan.folders)
@@ -146,6 +147,10 @@ class MailboxWorker:
         """One connection; returns how long to sleep before the next."""
         async with open_session(self.ctx, self.plan) as (client, found):
             self.folders = sorted(found.folders, key=lambda f: f.name.upper() == "INBOX")
+            if self.plan.endpoint is not None and self.plan.endpoint.oauth:
+                return await _with_token_kept(
+                    self.ctx, self.plan.address, self._watch(client, found.problem)
+                )
             return await self._watch(client, found.problem)
 
     async def _watch(self, client: ImapClient, problem: str | None) -> float:
@@ -188,3 +193,28 @@ class MailboxWorker:
                 await self._pass(client, [*[f for f in wanted if f != inbox], inbox])
             elif reason == "renew":
                 await client.noop()
+
+
+async def _with_token_kept(
+    ctx: PollerContext, address: str, session: Coroutine[Any, Any, float]
+) -> float:
+    """Run an OAuth2 mailbox's session while its access token is refreshed at 80 % of each
+    lifetime, connection or not: a long IDLE never outlives a revoked grant (servers check the
+    token only at login). A refused refresh ends the session with its reason."""
+    task = asyncio.ensure_future(session)
+    keeper = asyncio.ensure_future(_keep_token(ctx, address))
+    try:
+        await asyncio.wait([task, keeper], return_when="FIRST_COMPLETED")
+        if keeper.done() and not task.done():
+            task.cancel()
+            keeper.result()  # raises the refusal
+        return await task
+    finally:
+        keeper.cancel()
+        task.cancel()
+
+
+async def _keep_token(ctx: PollerContext, address: str) -> None:
+    while True:
+        _token, due = await ctx.token(address)
+        await asyncio.sleep(max((due - utcnow()).total_seconds(), 1.0))
