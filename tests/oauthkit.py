@@ -34,7 +34,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import Cli
-from tests.servers import Dovecot, _skip_unless_available
+from tests.servers import Dovecot, Postfix, _skip_unless_available
 
 CLIENT_ID = "mailcrm-test-client"
 CLIENT_SECRET = "test-client-secret"
@@ -351,6 +351,8 @@ class OAuthDovecot(Dovecot):
         path.chmod(0o644)
         self.users[addr] = ""
         self._ensure_maildir(addr, "INBOX")
+        for listener in list(self._user_listeners):  # Postfix's virtual mailbox list
+            listener([addr])
         return addr
 
 
@@ -408,4 +410,12 @@ def oauth_dovecot(provider: TestProvider) -> Iterator[OAuthDovecot]:
     """A Dovecot that accepts the test provider's tokens (XOAUTH2, OAUTHBEARER)."""
     _skip_unless_available()
     with OAuthDovecot(provider) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def oauth_postfix(oauth_dovecot: OAuthDovecot) -> Iterator[Postfix]:
+    """Postfix submission with Dovecot SASL from :func:`oauth_dovecot`: it offers XOAUTH2."""
+    _skip_unless_available()
+    with Postfix(oauth_dovecot) as server:
         yield server
