@@ -82,6 +82,7 @@ class TestProvider:
         self.user: str | None = None  # who /authorize signs in
         self.fault: str | None = None
         self.slow_s = 30.0
+        self.refresh_delay_s = 0.0  # widens the window two racing refreshes would share
         self.log = ProviderLog()
         self._lock = threading.Lock()
         self._codes: dict[str, _Pending] = {}
@@ -179,6 +180,7 @@ class TestProvider:
         return 200, self._issue(pending.user)
 
     def _refresh_grant(self, form: dict[str, str]) -> tuple[int, Any]:
+        time.sleep(self.refresh_delay_s)
         with self._lock:
             grant = self._grants.pop(form.get("refresh_token", ""), None)
         if grant is None or not grant.alive:

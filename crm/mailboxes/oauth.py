@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import threading
 import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,6 +46,8 @@ REFRESH_AT = 0.8
 HTTP_TIMEOUT = 20.0
 _MAX_LIFETIME = 86400 * 7
 DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
+_LOCKS: dict[str, threading.Lock] = {}
+_LOCKS_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -264,10 +267,22 @@ def refresh_due(row: MailboxOAuth) -> dt.datetime | None:
     return row.issued_at + (row.expires_at - row.issued_at) * REFRESH_AT
 
 
+def _local_lock(address: str) -> threading.Lock:
+    with _LOCKS_LOCK:
+        return _LOCKS.setdefault(address.lower(), threading.Lock())
+
+
 def access_token(db: Database, secrets: SecretBox, address: str) -> tuple[str, dt.datetime]:
     """A valid access token for an oauth2 mailbox and when to refresh it, refreshing it first
-    when 80 % of its lifetime has passed (the grant row locked meanwhile). A refused refresh
-    token is noted (the mailbox red, saying how to re-authorize) before it is raised."""
+    when 80 % of its lifetime has passed. The refresh of one mailbox is serialised: in this
+    process by a lock (the relay and the poller of one node; SQLite), across nodes by the grant
+    row's lock (PostgreSQL ``FOR UPDATE``), so a rotating refresh token is spent once. A refused
+    refresh token is noted (the mailbox red, saying how to re-authorize) before it is raised."""
+    with _local_lock(address):
+        return _access_token(db, secrets, address)
+
+
+def _access_token(db: Database, secrets: SecretBox, address: str) -> tuple[str, dt.datetime]:
     refused: ReauthorizeNeeded | None = None
     with db.session() as session:
         box = oauth_mailbox(session, address)
