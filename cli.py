@@ -454,7 +454,8 @@ def mailbox_check(address: Address, as_json: JsonOpt = False) -> None:
 
     settings = STATE.config.poller
     plan = load_plan(STATE.db, address, STATE.secrets(), settings)
-    report = asyncio.run(check_mailbox(plan, settings.timeout_s))
+    tokens = oauth_cli.tokens(STATE.db, STATE.secrets())  # OAuth2 mailboxes (issue 15)
+    report = asyncio.run(check_mailbox(plan, settings.timeout_s, tokens))
     sync.record_status(STATE.db, plan.id, "; ".join(report.problems) or None)
     if as_json:
         print_json(report.as_json())

@@ -168,3 +168,35 @@ async def test_sasl_error_challenge_is_answered(env: OAuthEnv, server: TestProvi
         await asyncio.wait_for(client.login(token), 30)
         await client.logout()
     assert set(env.logins()) == {"OAUTHBEARER", "XOAUTH2"}
+
+
+def test_mailbox_check_with_a_token(env: OAuthEnv, server: TestProvider) -> None:
+    """`mailbox check` signs in with the mailbox's token; a refused grant says how to fix it."""
+    env.link_oauth()
+    report = env.cli.json("mailbox", "check", env.address)
+    assert report["ok"] is True and report["imap"] == "ok"
+    assert report["capabilities"], "the capabilities after login"
+    assert env.logins() == ["OAUTHBEARER"]
+    server.revoke(env.address)
+    grants_due(env)
+    refused = env.cli.run("mailbox", "check", env.address, "--json")
+    assert refused.exit_code == 1
+    assert f"re-authorize: mailcrm mailbox authorize {env.address}" in refused.stdout
+    assert env.mailbox()["status"] == "red"
+
+
+def grants_due(env: OAuthEnv) -> None:
+    """Make the mailbox's access token due for its refresh."""
+    import datetime as dt
+
+    from crm.store.db import Database
+    from crm.store.models import MailboxOAuth
+
+    db = Database(env.url)
+    try:
+        with db.session() as s:
+            grant = s.query(MailboxOAuth).one()
+            issued = dt.datetime.now(dt.UTC) - dt.timedelta(hours=2)
+            grant.issued_at, grant.expires_at = issued, issued + dt.timedelta(hours=1)
+    finally:
+        db.dispose()

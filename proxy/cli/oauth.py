@@ -5,11 +5,13 @@
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
+import functools
 import json
 import sys
 import time
 import webbrowser
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Annotated, Any
 
@@ -221,3 +223,8 @@ def register(mailbox_app: typer.Typer) -> None:
     """Add ``authorize`` and ``app-password`` to the ``mailbox`` group."""
     mailbox_app.command("authorize")(authorize)
     mailbox_app.command("app-password")(app_password)
+
+
+def tokens(db: Database, secrets: SecretBox) -> Callable[[str], tuple[str, dt.datetime]]:
+    """OAuth2 access tokens for ``mailbox check`` (refreshed first when due)."""
+    return functools.partial(face.access_token, db, secrets)
