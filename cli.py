@@ -533,6 +533,7 @@ def mailbox_presets(as_json: JsonOpt = False) -> None:
             "smtp_host",
             "smtp_port",
             "smtp_tls",
+            "auth",
         ],
         "no presets",
     )
