@@ -52,6 +52,7 @@ from cryptography.fernet import Fernet  # noqa: E402
 from sqlalchemy import func, select  # noqa: E402
 
 from crm.config import load_config  # noqa: E402
+from crm.spool.queue import Wakeup  # noqa: E402
 from crm.spool.runner import run_spool_worker  # noqa: E402
 from crm.store.db import Database  # noqa: E402
 from crm.store.models import Activity  # noqa: E402
@@ -85,9 +86,10 @@ def child(config_path: str) -> None:
     async def main() -> None:
         stop = asyncio.Event()
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-        parts = [run_relay(config, db, stop), _orphaned(stop)]
+        wakeup = Wakeup()  # as ``mailcrm serve`` shares it: the relay's deliveries wake the worker
+        parts = [run_relay(config, db, stop, wakeup=wakeup), _orphaned(stop)]
         if not os.environ.get("BENCH_NO_WORKER"):
-            parts.append(run_spool_worker(config, db, stop))
+            parts.append(run_spool_worker(config, db, stop, wakeup=wakeup))
         await asyncio.gather(*parts)
 
     profile = os.environ.get("BENCH_PROFILE")

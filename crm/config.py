@@ -98,6 +98,7 @@ class PollerConfig:
     backoff_min_s: float = 2.0
     backoff_max_s: float = 900.0
     auth_backoff_min_s: float = 300.0
+    db_threads: int = 0  # capture threads, each mailbox on one; 0: 1 on SQLite, 4 on PostgreSQL
 
 
 @dataclass

@@ -4,7 +4,9 @@ The loop is uvloop's when it is installed (a dependency on Linux), asyncio's oth
 
 Components are coroutines ``run(config, db, stop)`` that return when ``stop`` is set; each is
 started here, and one that crashes is logged and restarted after a pause, so a fault in one part
-(say, the poller) never takes down another (say, the relay).
+(say, the poller) never takes down another (say, the relay). What components share is made here
+and given to those that name it as a keyword parameter: ``wakeup``, the spool worker's wake-up
+(:class:`crm.face.relay.Wakeup`) that the relay kicks after a delivery.
 
 The secret key that seals mailbox passwords is made here, at the start, and only on SQLite (one
 node by nature); a node of a PostgreSQL gateway must be given the shared key, and says so when
@@ -17,6 +19,7 @@ import asyncio
 import contextlib
 import gc
 import importlib
+import inspect
 import logging
 import os
 import resource
@@ -28,7 +31,7 @@ from crm import logs
 from crm.config import Config
 from crm.errors import SecretError
 from crm.face import Database
-from crm.face.relay import load_key
+from crm.face.relay import Wakeup, load_key
 
 log = logging.getLogger(__name__)
 Component = Callable[[Config, Database, asyncio.Event], Awaitable[None]]
@@ -57,11 +60,18 @@ def _load(target: str) -> Component:
     return component
 
 
+def _shared_for(run: Component, shared: dict[str, Any]) -> dict[str, Any]:
+    """The shared objects ``run`` takes (by the names of its keyword parameters)."""
+    names = inspect.signature(run).parameters
+    return {name: value for name, value in shared.items() if name in names}
+
+
 async def _supervise(name: str, run: Component, config: Config, db: Database,
-                     stop: asyncio.Event) -> None:
+                     stop: asyncio.Event, shared: dict[str, Any] | None = None) -> None:
+    extra = _shared_for(run, shared or {})
     while not stop.is_set():
         try:
-            await run(config, db, stop)
+            await run(config, db, stop, **extra)
             return
         except asyncio.CancelledError:
             raise
@@ -142,8 +152,9 @@ async def serve(config: Config, db: Database, stop: asyncio.Event | None = None,
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
+    shared: dict[str, Any] = {"wakeup": Wakeup()}  # one per process: the relay wakes the worker
     tasks = [
-        asyncio.create_task(_supervise(name, _load(target), config, db, stop), name=name)
+        asyncio.create_task(_supervise(name, _load(target), config, db, stop, shared), name=name)
         for name, target in components
     ]
     log.info("mailcrm serving: %s", ", ".join(name for name, _ in components))

@@ -142,6 +142,13 @@ class RelayEnv:
     cable: Cable | None = None
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     worker: asyncio.Task[None] | None = None
+    wakeup: spool.Wakeup = field(default_factory=spool.Wakeup)  # the relay's kicks wake the worker
+
+    def start_worker(self) -> None:
+        """Run the spool worker, woken by the relay's deliveries (as in ``mailcrm serve``)."""
+        self.worker = asyncio.create_task(
+            runner.run_spool_worker(self.config, self.db, self.stop, wakeup=self.wakeup)
+        )
 
     @property
     def port(self) -> int:
@@ -243,12 +250,13 @@ async def start_env(
     config.poller.upstream_host = postfix.dovecot.host
     config.poller.upstream_port = postfix.dovecot.imaps_port
     db = Database(db_url)
-    relay = Relay(config, db, config.relay.hostname or "relay.example.test")
+    wakeup = spool.Wakeup()
+    relay = Relay(config, db, config.relay.hostname or "relay.example.test", wakeup)
     await relay.start()
     ca = ssl.create_default_context(cafile=str(tmp / "relay.crt"))
-    env = RelayEnv(cli, db, config, postfix, postfix.dovecot, relay, ca, cable=link)
+    env = RelayEnv(cli, db, config, postfix, postfix.dovecot, relay, ca, cable=link, wakeup=wakeup)
     if worker:
-        env.worker = asyncio.create_task(runner.run_spool_worker(config, db, env.stop))
+        env.start_worker()
     return env
 
 

@@ -14,17 +14,20 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from aiohttp import web
 from cryptography.fernet import Fernet
 from prometheus_client.parser import text_string_to_metric_families
 
 from crm import logs, metrics
 from crm.capture.path import Capturer
 from crm.config import Config, load_config
+from crm.face.visibility import Viewer
 from crm.mailboxes.leases import LeaseKeeper
 from crm.store.db import Database
 from crm.store.models import Direction, Mailbox, SpoolEntry, utcnow
 from proxy.serve import serve
-from proxy.web import run_http
+from proxy.web.app import make_app
+from proxy.web.sessions import COOKIE, SessionStore
 
 Get = Callable[[str], Awaitable[tuple[int, str]]]
 BOX = "sales@ourco.example"
@@ -56,13 +59,23 @@ async def wait_listening(port: int) -> None:
     pytest.fail(f"nothing listens on 127.0.0.1:{port}")
 
 
-async def start_http(config: Config, db: Database) -> AsyncIterator[Get]:
-    stop = asyncio.Event()
-    task = asyncio.create_task(run_http(config, db, stop))
+ADMIN = Viewer(user_id=0, email="admin@ourco.example", admin=True, sees_all=True)
+
+
+async def start_http(
+    config: Config, db: Database, sessions: SessionStore | None = None
+) -> AsyncIterator[Get]:
+    """The listener's app on ``config.http.port``; ``get`` comes signed in as an admin (the
+    status page is behind sign-in; ``/healthz`` and ``/metrics`` need none)."""
+    sessions = sessions if sessions is not None else SessionStore()
+    signed = sessions.start(ADMIN)
+    runner = web.AppRunner(make_app(config, db, sessions), handle_signals=False)
+    await runner.setup()
+    await web.TCPSite(runner, config.http.host, config.http.port).start()
     await wait_listening(config.http.port)
 
     async def get(path: str) -> tuple[int, str]:
-        async with aiohttp.ClientSession() as session, session.get(
+        async with aiohttp.ClientSession(cookies={COOKIE: signed.token}) as session, session.get(
             f"http://127.0.0.1:{config.http.port}{path}"
         ) as response:
             return response.status, await response.text()
@@ -70,8 +83,7 @@ async def start_http(config: Config, db: Database) -> AsyncIterator[Get]:
     try:
         yield get
     finally:
-        stop.set()
-        await task
+        await runner.cleanup()
 
 
 @pytest.fixture
@@ -204,7 +216,7 @@ async def test_status_json_shows_mailboxes_and_listeners(db: Database, db_url: s
 
 async def test_status_page_escapes_what_it_shows(db: Database, http: Get) -> None:
     add_box(db, "x@ourco.example", last_error='<script>alert("x")</script> & more')
-    status, page = await http("/")
+    status, page = await http("/status")
     assert status == 200
     assert "<script>" not in page
     assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt; &amp; more" in page
@@ -215,6 +227,18 @@ async def test_serve_runs_the_http_component(db: Database, db_url: str) -> None:
     task = asyncio.create_task(serve(config, db, stop, components=(("http",
                                                                       "proxy.web:run_http"),)))
     await wait_listening(config.http.port)
+    base = f"http://127.0.0.1:{config.http.port}"
+    async with aiohttp.ClientSession() as session:
+        for path in ("/status", "/status.json", "/leads", "/"):
+            async with session.get(base + path, allow_redirects=False) as response:
+                assert response.status == 303, path
+                assert response.headers["Location"].startswith("/login"), path
+        async with session.post(base + "/leads/1/status", data={"status": "won"}) as response:
+            assert response.status == 403
+        for path in ("/healthz", "/metrics", "/login"):
+            async with session.get(base + path) as response:
+                assert response.status == 200, path
+                assert "script-src 'self'" in response.headers["Content-Security-Policy"]
     stop.set()
     await task
 

@@ -3,8 +3,10 @@ UID windows, backoff and throttling hints, and the T1-T3/M4 schedule."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import itertools
+import logging
 
 import pytest
 
@@ -278,3 +280,29 @@ def test_mail_arriving_in_the_second_of_linking_is_live_not_history() -> None:
     assert not found_at_linking(plan, arrived(linked.replace(microsecond=0)))
     assert not found_at_linking(plan, arrived(linked + dt.timedelta(seconds=1)))
     assert found_at_linking(_plan(linked_at=None), arrived(linked))
+
+
+async def test_unsolicited_vanished_is_logged_at_debug_and_still_observed(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from proxy.imap.protocol import Protocol
+
+    class Owner:
+        def __init__(self) -> None:
+            self.seen: list[bytes] = []
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            pass
+
+        def observe(self, line: bytes) -> None:
+            self.seen.append(line)
+
+    owner = Owner()
+    protocol = Protocol(asyncio.get_running_loop(), owner)
+    caplog.set_level(logging.DEBUG)
+    protocol.data_received(b"* VANISHED 41:43\r\n* 12 EXISTS\r\n")
+    assert owner.seen == [b"VANISHED 41:43", b"12 EXISTS"]
+    loud = [r for r in caplog.records if r.levelno >= logging.INFO]
+    assert loud == [], [r.getMessage() for r in loud]
+    quiet = [r.getMessage() for r in caplog.records if "VANISHED 41:43" in r.getMessage()]
+    assert quiet and all(r.levelno == logging.DEBUG for r in caplog.records)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import imaplib
 import logging
+import re
 import time
 import uuid
 from pathlib import Path
@@ -48,8 +49,12 @@ async def test_initial_import_takes_only_the_window(env: MailEnv) -> None:
     assert [lead["emails"] for lead in env.leads()] == [["carla@acme-industries.example"]]
 
 
-async def test_new_mail_arrives_through_idle(env: MailEnv) -> None:
-    """With an hour between checks, only IDLE can bring the new mail in."""
+async def test_new_mail_arrives_through_idle(
+    env: MailEnv, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With an hour between checks, only IDLE can bring the new mail in; the pass it starts
+    says how long after the server's notice it ended (mailcrm's part of the IDLE latency)."""
+    caplog.set_level(logging.INFO, logger="proxy.imap.folder")
     env.link()
     async with env.poller():
         await until(lambda: env.mailbox()["status"] == "green", what="first pass")
@@ -59,6 +64,10 @@ async def test_new_mail_arrives_through_idle(env: MailEnv) -> None:
         await until(lambda: env.activities(), timeout=60, every=0.05, what="IDLE capture")
         print(f"delivery to activity over IDLE: {time.monotonic() - started:.2f} s")
     assert [a["subject"] for a in env.activities()] == ["Are you there?"]
+    [line] = [
+        r.getMessage() for r in caplog.records if "after the server's notice" in r.getMessage()
+    ]
+    assert re.search(r"INBOX: 1 new \(1 captured, .*, \d+ ms after the server's notice$", line)
 
 
 async def test_sent_folder_is_outgoing_and_deduplicated_with_the_relay_copy(env: MailEnv) -> None:
@@ -144,10 +153,11 @@ async def test_uidvalidity_change_remaps_instead_of_reimporting(
     env: MailEnv, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="proxy.imap")
-    env.link("--folders", "INBOX,Projects")
     raws = [message(CUSTOMER, env.address, f"project {n}") for n in range(4)]
     with env.imap("") as conn:
         conn.create("Projects")
+    env.link("--folders", "INBOX,Projects")  # the server has the folder: add asks it
+    with env.imap("") as conn:
         for raw in raws:
             conn.append("Projects", "", imaplib.Time2Internaldate(time.time()), raw)
     async with env.poller():
@@ -271,11 +281,12 @@ async def test_a_broken_server_never_delays_another_mailbox(env: MailEnv, doveco
 
 async def test_folders_with_non_ascii_names(env: MailEnv) -> None:
     folder = "Verträge/Größe 2026"
-    env.link("--folders", f"INBOX,{folder}")
     wire = utf7.encode(folder)
     assert wire == "Vertr&AOQ-ge/Gr&APYA3w-e 2026"
     with env.imap("") as conn:
         assert conn.create(f'"{wire}"')[0] == "OK"
+    env.link("--folders", f"INBOX,{folder}")  # the server has the folder: add asks it
+    with env.imap("") as conn:
         raw = message(CUSTOMER, env.address, "im Unterordner")
         stamp = imaplib.Time2Internaldate(time.time())
         assert conn.append(f'"{wire}"', "", stamp, raw)[0] == "OK"

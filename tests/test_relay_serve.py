@@ -139,3 +139,44 @@ def test_mailcrm_serve_logs_json_from_its_first_line(sqlite_cli: Cli, tmp_path: 
     assert proc.returncode == 0, err
     assert any("alembic" in json.loads(line).get("logger", "") for line in lines), err
     assert all(isinstance(json.loads(line), dict) for line in lines)
+
+
+async def test_relay_side_capture_skips_are_logged_with_the_reason(
+    sqlite_cli: Cli, tmp_path: Path, postfix: Postfix
+) -> None:
+    """Mail between employees goes through and is not captured; ``serve -v`` says so, from the
+    spool worker's own process, as the poller says its skips."""
+    cli = sqlite_cli
+    alice = postfix.add_user(f"alice{uuid.uuid4().hex[:8]}", PASSWORD)
+    bob = postfix.add_user(f"bob{uuid.uuid4().hex[:8]}", PASSWORD)
+    cli.ok("user", "add", alice)
+    cli.ok("user", "add", bob)
+    cli.ok("tls", "selfsigned", "--cert", str(tmp_path / "relay.crt"), "--key",
+           str(tmp_path / "relay.key"), "--hostname", HOST)  # fmt: skip
+    port = _free_port()
+    log = tmp_path / "serve.log"
+    with log.open("wb") as sink:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", "import cli; cli.main()", "-v", "--config",
+             str(_config(tmp_path, postfix, port)), "serve"],
+            cwd=ROOT, env={**os.environ, **cli.env}, stdout=sink, stderr=sink,
+        )  # fmt: skip
+    try:
+        await _wait_port(port, proc)
+        context = ssl.create_default_context(cafile=str(tmp_path / "relay.crt"))
+        smtp = aiosmtplib.SMTP(hostname=HOST, port=port, start_tls=True, tls_context=context)
+        await smtp.connect()
+        await smtp.login(alice, PASSWORD)
+        errors, _ = await smtp.sendmail(alice, [bob], message(alice, bob, "Lunch?"))
+        await smtp.quit()
+        assert errors == {}
+        line = await eventually(
+            lambda: [x for x in log.read_text().splitlines() if "capture skipped relay:" in x],
+            timeout=60,
+        )
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+    assert f"capture skipped relay:{alice}/spool:" in line[0]
+    assert line[0].endswith(": only employees")
+    assert cli.json("activities", "list") == []

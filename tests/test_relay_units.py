@@ -20,7 +20,7 @@ from proxy.smtp.databuf import DataResult, MessageBuffer, read_data, stuff, unst
 from proxy.smtp.dbgate import DbGate, DbUnavailable
 from proxy.smtp.relay import RateLimiter
 from proxy.smtp.session import mail_options, mirror
-from proxy.smtp.tls import relay_context, write_selfsigned
+from proxy.smtp.tls import relay_context, relay_hostname, write_selfsigned
 from proxy.smtp.values import Caps, Reply
 from tests.conftest import Cli
 
@@ -215,3 +215,84 @@ def test_cli_tls_selfsigned(sqlite_cli: Cli, tmp_path: Path) -> None:
     again = sqlite_cli.run("tls", "selfsigned", "--cert", str(cert), "--key", str(key))
     assert again.exit_code == 1 and "--force" in again.stderr
     sqlite_cli.ok("tls", "selfsigned", "--cert", str(cert), "--key", str(key), "--force")
+
+
+def _named_pair(tmp_path: Path, cn: str, sans: list[str]) -> tuple[Path, Path]:
+    """A self-signed pair whose subject CN and SAN entries are given separately."""
+    import datetime as dt
+
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+    now = dt.datetime.now(dt.UTC)
+    builder = (
+        x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
+        .public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(1))
+    )  # fmt: skip
+    if sans:
+        names = [x509.DNSName(n) for n in sans]
+        builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
+    cert, keyfile = tmp_path / f"{cn}.crt", tmp_path / f"{cn}.key"
+    cert.write_bytes(builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM))
+    keyfile.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                          serialization.PrivateFormat.PKCS8,
+                                          serialization.NoEncryption()))  # fmt: skip
+    return cert, keyfile
+
+
+def test_the_relay_is_named_after_its_certificate(tmp_path: Path) -> None:
+    cert, key = _named_pair(tmp_path, "cn.ourco.example", ["localhost", "*.ourco.example",
+                                                            "smtp.ourco.example"])  # fmt: skip
+    config = RelayConfig(cert_file=str(cert), key_file=str(key))
+    assert relay_hostname(config) == "smtp.ourco.example", "SAN first, wildcards left out"
+    config.hostname = "relay.configured.example"
+    assert relay_hostname(config) == "relay.configured.example", "[relay] hostname wins"
+    cert, key = _named_pair(tmp_path, "only-cn.ourco.example", [])
+    assert relay_hostname(RelayConfig(cert_file=str(cert), key_file=str(key))) == (
+        "only-cn.ourco.example"
+    )
+
+
+async def test_the_banner_and_ehlo_say_the_certificate_name(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    import asyncio
+    import socket
+
+    from crm.config import Config
+    from crm.store.db import Database
+    from proxy.smtp.relay import run_relay
+
+    cert, key = _named_pair(tmp_path, "cn.ourco.example", ["mail.ourco.example", "localhost"])
+    config = Config(database_url=sqlite_url)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    config.relay.host, config.relay.port = "127.0.0.1", port
+    config.relay.cert_file, config.relay.key_file = str(cert), str(key)
+    config.relay.spool_dir = str(tmp_path / "spool")
+    db, stop = Database(sqlite_url), asyncio.Event()
+    task = asyncio.create_task(run_relay(config, db, stop))
+    try:
+        for _ in range(600):
+            try:
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                break
+            except OSError:
+                await asyncio.sleep(0.1)
+        else:
+            pytest.fail("the relay did not listen within 60 s")
+        banner = await asyncio.wait_for(reader.readline(), 60)
+        writer.write(b"EHLO client.example\r\n")
+        ehlo = await asyncio.wait_for(reader.readline(), 60)
+        writer.close()
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 60)
+        db.dispose()
+    assert banner.startswith(b"220 mail.ourco.example "), banner
+    assert ehlo.startswith(b"250-mail.ourco.example"), ehlo

@@ -336,18 +336,43 @@ def test_several_workers_capture_each_entry_once(
     db.dispose()
 
 
-async def test_worker_component_wakes_on_kick(db: Database, linked: str, tmp_path: Path) -> None:
-    config = Config(database_url=db.url,
-                    relay=RelayConfig(spool_dir=str(tmp_path), spool_poll_interval=60.0))
-    stop = asyncio.Event()
-    task = asyncio.create_task(runner.run_spool_worker(config, db, stop))
-    await asyncio.sleep(0.3)  # idle now, next poll a minute away
+async def test_worker_component_wakes_on_kick(
+    db: Database, linked: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = Config(
+        database_url=db.url, relay=RelayConfig(spool_dir=str(tmp_path), spool_poll_interval=60.0)
+    )
+    idle, pause = asyncio.Event(), runner._sleep
+
+    async def watched(stop: asyncio.Event, wake: asyncio.Event, delay: float) -> None:
+        if delay >= 60.0:  # the worker is idle: its next poll is a minute away
+            idle.set()
+        await pause(stop, wake, delay)
+
+    monkeypatch.setattr(runner, "_sleep", watched)
+    stop, wakeup = asyncio.Event(), spool.Wakeup()
+    task = asyncio.create_task(runner.run_spool_worker(config, db, stop, wakeup=wakeup))
+    await asyncio.wait_for(idle.wait(), 60)
     to = _customer()
     await asyncio.to_thread(spool.enqueue, db, message(OWNER, to, "Kicked"), _env(to), True)
-    spool.kick()
-    await eventually(lambda: _states(db) == [("done", True, 1)], timeout=10)
+    spool.Wakeup().kick()  # another process's wake-up: not this worker's
+    await asyncio.sleep(0.5)
+    assert _states(db) == [("pending", True, 0)]
+    wakeup.kick()
+    await eventually(lambda: _states(db) == [("done", True, 1)], timeout=60)
     stop.set()
     await asyncio.wait_for(task, 5)
+
+
+def test_serve_gives_the_relay_and_the_worker_one_wakeup() -> None:
+    """``mailcrm serve`` hands its spool wake-up to the components that take one: the relay
+    (which kicks it after a delivery) and the spool worker (which listens), nobody else."""
+    from proxy.serve import COMPONENTS, _load, _shared_for
+
+    wakeup = spool.Wakeup()
+    takers = {name for name, target in COMPONENTS
+              if _shared_for(_load(target), {"wakeup": wakeup}) == {"wakeup": wakeup}}
+    assert takers == {"spool", "relay"}
 
 
 def test_capturer_dedups_a_repeat(db: Database, linked: str, tmp_path: Path) -> None:

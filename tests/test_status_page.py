@@ -17,8 +17,9 @@ import pytest
 
 from crm.store.db import Database
 from crm.store.models import Activity, EntityEmail, Lead, Mailbox, utcnow
+from proxy.web.sessions import COOKIE, SessionStore
 
-from .test_http import add_box, node_config, start_http
+from .test_http import ADMIN, add_box, node_config, start_http
 
 CHROMIUM = shutil.which("chromium")
 pytestmark = pytest.mark.skipif(
@@ -92,6 +93,23 @@ def fill(db: Database) -> None:
         session.add(Lead(name="Last week", created_at=now - dt.timedelta(days=8)))
 
 
+async def _signed_in_page(url: str, token: str, shot: Path) -> str:
+    """The page's DOM in Chromium (Playwright) with a signed-in session cookie; a screenshot."""
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            context = await browser.new_context(viewport={"width": 1200, "height": 900})
+            await context.add_cookies([{"name": COOKIE, "value": token, "url": url}])
+            page = await context.new_page()
+            await page.goto(url)
+            await page.screenshot(path=str(shot), full_page=True)
+            return str(await page.content())
+        finally:
+            await browser.close()
+
+
 async def test_a_red_mailbox_shows_red_with_its_reason(db: Database, db_url: str,
                                                        tmp_path: Path) -> None:
     fill(db)
@@ -99,10 +117,11 @@ async def test_a_red_mailbox_shows_red_with_its_reason(db: Database, db_url: str
     shots.mkdir(parents=True, exist_ok=True)
     shot = shots / f"status-{db.engine.dialect.name}.png"
     config = node_config(db_url)
-    async for _ in start_http(config, db):
-        url = f"http://127.0.0.1:{config.http.port}/"
-        dom = (await chromium(url, tmp_path / "profile-dom", "--dump-dom")).decode()
-        await chromium(url, tmp_path / "profile-shot", f"--screenshot={shot}")
+    sessions = SessionStore()
+    token = sessions.start(ADMIN).token
+    async for _ in start_http(config, db, sessions):
+        url = f"http://127.0.0.1:{config.http.port}/status"
+        dom = await _signed_in_page(url, token, shot)
 
     rows = Rows()
     rows.feed(dom)

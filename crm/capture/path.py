@@ -24,11 +24,11 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
 from sqlalchemy import Connection
-from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import DataError, IntegrityError, OperationalError, SQLAlchemyError
 
 from crm import metrics
 from crm.config import CaptureConfig
-from crm.errors import MailcrmError, MessageParseError
+from crm.errors import MailcrmError, MessageParseError, NotFound
 from crm.mail.addresses import try_normalize
 from crm.mail.message import ParsedMessage, parse_message
 from crm.mail.vcardmail import MessageCards, message_vcards
@@ -108,6 +108,19 @@ _Run = Callable[[ParsedMessage, Incoming], CaptureResult]
 _Views = dict[str, tuple[int, MailboxView]]
 
 
+DEADLOCK_TRIES = 3
+CROSSED = {"40P01", "40001"}  # PostgreSQL's deadlock_detected, serialization_failure
+
+
+def _crossed(exc: OperationalError) -> bool:
+    """The database chose this transaction as the victim of a deadlock (try again)."""
+    return getattr(exc.orig, "sqlstate", None) in CROSSED
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(getattr(exc, "orig", exc)).splitlines()[0][:200]
+
+
 class _Redo(Exception):
     """A batch run straight through met a race or a refused value: run it again, saved."""
 
@@ -162,14 +175,35 @@ class Capturer:
         return results
 
     def _slice(self, items: Sequence[Incoming]) -> list[CaptureResult]:
-        try:
-            results = self._batch(items, saved=False)
-        except _Redo as redo:
-            log.info("capture of a batch of %d again, a savepoint each: %s", len(items), redo)
-            results = self._batch(items, saved=True)
+        for attempt in range(1, DEADLOCK_TRIES + 1):
+            try:
+                results = self._slice_once(items)
+                break
+            except OperationalError as exc:  # another writer's locks crossed ours: again
+                if not _crossed(exc) or attempt == DEADLOCK_TRIES:
+                    raise
+                log.info("capture of a batch of %d again: %s", len(items), _first_line(exc))
         for result in results:
             _count(result)
         return results
+
+    def _slice_once(self, items: Sequence[Incoming]) -> list[CaptureResult]:
+        try:
+            return self._batch(items, saved=False)
+        except _Redo as redo:
+            log.info("capture of a batch of %d again, a savepoint each: %s", len(items), redo)
+            return self._batch(items, saved=True)
+
+    def _lock_mailboxes(self, conn: Connection, items: Sequence[Incoming]) -> _Views:
+        """The batch's mailboxes read (row-locked on PostgreSQL) in one order, their addresses':
+        two writers locking the same two mailboxes in other orders would deadlock."""
+        views: _Views = {}
+        for name in sorted({i.mailbox for i in items}, key=lambda a: a.strip().lower()):
+            try:
+                views[name] = mailbox_view(conn, name, self.extras)
+            except NotFound:
+                continue  # its message says so in its turn
+        return views
 
     def _batch(self, items: Sequence[Incoming], saved: bool) -> list[CaptureResult]:
         """One transaction; on SQLite the write lock is taken first (``BEGIN IMMEDIATE``: no
@@ -178,7 +212,7 @@ class Capturer:
             if conn.dialect.name == "sqlite":
                 conn.exec_driver_sql("BEGIN IMMEDIATE")  # pysqlite would only begin at a write
 
-            views: _Views = {}  # straight through, the mailbox rows are ours until the commit
+            views = self._lock_mailboxes(conn, items)  # the rows are ours until the commit
 
             def straight(msg: ParsedMessage, item: Incoming) -> CaptureResult:
                 try:

@@ -18,6 +18,7 @@ from crm.mail.addresses import normalize_address, parse_exclusion
 from crm.mailboxes.presets import PRESETS
 from crm.mailboxes.providers import set_auth
 from crm.mailboxes.schedule import touch
+from crm.mailboxes.sync import passed_over, widen
 from crm.store.models import (
     Activity,
     Exclusion,
@@ -29,7 +30,9 @@ from crm.store.models import (
     utcnow,
 )
 from crm.store.secrets import SecretBox
-from crm.vocab import DEFAULT_WINDOW, INTERVALS, TLS_MODES, WINDOWS
+from crm.vocab import DEFAULT_WINDOW, INTERVALS, TLS_MODES, WINDOWS, EntityType
+
+from .visibility import SEES, Viewer, require_activity, require_change
 
 
 def get_user(session: Session, email: str) -> User:
@@ -40,14 +43,27 @@ def get_user(session: Session, email: str) -> User:
     return user
 
 
+def _sees(value: str) -> str:
+    if value not in SEES:
+        raise InvalidInput(f"--sees must be own or all, not {value!r}")
+    return value
+
+
 def add_user(
-    session: Session, email: str, name: str = "", admin: bool = False, crm_access: bool = True
+    session: Session,
+    email: str,
+    name: str = "",
+    admin: bool = False,
+    crm_access: bool = True,
+    sees: str | None = None,
 ) -> User:
-    """U1: an employee with a login address; with or without CRM access."""
+    """U1: an employee with a login address; with or without CRM access; V1: seeing their own
+    records or all (None: all for an admin, own otherwise)."""
     address = normalize_address(email)
+    seeing = _sees(sees) if sees is not None else ("all" if admin else "own")
     if session.scalar(select(User.id).where(User.email == address)) is not None:
         raise AlreadyExists(f"user {address} exists already")
-    user = User(email=address, name=name, admin=admin, crm_access=crm_access)
+    user = User(email=address, name=name, admin=admin, crm_access=crm_access, sees=seeing)
     session.add(user)
     session.flush()
     return user
@@ -70,10 +86,18 @@ def remove_user(session: Session, email: str, force: bool = False) -> list[str]:
 
 
 def set_user(
-    session: Session, email: str, name: str | None, admin: bool | None, crm_access: bool | None
+    session: Session,
+    email: str,
+    name: str | None,
+    admin: bool | None,
+    crm_access: bool | None,
+    sees: str | None = None,
 ) -> User:
-    """Change an employee's name, admin right or CRM access (None: leave as it is)."""
+    """Change an employee's name, admin right, CRM access or visibility (None: leave as it
+    is)."""
     user = get_user(session, email)
+    if sees is not None:
+        user.sees = _sees(sees)
     if name is not None:
         user.name = name
     if admin is not None:
@@ -81,6 +105,18 @@ def set_user(
     if crm_access is not None:
         user.crm_access = crm_access
     return user
+
+
+def touch_mailbox_owner(session: Session, address: str) -> None:
+    """T1: a run for a personal mailbox (``mailbox import``) is its owner using mailcrm."""
+    owner = get_mailbox(session, address).owner
+    if owner is not None:
+        touch(owner)
+
+
+def remove_mailbox(session: Session, address: str) -> None:
+    """M1: remove a mailbox; its activities stay in the CRM."""
+    session.delete(get_mailbox(session, address))
 
 
 def get_mailbox(session: Session, address: str) -> Mailbox:
@@ -154,8 +190,10 @@ def add_mailbox(
 
 def apply_settings(
     session: Session, secrets: SecretBox, box: Mailbox, settings: MailboxSettings
-) -> None:
-    """M2-M4: connection, credentials and capture settings, validated."""
+) -> list[str]:
+    """M2-M4: connection, credentials and capture settings, validated; returns what the admin
+    is to be told of their effect (a wider window on a mailbox already polled)."""
+    notes: list[str] = []
     _apply_connection(box, settings)
     if settings.auth is not None or settings.oauth_provider is not None:
         set_auth(box, settings.auth, settings.oauth_provider)
@@ -168,7 +206,7 @@ def apply_settings(
     if settings.since is not None:
         if settings.since not in WINDOWS:
             raise InvalidInput(f"--since must be {' or '.join(WINDOWS)}, not {settings.since!r}")
-        box.since = settings.since
+        notes += _window_note(session, box, settings.since)
     for name in ("create_leads", "vcard_contacts"):
         value = getattr(settings, name)
         if value is not None:
@@ -178,6 +216,18 @@ def apply_settings(
     _apply_company_extras(session, box, settings)
     if settings.link is not None:
         _set_link(box, settings.link, settings.password is not None)
+    return notes
+
+
+def _window_note(session: Session, box: Mailbox, since: str) -> list[str]:
+    """C12/M3: a wider window forgets the skipped mail; the poller takes only new mail, so older
+    mail it has passed over comes with ``mailbox import``."""
+    if not widen(session, box, since) or not box.linked or not passed_over(session, box.id):
+        return []
+    return [
+        f"import window now {since}: the poller takes only new mail; the older mail it passed "
+        f"over is imported by `mailcrm mailbox import {box.address}`"
+    ]
 
 
 def _apply_connection(box: Mailbox, s: MailboxSettings) -> None:
@@ -210,8 +260,12 @@ def _apply_connection(box: Mailbox, s: MailboxSettings) -> None:
     if box.smtp_port is None and box.smtp_host:
         box.smtp_port = 465 if box.smtp_tls == "ssl" else 587
     touched = s.preset is not None or s.smtp_host is not None or s.smtp_tls is not None
-    if touched and box.smtp_host and box.smtp_tls == "none" and not s.allow_plaintext_smtp and (
-        not _loopback(box.smtp_host)
+    if (
+        touched
+        and box.smtp_host
+        and box.smtp_tls == "none"
+        and not s.allow_plaintext_smtp
+        and (not _loopback(box.smtp_host))
     ):
         raise InvalidInput(
             f"--smtp-tls none: the relay would send this mailbox's password to {box.smtp_host} "
@@ -289,8 +343,12 @@ def remove_exclusion(session: Session, entry: str, mailbox: str | None = None) -
     session.delete(found)
 
 
-def set_completed(session: Session, activity_id: int, completed: bool) -> Activity:
-    """C10: complete or reopen an activity (the poller mirrors it as \\Seen upstream)."""
+def set_completed(
+    session: Session, activity_id: int, completed: bool, *, viewer: Viewer | None = None
+) -> Activity:
+    """C10: complete or reopen an activity (the poller mirrors it as \\Seen upstream); an ``own``
+    viewer, one they see (V1)."""
+    require_activity(session, viewer, activity_id)
     activity = session.get(Activity, activity_id)
     if activity is None:
         raise NotFound(f"no activity {activity_id}")
@@ -298,8 +356,12 @@ def set_completed(session: Session, activity_id: int, completed: bool) -> Activi
     return activity
 
 
-def update_lead(session: Session, lead_id: int, **changes: Any) -> Lead:
-    """A person edits a lead: from now on it is "changed" for C11."""
+def update_lead(
+    session: Session, lead_id: int, *, viewer: Viewer | None = None, **changes: Any
+) -> Lead:
+    """A person edits a lead: from now on it is "changed" for C11; ``viewer`` must be allowed
+    to change it (V1)."""
+    require_change(session, viewer, EntityType.LEAD, lead_id)
     lead = session.get(Lead, lead_id)
     if lead is None:
         raise NotFound(f"no lead {lead_id}")

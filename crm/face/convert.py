@@ -19,6 +19,8 @@ from crm.errors import InvalidInput, NotFound
 from crm.store.models import ActivityBinding, Company, Contact, EntityEmail, Lead
 from crm.vocab import EntityType, utcnow
 
+from .visibility import Viewer, require_change
+
 CONVERTED = "converted"
 
 
@@ -33,8 +35,14 @@ class Conversion:
     activities: int
 
 
-def convert_lead(session: Session, lead_id: int, company: str | None = None) -> Conversion:
-    """Convert lead ``lead_id`` into a contact; ``company``: the contact's company by name."""
+def convert_lead(
+    session: Session, lead_id: int, company: str | None = None, *, viewer: Viewer | None = None
+) -> Conversion:
+    """Convert lead ``lead_id`` into a contact; ``company``: the contact's company by name.
+
+    ``viewer`` (None: the admin CLI) must be allowed to change the lead (V1). A new contact is
+    made by the viewer, or, from the CLI, by the lead's responsible: they keep seeing it."""
+    require_change(session, viewer, EntityType.LEAD, lead_id)
     lead = session.get(Lead, lead_id)
     if lead is None:
         raise NotFound(f"no lead {lead_id}")
@@ -48,7 +56,8 @@ def convert_lead(session: Session, lead_id: int, company: str | None = None) -> 
         )
     )
     company_id = _company(session, company) if company else lead.company_id
-    contact, new = _contact_for(session, lead, addresses, company_id)
+    maker = viewer.user_id if viewer is not None else lead.responsible_id
+    contact, new = _contact_for(session, lead, addresses, company_id, maker)
     moved = _move_activities(session, lead.id, contact.id, contact.company_id)
     lead.status, lead.changed_by_person, lead.updated_at = CONVERTED, True, utcnow()
     session.flush()
@@ -71,7 +80,7 @@ def _company(session: Session, name: str) -> int:
 
 
 def _contact_for(
-    session: Session, lead: Lead, addresses: list[str], company_id: int | None
+    session: Session, lead: Lead, addresses: list[str], company_id: int | None, maker: int | None
 ) -> tuple[Contact, bool]:
     existing = session.scalar(
         select(Contact)
@@ -83,7 +92,7 @@ def _contact_for(
         if company_id is not None:
             existing.company_id = company_id
         return existing, False
-    contact = Contact(name=lead.name, phones=[], company_id=company_id)
+    contact = Contact(name=lead.name, phones=[], company_id=company_id, created_by_id=maker)
     session.add(contact)
     session.flush()
     session.add_all(

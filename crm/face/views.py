@@ -9,8 +9,11 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from crm.config import PollerConfig
 from crm.errors import NotFound
 from crm.mail.addresses import normalize_address
+from crm.mailboxes.presets import PRESETS
+from crm.mailboxes.schedule import schedule_json
 from crm.store.models import (
     Activity,
     Company,
@@ -33,12 +36,13 @@ def iso(when: dt.datetime | None) -> str | None:
 
 
 def user_json(user: User) -> JSON:
-    """user: email, name, admin, crm_access."""
+    """user: email, name, admin, crm_access, sees."""
     return {
         "email": user.email,
         "name": user.name,
         "admin": user.admin,
         "crm_access": user.crm_access,
+        "sees": user.sees,
     }
 
 
@@ -48,6 +52,8 @@ def mailbox_status(box: Mailbox) -> tuple[str, str]:
         return "red", "link to CRM is off"
     if box.last_error:
         return "red", box.last_error
+    if box.last_ok_at is None and box.secret is None:
+        return "red", f"no password stored (mailbox set {box.address} --password-stdin)"
     if box.last_ok_at is None:
         return "red", "not checked yet"
     return "green", "last check worked"
@@ -109,8 +115,10 @@ def _emails(session: Session, etype: str, ids: list[int] | None = None) -> dict[
     return found
 
 
-def _names(session: Session, model: Any) -> dict[int, str]:
-    return _pairs(session, select(model.id, model.name))
+def _names(session: Session, model: Any, ids: Any = None) -> dict[int, str]:
+    """id -> name of ``model``; only of ``ids`` (a subquery or list) when given."""
+    query = select(model.id, model.name)
+    return _pairs(session, query if ids is None else query.where(model.id.in_(ids)))
 
 
 def _only(query: Any, model: Any, ids: list[int] | None) -> Any:
@@ -123,7 +131,8 @@ def leads_json(session: Session, ids: list[int] | None = None) -> list[JSON]:
     """lead: id, name, emails, company, responsible, mailbox (plus status, changed); every lead,
     or those of ``ids``."""
     emails = _emails(session, "lead", ids)
-    companies = _names(session, Company)
+    wanted = None if ids is None else select(Lead.company_id).where(Lead.id.in_(ids))
+    companies = _names(session, Company, wanted)
     users = _pairs(session, select(User.id, User.email))
     boxes = _pairs(session, select(Mailbox.id, Mailbox.address))
     return [
@@ -145,7 +154,8 @@ def leads_json(session: Session, ids: list[int] | None = None) -> list[JSON]:
 def contacts_json(session: Session, ids: list[int] | None = None) -> list[JSON]:
     """contact: id, name, emails, phones, company; every contact, or those of ``ids``."""
     emails = _emails(session, "contact", ids)
-    companies = _names(session, Company)
+    wanted = None if ids is None else select(Contact.company_id).where(Contact.id.in_(ids))
+    companies = _names(session, Company, wanted)
     return [
         {
             "id": c.id,
@@ -214,3 +224,26 @@ def exclusions_json(session: Session) -> list[JSON]:
         {"entry": e.entry, "mailbox": boxes.get(e.mailbox_id) if e.mailbox_id else None}
         for e in session.scalars(select(Exclusion).order_by(Exclusion.id))
     ]
+
+
+def users_json(session: Session) -> list[JSON]:
+    """Every user, by address (``user list``)."""
+    return [user_json(u) for u in session.scalars(select(User).order_by(User.email))]
+
+
+def scheduled_json(box: Mailbox, config: PollerConfig) -> JSON:
+    """A mailbox with its schedule (T1-T3), as ``mailbox list`` and ``mailbox show`` print it."""
+    data = mailbox_json(box)
+    data["schedule"] = schedule_json(box, config)
+    return data
+
+
+def mailboxes_json(session: Session, config: PollerConfig) -> list[JSON]:
+    """Every mailbox with its schedule, by address (``mailbox list``)."""
+    boxes = session.scalars(select(Mailbox).order_by(Mailbox.address))
+    return [scheduled_json(box, config) for box in boxes]
+
+
+def presets_json() -> list[JSON]:
+    """The connection presets of common mail services (``mailbox presets``)."""
+    return [vars(p) for p in PRESETS.values()]

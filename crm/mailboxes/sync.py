@@ -17,6 +17,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import ColumnElement, and_, delete, select, update
+from sqlalchemy.orm import Session
 
 from crm.store.db import Database
 from crm.store.models import (
@@ -259,17 +260,26 @@ def set_window(db: Database, mailbox_id: int, since: str) -> bool:
     """
     with db.session() as s:
         box = s.get(Mailbox, mailbox_id)
-        if box is None:
-            return False
-        old, box.since = box.since, since
-        wider = _days(since) > _days(old)
-        if wider:
-            s.execute(
-                delete(MessageLocation).where(
-                    MessageLocation.mailbox_id == mailbox_id, MessageLocation.activity_id.is_(None)
-                )
+        return False if box is None else widen(s, box, since)
+
+
+def widen(session: Session, box: Mailbox, since: str) -> bool:
+    """:func:`set_window` in the caller's session (``mailbox set --since``); True when wider."""
+    old, box.since = box.since, since
+    wider = _days(since) > _days(old)
+    if wider and box.id is not None:
+        session.execute(
+            delete(MessageLocation).where(
+                MessageLocation.mailbox_id == box.id, MessageLocation.activity_id.is_(None)
             )
-        return wider
+        )
+    return wider
+
+
+def passed_over(session: Session, mailbox_id: int) -> bool:
+    """True when the poller or an import has checkpoints for the mailbox (has passed its mail)."""
+    query = select(FolderState.folder).where(FolderState.mailbox_id == mailbox_id).limit(1)
+    return session.scalar(query) is not None
 
 
 def _days(since: str) -> float:

@@ -29,7 +29,6 @@ from crm.store.db import Database
 from crm.store.models import SpoolEntry, utcnow
 from crm.vocab import Direction
 
-_wakeups: set[asyncio.Event] = set()  # the spool workers of this process, woken by kick()
 log = logging.getLogger("crm.spool")  # its name before the move (issue 17)
 UNDELIVERED_MAX_AGE = dt.timedelta(days=1)
 ROUND = 50  # entries a worker round captures at most; a full round means more are waiting
@@ -64,20 +63,27 @@ def files_first(config: Config, db: Database) -> bool:
     return choice == "files"
 
 
-def kick() -> None:
-    """Wake this process's spool workers now (the relay calls it after a delivery)."""
-    for event in list(_wakeups):
-        event.set()
+class Wakeup:
+    """The spool worker's wake-up: made by whoever runs the worker (``mailcrm serve``) and given
+    to the relay of the same process, which calls :meth:`kick` after a delivery so the copy is
+    captured at once instead of at the next poll. Without one, a worker only polls."""
 
+    def __init__(self) -> None:
+        self._events: set[asyncio.Event] = set()  # the workers listening now
 
-@contextlib.contextmanager
-def woken_by_kick(event: asyncio.Event) -> Iterator[None]:
-    """While in the block, :func:`kick` sets ``event`` (a spool worker's wake-up)."""
-    _wakeups.add(event)
-    try:
-        yield
-    finally:
-        _wakeups.discard(event)
+    def kick(self) -> None:
+        """Wake the listening spool workers now."""
+        for event in list(self._events):
+            event.set()
+
+    @contextlib.contextmanager
+    def listening(self, event: asyncio.Event) -> Iterator[None]:
+        """While in the block, :meth:`kick` sets ``event`` (a spool worker's wake-up)."""
+        self._events.add(event)
+        try:
+            yield
+        finally:
+            self._events.discard(event)
 
 
 # --- the table ------------------------------------------------------------------------------

@@ -1,8 +1,8 @@
 """The ``spool`` component of ``mailcrm serve``: paces the spool worker (:mod:`.worker`), which
 runs in a child process at a lower CPU priority, or in a thread of this process.
 
-A round starts at once when the relay of this process calls :func:`crm.spool.queue.kick` after a
-delivery, otherwise at the next poll.
+A round starts at once when the relay of this process kicks the worker's
+:class:`crm.spool.queue.Wakeup` after a delivery, otherwise at the next poll.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from crm.config import Config
 from crm.store.db import Database
 
 from .files import FileSpool
-from .queue import ROUND, spool_dir, woken_by_kick
+from .queue import ROUND, Wakeup, spool_dir
 from .worker import SpoolWorker, child_init, child_run
 
 log = logging.getLogger("crm.spool")  # its name before the move (issue 17)
@@ -52,7 +52,8 @@ class _ChildRunner:
         if self.pool is None:
             self.pool = ProcessPoolExecutor(
                 1, mp_context=multiprocessing.get_context("spawn"),
-                initializer=child_init, initargs=(self.config,),
+                initializer=child_init,
+                initargs=(self.config, logging.getLogger().getEffectiveLevel()),
             )
         try:
             done, error, counts = await asyncio.get_running_loop().run_in_executor(
@@ -90,13 +91,19 @@ class _ThreadRunner:
 
 
 async def run_spool_worker(
-    config: Config, db: Database, stop: asyncio.Event, *, in_process: bool = False
+    config: Config,
+    db: Database,
+    stop: asyncio.Event,
+    *,
+    in_process: bool = False,
+    wakeup: Wakeup | None = None,
 ) -> None:
     """Component of ``mailcrm serve``: capture spooled mail until ``stop`` is set.
 
     The capture runs in a child process at a lower CPU priority (``in_process`` runs it in a
-    thread here instead); this coroutine only paces it: at once after a kick, every
-    ``relay.spool_poll_interval`` seconds otherwise, backing off while the database fails. A
+    thread here instead); this coroutine only paces it: at once after a kick of ``wakeup`` (the
+    relay of this process is given the same one), every ``relay.spool_poll_interval`` seconds
+    otherwise, backing off while the database fails. A
     round that caught up is followed by a short pause (:data:`GATHER`): under a stream of mail
     the next round takes what came meanwhile as one batch, not one round per message.
     """
@@ -106,7 +113,7 @@ async def run_spool_worker(
     wake = asyncio.Event()
     delay, purged, deaths = poll, -PURGE_EVERY, 0
     loop = asyncio.get_running_loop()
-    with woken_by_kick(wake):
+    with (wakeup or Wakeup()).listening(wake):
         try:
             while not stop.is_set():
                 wake.clear()

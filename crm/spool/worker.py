@@ -36,7 +36,7 @@ from typing import Any
 from sqlalchemy import Row, delete, func, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
-from crm import metrics
+from crm import logs, metrics
 from crm.capture.path import Capturer, CaptureResult, Incoming
 from crm.config import Config
 from crm.errors import MailcrmError, NotFound
@@ -163,7 +163,7 @@ class SpoolWorker:
         raws = self._raws([row.id for row in rows])
         items = [
             Incoming(raws.get(row.id, b""), row.mailbox_address, Direction(row.direction),
-                     f"spool:{row.id}", envelope_from=row.envelope_from,
+                     _source(row), envelope_from=row.envelope_from,
                      envelope_to=tuple(row.envelope_to))
             for row in rows
         ]
@@ -205,7 +205,7 @@ class SpoolWorker:
         return raw or b""
 
     def _capture(self, row: Row[Any]) -> Outcome:
-        source = f"spool:{row.id}"
+        source = _source(row)
         try:
             result = self.capturer.capture(
                 self._raw(row.id), row.mailbox_address, Direction(row.direction), source=source,
@@ -238,7 +238,7 @@ class SpoolWorker:
         else:
             delay = min(RETRY_BASE * 2 ** (attempts - 1), RETRY_MAX)
             self._later[row.id] = time.monotonic() + delay
-        return Outcome(CaptureResult(f"spool:{row.id}", "skipped", why), values)
+        return Outcome(CaptureResult(_source(row), "skipped", why), values)
 
     def purge(self) -> None:
         """Forget entries never delivered, and hidden spool files never published (a day old)."""
@@ -261,6 +261,12 @@ class SpoolWorker:
                 break
             done += len(results)
         return done
+
+
+def _source(row: Row[Any]) -> str:
+    """How a relayed message is named in capture's results and log lines (``capture skipped
+    relay:alice@ourco.example/spool:17: only employees``)."""
+    return f"relay:{row.mailbox_address}/spool:{row.id}"
 
 
 # --- the child process ------------------------------------------------------------------------
@@ -295,10 +301,12 @@ def background() -> None:
         Path("/proc/self/autogroup").write_text(f"{CAPTURE_NICE}\n", encoding="ascii")
 
 
-def child_init(config: Config) -> None:
-    """Initializer of the worker process: nicer CPU priority, own engine, Ctrl-C is the parent's;
-    it ends with its parent."""
+def child_init(config: Config, log_level: int = logging.WARNING) -> None:
+    """Initializer of the worker process: the parent's log format and level (a spawned process
+    starts with none: its capture lines, such as the skips at INFO, would be lost), nicer CPU
+    priority, own engine, Ctrl-C is the parent's; it ends with its parent."""
     global _child
+    logs.configure(config.log_format, log_level)
     threading.Thread(target=_exit_with_parent, name="mailcrm-parent-watch", daemon=True).start()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     background()

@@ -82,6 +82,14 @@ def alembic_config(engine: Engine) -> AlembicConfig:
     return cfg
 
 
+def url_has_password(url: str) -> bool:
+    """True when the database URL carries a password (a bad URL has none to show)."""
+    try:
+        return bool(make_url(url).password)
+    except (ArgumentError, ValueError):
+        return False
+
+
 class Database:
     """Engine + session factory for one database URL."""
 
@@ -141,6 +149,11 @@ class Database:
                 if not conn.invalidated:
                     conn.exec_driver_sql("ROLLBACK")
                     conn.exec_driver_sql(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+
+    @property
+    def single_writer(self) -> bool:
+        """True for SQLite: one writer at a time, so more writing threads gain nothing."""
+        return self.engine.dialect.name == "sqlite"
 
     @property
     def safe_url(self) -> str:

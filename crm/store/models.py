@@ -79,6 +79,8 @@ class User(Base):
     name: Mapped[str] = mapped_column(String(200), default="")
     admin: Mapped[bool] = mapped_column(Boolean, default=False)
     crm_access: Mapped[bool] = mapped_column(Boolean, default=True)
+    #: V1: "own" (their own leads, mail and what it touches) or "all" (the whole CRM).
+    sees: Mapped[str] = mapped_column(String(8), default="own", server_default="own")
     last_active_at: Mapped[dt.datetime | None] = mapped_column(default=None)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
@@ -154,7 +156,7 @@ class Lead(Base):
         ForeignKey("companies.id", ondelete="SET NULL"), default=None
     )
     responsible_id: Mapped[int | None] = mapped_column(
-        ForeignKey("users.id", ondelete="SET NULL"), default=None
+        ForeignKey("users.id", ondelete="SET NULL"), index=True, default=None
     )
     mailbox_id: Mapped[int | None] = mapped_column(
         ForeignKey("mailboxes.id", ondelete="SET NULL"), default=None
@@ -174,6 +176,10 @@ class Contact(Base):
     title: Mapped[str | None] = mapped_column(String(200), default=None)
     company_id: Mapped[int | None] = mapped_column(
         ForeignKey("companies.id", ondelete="SET NULL"), default=None
+    )
+    #: V1: the person who made it (a conversion, a web or DAV write): they keep seeing it.
+    created_by_id: Mapped[int | None] = mapped_column(
+        ForeignKey("users.id", ondelete="SET NULL"), index=True, default=None
     )
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 

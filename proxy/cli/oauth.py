@@ -5,32 +5,26 @@
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
-import functools
-import json
 import sys
 import time
 import webbrowser
-from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Annotated, Any
 
 import typer
 
-from crm.config import load_config
 from crm.errors import InvalidInput, OAuthError
 from crm.face import Database
 from crm.face import oauth as face
-from crm.face.relay import SecretBox, load_key
+from crm.face.relay import SecretBox
 
-app = typer.Typer(no_args_is_help=True, help="OAuth2 providers (issue 15).")
-provider_app = typer.Typer(no_args_is_help=True, help="OAuth2 providers: endpoints, client id.")
+from .common import STATE, Address, JsonOpt, Opt, group, print_json
+
+app = group("OAuth2 sign-in for Microsoft 365, Google and other providers (issue 15).")
+provider_app = group("OAuth2 providers: endpoints, client id and secret, scopes.")
 app.add_typer(provider_app, name="provider")
 
-Opt = typer.Option
-JsonOpt = Annotated[bool, Opt("--json", help="Print JSON only.")]
 Name = Annotated[str, typer.Argument(metavar="NAME", show_default=False)]
-Address = Annotated[str, typer.Argument(metavar="ADDRESS", show_default=False)]
 Url = Annotated[str | None, Opt(metavar="URL")]
 ClientId = Annotated[str | None, Opt("--client-id", metavar="ID", help="The app's client id.")]
 SecretStdin = Annotated[
@@ -39,17 +33,6 @@ SecretStdin = Annotated[
 Scopes = Annotated[list[str] | None, Opt("--scope", metavar="SCOPE", help="Repeatable.")]
 #: how long `mailbox authorize` waits for the browser's redirect
 WAIT_S = 300.0
-
-
-@contextlib.contextmanager
-def _opened(ctx: typer.Context) -> Iterator[tuple[Database, SecretBox]]:
-    params = ctx.find_root().params
-    config = load_config(params.get("config"), params.get("db"))
-    db = Database(config.database_url)
-    try:
-        yield db, SecretBox(load_key(config))
-    finally:
-        db.dispose()
 
 
 def _options(**o: Any) -> face.ProviderOptions:
@@ -63,7 +46,6 @@ def _options(**o: Any) -> face.ProviderOptions:
 
 @provider_app.command("add")
 def provider_add(
-    ctx: typer.Context,
     name: Name,
     authorize_url: Url = None,
     token_url: Url = None,
@@ -81,14 +63,12 @@ def provider_add(
         client_secret_stdin=client_secret_stdin,
         scopes=scope,
     )
-    with _opened(ctx) as (db, secrets):
-        face.provider_add(db, secrets, name, options)
+    face.provider_add(STATE.db, STATE.secrets(), name, options)
     typer.echo(f"provider {name.strip().lower()} added")
 
 
 @provider_app.command("set")
 def provider_set(
-    ctx: typer.Context,
     name: Name,
     authorize_url: Url = None,
     token_url: Url = None,
@@ -106,18 +86,16 @@ def provider_set(
         client_secret_stdin=client_secret_stdin,
         scopes=scope,
     )
-    with _opened(ctx) as (db, secrets):
-        face.provider_set(db, secrets, name, options)
+    face.provider_set(STATE.db, STATE.secrets(), name, options)
     typer.echo(f"provider {name.strip().lower()} updated")
 
 
 @provider_app.command("list")
-def provider_list(ctx: typer.Context, as_json: JsonOpt = False) -> None:
+def provider_list(as_json: JsonOpt = False) -> None:
     """The providers: registered ones, and the built-in ones (client_id empty until added)."""
-    with _opened(ctx) as (db, _secrets):
-        rows = face.providers(db)
+    rows = face.providers(STATE.db)
     if as_json:
-        sys.stdout.write(json.dumps(rows, indent=2) + "\n")
+        print_json(rows)
         return
     for row in rows:
         client = row["client_id"] or "(not set up: oauth provider add NAME --client-id ID)"
@@ -128,7 +106,6 @@ def provider_list(ctx: typer.Context, as_json: JsonOpt = False) -> None:
 
 
 def authorize(
-    ctx: typer.Context,
     address: Address,
     no_browser: Annotated[bool, Opt("--no-browser", help="Only print the URL.")] = False,
     redirect_port: Annotated[
@@ -138,19 +115,17 @@ def authorize(
     device: Annotated[bool, Opt("--device", help="Device-code flow (Microsoft).")] = False,
 ) -> None:
     """Sign in the mailbox's owner at its OAuth2 provider and keep the refresh token."""
-    with _opened(ctx) as (db, secrets):
-        provider = face.mailbox_provider(db, secrets, address)
-        if device:
-            _device(db, secrets, address, provider)
-        elif paste:
-            auth = face.begin(provider, f"http://127.0.0.1:{redirect_port or 8400}/")
-            typer.echo(auth.url)
-            typer.echo(
-                "open the URL, sign in, then paste the address the browser went to:", err=True
-            )
-            face.finish(db, secrets, address, provider, auth, sys.stdin.readline()[:8192])
-        else:
-            _loopback(db, secrets, address, provider, redirect_port, not no_browser)
+    db, secrets = STATE.db, STATE.secrets()
+    provider = face.mailbox_provider(db, secrets, address)
+    if device:
+        _device(db, secrets, address, provider)
+    elif paste:
+        auth = face.begin(provider, f"http://127.0.0.1:{redirect_port or 8400}/")
+        typer.echo(auth.url)
+        typer.echo("open the URL, sign in, then paste the address the browser went to:", err=True)
+        face.finish(db, secrets, address, provider, auth, sys.stdin.readline()[:8192])
+    else:
+        _loopback(db, secrets, address, provider, redirect_port, not no_browser)
     typer.echo(f"mailbox {address} authorized", err=True)
 
 
@@ -209,12 +184,11 @@ def _device(db: Database, secrets: SecretBox, address: str, provider: face.Provi
     raise OAuthError("the device code expired before anyone signed in: nothing stored")
 
 
-def app_password(ctx: typer.Context, address: Address, as_json: JsonOpt = False) -> None:
+def app_password(address: Address, as_json: JsonOpt = False) -> None:
     """A new password for mail clients to log in to the relay (replaces the one before)."""
-    with _opened(ctx) as (db, _secrets):
-        password = face.new_app_password(db, address)
+    password = face.new_app_password(STATE.db, address)
     if as_json:
-        sys.stdout.write(json.dumps({"password": password}) + "\n")
+        print_json({"password": password})
     else:
         typer.echo(password)
 
@@ -223,8 +197,3 @@ def register(mailbox_app: typer.Typer) -> None:
     """Add ``authorize`` and ``app-password`` to the ``mailbox`` group."""
     mailbox_app.command("authorize")(authorize)
     mailbox_app.command("app-password")(app_password)
-
-
-def tokens(db: Database, secrets: SecretBox) -> Callable[[str], tuple[str, dt.datetime]]:
-    """OAuth2 access tokens for ``mailbox check`` (refreshed first when due)."""
-    return functools.partial(face.access_token, db, secrets)

@@ -9,17 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiosmtplib
 
-from crm.errors import UpstreamError
+from crm.errors import InvalidInput, UpstreamError
 from crm.vocab import is_loopback
 
 from .client import Endpoint, ImapClient
-from .folders import discover
+from .folders import discover, not_on_server
 from .plan import MailboxPlan
 
 Tokens = Callable[[str], tuple[str, dt.datetime]]
@@ -67,7 +68,7 @@ async def _imap(plan: MailboxPlan, report: CheckReport, timeout: float, token: s
         found = await discover(client, plan.folders)
         report.folders = [{"name": f.name, "direction": f.direction.value} for f in found.folders]
         report.imap = "ok"
-        report.problems += [f"IMAP folder not found: {name}" for name in found.missing]
+        report.problems += [f"folder {name} not on the server" for name in found.missing]
     except UpstreamError as exc:
         report.imap = str(exc)
         report.problems.append(str(exc))
@@ -122,8 +123,8 @@ async def check_mailbox(
             report.problems.append(str(exc))
             return report
     await _imap(plan, report, timeout, token)
-    if plan.smtp is None:
-        report.smtp = "not configured"
+    if plan.smtp is None:  # no password: said once, as the IMAP problem already
+        report.smtp = plan.smtp_problem or "not configured"
         return report
     try:
         await smtp_login(plan.smtp, timeout, token)
@@ -132,3 +133,43 @@ async def check_mailbox(
         report.smtp = str(exc)
         report.problems.append(str(exc))
     return report
+
+
+async def missing_folders(plan: MailboxPlan, timeout: float) -> list[str]:
+    """The configured folders the server does not have (raises UpstreamError when it cannot be
+    asked)."""
+    assert plan.endpoint is not None
+    client = ImapClient(plan.endpoint, timeout)
+    try:
+        await client.connect()
+        await client.login()
+        return (await discover(client, plan.folders)).missing
+    finally:
+        await client.logout()
+
+
+def _run(job: Coroutine[Any, Any, list[str]]) -> list[str]:
+    """Run ``job`` on a loop of its own, in a thread: the caller may be inside a loop already."""
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, job).result()
+
+
+def verify_folders(plan: MailboxPlan, timeout: float) -> str:
+    """``mailbox add/set --folders``: ask the server for the folders when it can be asked.
+
+    Raises InvalidInput naming the folders the server does not have (the caller's transaction
+    rolls back: nothing changes); otherwise returns the line to show: found, or when they will be
+    checked.
+    """
+    names = ", ".join(plan.folders)
+    later = f"checked when the poller connects, or now by `mailcrm mailbox check {plan.address}`"
+    if plan.endpoint is None:
+        return f"folders {names} not checked ({plan.problem or 'no IMAP server'}): {later}"
+    try:
+        missing = _run(missing_folders(plan, timeout))
+    except UpstreamError as exc:
+        return f"folders {names} not checked ({exc}): {later}"
+    problem = not_on_server(missing)
+    if problem:
+        raise InvalidInput(f"{problem}: mailbox {plan.address} not changed")
+    return f"folders {names} found on the server"

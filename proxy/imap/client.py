@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+import time
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -68,6 +69,7 @@ class ImapClient:
         self.protocol: Protocol | None = None
         self.lost: asyncio.Future[None] | None = None
         self.changed = asyncio.Event()
+        self.changed_at = 0.0  # monotonic time the server's first unnoted change arrived
         self.selected: str | None = None
         self._vanished: list[tuple[int, int]] = []
         self._fetching = False
@@ -184,6 +186,8 @@ class ImapClient:
         if self._fetching and b"FETCH" in head:
             return
         if any(word in _NOTICES for word in head):
+            if not self.changed.is_set():
+                self.changed_at = time.monotonic()
             self.changed.set()
             self.needs_scan = self.needs_scan or not any(w in (b"EXISTS", b"RECENT") for w in head)
         if head[0] == b"VANISHED":

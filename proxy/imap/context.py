@@ -1,8 +1,9 @@
 """What every poller piece shares: the config, the database and the thread that talks to it.
 
-Database work (capture, checkpoints, flag sync) is blocking SQLAlchemy code; it runs on one
-dedicated thread (:class:`DbThread`) so the event loop keeps serving every other mailbox's
-sockets, IDLE and timers meanwhile, and so the poller's writes never contend with each other.
+Database work (capture, checkpoints, flag sync) is blocking SQLAlchemy code; it runs on dedicated
+threads (:class:`DbThread`) so the event loop keeps serving every other mailbox's sockets, IDLE and
+timers meanwhile: one on SQLite, whose single writer gains nothing from more; several on
+PostgreSQL, each mailbox on one of them, so a burst across many mailboxes is captured in parallel.
 """
 
 from __future__ import annotations
@@ -25,22 +26,38 @@ T = TypeVar("T")
 
 
 class DbThread:
-    """Runs blocking database calls, one at a time, off the event loop."""
+    """Runs blocking database calls off the event loop, one at a time on each of its threads.
 
-    def __init__(self) -> None:
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mailcrm-poller-db")
+    One thread by default. With several (PostgreSQL, ``[poller] db_threads``), each mailbox's
+    calls go to one of them, :meth:`lane`, so they stay in order (an activity committed before
+    its checkpoint moves) while other mailboxes capture on the other threads at the same time.
+    """
+
+    def __init__(self, threads: int = 1, pools: list[ThreadPoolExecutor] | None = None) -> None:
+        self._pools = pools or [
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"mailcrm-poller-db{n}")
+            for n in range(max(1, threads))
+        ]
+
+    def lane(self, key: int) -> DbThread:
+        """The thread for calls about ``key`` (a mailbox id): one key, one thread, in order."""
+        return DbThread(pools=[self._pools[key % len(self._pools)]])
 
     async def __call__(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, functools.partial(fn, *args, **kwargs))
+        return await loop.run_in_executor(self._pools[0], functools.partial(fn, *args, **kwargs))
 
     async def drain(self) -> None:
-        """Return once every call queued before this one is done (the thread runs them in order)."""
-        await self(_nothing)
+        """Return once every call queued before this one is done (each thread runs in order)."""
+        loop = asyncio.get_running_loop()
+        await asyncio.gather(*(loop.run_in_executor(pool, _nothing) for pool in self._pools))
 
     async def close(self) -> None:
-        """Let the running call finish, then stop the thread."""
-        await asyncio.get_running_loop().run_in_executor(None, self._pool.shutdown)
+        """Let the running calls finish, then stop the threads (a lane's close stops its
+        thread for every lane on it: only the owner of the whole set closes)."""
+        loop = asyncio.get_running_loop()
+        for pool in self._pools:
+            await loop.run_in_executor(None, pool.shutdown)
 
 
 def _nothing() -> None:

@@ -11,6 +11,7 @@ whole folder.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 
 from crm.face.poller import sync
@@ -42,12 +43,15 @@ async def sync_folder(
     folder: FolderPlan,
     scan: bool = True,
     from_start: bool = False,
+    noticed_at: float | None = None,
 ) -> PassReport:
     """Run one pass; ``scan`` False skips the flag/deletion scan (new mail only).
 
     ``from_start`` imports every message of the window that is not recorded yet, not only those
     above the checkpoint (a foreground import, whose window may be wider than the one the
-    checkpoint was made with); the checkpoint itself never moves back.
+    checkpoint was made with); the checkpoint itself never moves back. ``noticed_at``
+    (monotonic): when the IDLE notice that started this pass arrived; the log line says how long
+    after it the pass ended (the IDLE latency that is mailcrm's, not the server's).
     """
     info = await client.select(folder.name)
     client.changed.clear()
@@ -84,16 +88,21 @@ async def sync_folder(
         None,
         info.highest_modseq,
     )
-    _log(plan, report)
+    _log(plan, report, noticed_at)
     return report
 
 
-def _log(plan: MailboxPlan, report: PassReport) -> None:
+def _log(plan: MailboxPlan, report: PassReport, noticed_at: float | None) -> None:
     stats = report.imported
     if stats.found or report.flags_changed or report.pushed or report.activities_removed:
+        after = (
+            ""
+            if noticed_at is None
+            else f", {(time.monotonic() - noticed_at) * 1000:.0f} ms after the server's notice"
+        )
         log.info(
             "%s/%s: %d new (%d captured, %d duplicate, %d skipped, %d re-mapped), "
-            "%d read-state changes, %d pushed, %d activities removed",
+            "%d read-state changes, %d pushed, %d activities removed%s",
             plan.address,
             report.folder,
             stats.found,
@@ -104,4 +113,5 @@ def _log(plan: MailboxPlan, report: PassReport) -> None:
             report.flags_changed,
             report.pushed,
             report.activities_removed,
+            after,
         )

@@ -40,6 +40,11 @@ SENT_NAMES = (
 )
 
 
+def not_on_server(missing: Sequence[str]) -> str | None:
+    """``folder Archive not on the server`` (several joined by ``; ``), None when none."""
+    return "; ".join(f"folder {name} not on the server" for name in missing) or None
+
+
 @dataclass
 class Discovery:
     """The folders to process, and configured ones the server does not have."""
@@ -50,7 +55,7 @@ class Discovery:
     @property
     def problem(self) -> str | None:
         """The status reason when configured folders are missing (M5)."""
-        return f"folders not found: {', '.join(self.missing)}" if self.missing else None
+        return not_on_server(self.missing)
 
     def add(self, name: str, direction: Direction) -> None:
         """Add a folder once (the first direction wins)."""

@@ -1,8 +1,10 @@
-"""What the poller knows of one mailbox: a detached snapshot of its row, with the password opened.
+"""What the poller knows of one mailbox: a frozen plan built from the CRM's snapshot of its row
+(:class:`crm.face.poller.MailboxSnapshot`, the password opened), with the IMAP and SMTP endpoints
+the poller connects to (defaults, ports and TLS settings from the poller's config).
 
 :func:`load_plans` reads every mailbox once (a short transaction on the poller's database
-thread); workers only ever see these frozen snapshots, and a changed snapshot (new password,
-other host, other folders) restarts the mailbox's worker.
+thread); workers only ever see these frozen plans, and a changed plan (new password, other
+host, other folders) restarts the mailbox's worker.
 """
 
 from __future__ import annotations
@@ -10,17 +12,14 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
-from sqlalchemy import select
-
 from crm.config import PollerConfig
-from crm.errors import SecretError
 from crm.face import Database
-from crm.face.poller import SecretBox
-from crm.store.models import Mailbox
+from crm.face.poller import MailboxSnapshot, SecretBox, Server, load_snapshot, load_snapshots
 from crm.vocab import DEFAULT_WINDOW, WINDOWS, Direction, MailboxKind
 
 from .client import Endpoint
 
+NO_PASSWORD = "no password stored (mailbox set --password-stdin)"
 DEFAULT_PORTS = {"ssl": 993, "starttls": 143, "none": 143}
 SMTP_PORTS = {"ssl": 465, "starttls": 587, "none": 25}
 
@@ -42,6 +41,7 @@ class MailboxPlan:
     endpoint: Endpoint | None
     smtp: Endpoint | None
     problem: str | None
+    smtp_problem: str | None = None  # why ``smtp`` is None: not configured, or no password
 
     @property
     def is_company(self) -> bool:
@@ -62,91 +62,72 @@ class FolderPlan:
     direction: Direction
 
 
-def _endpoint(
-    box: Mailbox, password: str | None, config: PollerConfig
-) -> tuple[Endpoint | None, str | None]:
-    host = box.imap_host or config.upstream_host
+def _endpoint(box: MailboxSnapshot, config: PollerConfig) -> tuple[Endpoint | None, str | None]:
+    default = Server(config.upstream_host or "", config.upstream_port, config.upstream_tls)
+    server = box.imap or default
+    host, port, tls = server.host, server.port, server.tls
     if not host:
         return None, "no IMAP server configured (mailbox set --imap-host or a preset)"
-    tls = box.imap_tls if box.imap_host else config.upstream_tls
-    port = box.imap_port if box.imap_host else config.upstream_port
-    oauth = box.auth == "oauth2"  # the token comes at login (issue 15)
-    if password is None and not oauth:
-        return None, "no password stored (mailbox set --password-stdin)"
-    login = box.login or box.address
+    if box.password is None and not box.oauth:  # OAuth2: the token comes at login (issue 15)
+        return None, NO_PASSWORD
     endpoint = Endpoint(
         host,
         port or DEFAULT_PORTS.get(tls, 993),
         tls,
-        login,
-        "" if oauth else password or "",
+        box.login,
+        box.password or "",
         config.ca_file,
         config.insecure,
-        oauth,
+        box.oauth,
     )
     return endpoint, None
 
 
-def _smtp(box: Mailbox, password: str | None, config: PollerConfig) -> Endpoint | None:
-    oauth = box.auth == "oauth2"
-    if not box.smtp_host or (password is None and not oauth):
+def _smtp_problem(box: MailboxSnapshot) -> str | None:
+    """Why the mailbox has no SMTP endpoint (None: it has one)."""
+    if box.smtp is None:
+        return "not configured"
+    return (box.problem or NO_PASSWORD) if box.password is None and not box.oauth else None
+
+
+def _smtp(box: MailboxSnapshot, config: PollerConfig) -> Endpoint | None:
+    if box.smtp is None or (box.password is None and not box.oauth):
         return None
-    port = box.smtp_port or SMTP_PORTS.get(box.smtp_tls, 587)
-    login = box.login or box.address
+    port = box.smtp.port or SMTP_PORTS.get(box.smtp.tls, 587)
     return Endpoint(
-        box.smtp_host,
-        port,
-        box.smtp_tls,
-        login,
-        password or "",
-        config.ca_file,
-        config.insecure,
-        oauth,
-    )
+        box.smtp.host, port, box.smtp.tls, box.login, box.password or "", config.ca_file,
+        config.insecure, box.oauth,
+    )  # fmt: skip
 
 
-def plan_for(box: Mailbox, secrets: SecretBox | None, config: PollerConfig) -> MailboxPlan:
-    """The snapshot of one mailbox row (call inside its session)."""
-    password: str | None = None
-    problem: str | None = None
-    if box.secret is not None:
-        try:
-            if secrets is None:
-                raise SecretError("no secret key to open the stored password")
-            password = secrets.open(box.secret)
-        except SecretError as exc:
-            problem = str(exc)
-    endpoint, missing = _endpoint(box, password, config)
-    owner = box.owner
+def plan_for(box: MailboxSnapshot, config: PollerConfig) -> MailboxPlan:
+    """The plan of one mailbox's snapshot."""
+    endpoint, missing = _endpoint(box, config)
     return MailboxPlan(
         id=box.id,
         address=box.address,
         kind=box.kind,
         linked=box.linked,
-        owner_ok=owner is not None and owner.crm_access,
-        owner_active_at=owner.last_active_at if owner is not None else None,
+        owner_ok=box.owner_ok,
+        owner_active_at=box.owner_active_at,
         linked_at=box.linked_at,
         since=box.since,
-        folders=tuple(box.folders or ()),
+        folders=box.folders,
         interval_s=box.interval_s,
         endpoint=endpoint,
-        smtp=_smtp(box, password, config),
-        problem=problem or missing,
+        smtp=_smtp(box, config),
+        problem=box.problem or missing,
+        smtp_problem=_smtp_problem(box),
     )
 
 
 def load_plans(db: Database, secrets: SecretBox | None, config: PollerConfig) -> list[MailboxPlan]:
-    """Every mailbox, as snapshots."""
-    with db.session() as s:
-        boxes = s.scalars(select(Mailbox).order_by(Mailbox.id)).unique()
-        return [plan_for(box, secrets, config) for box in boxes]
+    """Every mailbox, as plans."""
+    return [plan_for(box, config) for box in load_snapshots(db, secrets)]
 
 
 def load_plan(
     db: Database, address: str, secrets: SecretBox | None, config: PollerConfig
 ) -> MailboxPlan:
     """One mailbox by address (NotFound when there is none)."""
-    from crm.face.admin import get_mailbox
-
-    with db.session() as s:
-        return plan_for(get_mailbox(s, address), secrets, config)
+    return plan_for(load_snapshot(db, address, secrets), config)

@@ -71,7 +71,8 @@ class Poller:
 
     def __init__(self, config: Config, db: Database) -> None:
         self.config = config
-        self.ctx = PollerContext(config.poller, db, DbThread(), Capturer(db, config.capture))
+        threads = config.poller.db_threads or (1 if db.single_writer else 4)
+        self.ctx = PollerContext(config.poller, db, DbThread(threads), Capturer(db, config.capture))
         self.ctx.tokens = token_source(db, config)
         self.keeper = LeaseKeeper(db, config.cluster.node_name, config.cluster.lease_seconds)
         self.lease_run = DbThread()  # the leases' own thread: never behind capture work
@@ -82,8 +83,10 @@ class Poller:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Reconcile and push-check until ``stop``; then stop every worker, release the leases."""
-        helpers = [asyncio.create_task(self._renew(stop), name="poller:leases"),
-                   asyncio.create_task(self._guard(stop), name="poller:guard")]
+        helpers = [
+            asyncio.create_task(self._renew(stop), name="poller:leases"),
+            asyncio.create_task(self._guard(stop), name="poller:guard"),
+        ]
         next_refresh = 0.0
         try:
             while not stop.is_set():

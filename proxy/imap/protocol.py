@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 from typing import Any
 from typing import Protocol as Interface
 
 from aioimaplib import aioimaplib as aio
+
+log = logging.getLogger(__name__)
 
 
 class Owner(Interface):
@@ -101,7 +104,20 @@ class Protocol(aio.IMAP4ClientProtocol):  # type: ignore[misc]
 
     def _untagged_response(self, line: bytes) -> Any:
         self.owner.observe(line[2:] if line.startswith(b"* ") else line)
+        if self._unclaimed(line):  # aioimaplib would log each at INFO ("ignored untagged ...")
+            log.debug("unsolicited response: %r", line[:200])
+            return None
         return super()._untagged_response(line)
+
+    def _unclaimed(self, line: bytes) -> bool:
+        """True when no command waits for this untagged response (a VANISHED or EXISTS between
+        commands): upstream would drop it too, after an INFO line; the owner has seen it."""
+        if self.pending_sync_command is not None or "NOOP" in self.pending_async_commands:
+            return False
+        body = line.replace(b"* ", b"")
+        match = aio.message_data_re.match(body)
+        name = match.group(1) if match else body.partition(b" ")[0]
+        return name.decode("ascii", "replace").upper() not in self.pending_async_commands
 
     def _handle_responses(self, data: bytes, line_handler: Any, current_cmd: Any = None) -> None:
         """aioimaplib's parser with its tail recursion turned into a loop (issue #118).

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Coroutine, Sequence
@@ -73,7 +74,7 @@ class MailboxWorker:
     """Keeps one mailbox in sync until stopped."""
 
     def __init__(self, ctx: PollerContext, plan: MailboxPlan) -> None:
-        self.ctx = ctx
+        self.ctx = dataclasses.replace(ctx, run=ctx.run.lane(plan.id))  # its calls in order
         self.plan = plan
         self.stop = asyncio.Event()
         self.grace = STOP_GRACE_S  # how long a session may take to end politely once stopped
@@ -164,11 +165,18 @@ class MailboxWorker:
             await self._idle_until(client, self.folders[-1], due)
         return 0.0
 
-    async def _pass(self, client: ImapClient, folders: list[FolderPlan], scan: bool = True) -> None:
+    async def _pass(
+        self,
+        client: ImapClient,
+        folders: list[FolderPlan],
+        scan: bool = True,
+        noticed_at: float | None = None,
+    ) -> None:
+        """Sync ``folders``; ``noticed_at``: when the server's IDLE notice that caused it came."""
         self.push_folders.clear()
         self.wake.clear()
         for folder in folders:
-            await sync_folder(self.ctx, self.plan, client, folder, scan)
+            await sync_folder(self.ctx, self.plan, client, folder, scan, noticed_at=noticed_at)
 
     def update(self, plan: MailboxPlan) -> None:
         """New settings that need no reconnection (owner activity, interval)."""
@@ -187,7 +195,9 @@ class MailboxWorker:
             limit = min(renew, max(due - time.monotonic(), 0.0))
             reason = await idle(client, self.wake, self.stop, limit, self.ctx.config.timeout_s)
             if reason == "changed":
-                await self._pass(client, [inbox], scan=client.needs_scan or client.has("QRESYNC"))
+                noticed = client.changed_at
+                scan = client.needs_scan or client.has("QRESYNC")
+                await self._pass(client, [inbox], scan, noticed)
             elif reason == "wake":
                 wanted = [f for f in self.folders if f.name in self.push_folders] or [inbox]
                 await self._pass(client, [*[f for f in wanted if f != inbox], inbox])

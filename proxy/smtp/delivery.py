@@ -90,7 +90,7 @@ class Deliverer:
     """Forwards one message through an upstream session and keeps its capture copy."""
 
     def __init__(self, db: Database, gate: DbGate, journal: Journal, *, files_first: bool = False,
-                 kick: Callable[[], None] = spool.kick) -> None:
+                 kick: Callable[[], None] = lambda: None) -> None:
         self.journal = journal
         self.files_first = files_first
         self.kick = kick

@@ -13,14 +13,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
 import time
 from pathlib import Path
 from typing import cast
 
 from crm.config import Config
 from crm.face import Database
-from crm.face.relay import Journal, files_first, spool_dir
+from crm.face.relay import Journal, Wakeup, files_first, spool_dir
 
 from .dbgate import DbGate
 from .delivery import Deliverer
@@ -30,7 +29,7 @@ from .proxyproto import ProxyPolicy
 from .proxytls import PreTLSListener
 from .server import RelaySMTP
 from .session import RelayConnection
-from .tls import relay_context
+from .tls import relay_context, relay_hostname
 from .upstream import UpstreamClient, UpstreamUnavailable
 from .values import Caps
 
@@ -75,15 +74,18 @@ class _Refuse(asyncio.Protocol):
 class Relay:
     """Everything the relay's connections share; ``start`` opens the listeners."""
 
-    def __init__(self, config: Config, db: Database, hostname: str) -> None:
+    def __init__(
+        self, config: Config, db: Database, hostname: str, wakeup: Wakeup | None = None
+    ) -> None:
         self.config = config.relay
         self.hostname = hostname
         sqlite = db.engine.dialect.name == "sqlite"
         self.gate = DbGate(timeout=config.relay.spool_timeout, threads=1 if sqlite else 8)
         self.directory = Directory(config, db, self.gate)
         self.client = UpstreamClient(config.relay, hostname)
+        kick = wakeup.kick if wakeup is not None else (lambda: None)  # no worker here to wake
         self.deliverer = Deliverer(db, self.gate, Journal(spool_dir(config)),
-                                   files_first=files_first(config, db))
+                                   files_first=files_first(config, db), kick=kick)
         self.limiter = RateLimiter(config.relay.max_messages_per_minute)
         self.spill_at = SPILL_AT
         self.spill_dir: Path | None = spool_dir(config) / "tmp"
@@ -199,8 +201,11 @@ class Relay:
         self.gate.close()
 
 
-async def run_relay(config: Config, db: Database, stop: asyncio.Event) -> None:
-    """Component of ``mailcrm serve``: relay mail until ``stop`` is set."""
+async def run_relay(
+    config: Config, db: Database, stop: asyncio.Event, *, wakeup: Wakeup | None = None
+) -> None:
+    """Component of ``mailcrm serve``: relay mail until ``stop`` is set; a delivery kicks
+    ``wakeup``, the spool worker's wake-up in this process."""
     if not config.relay.enabled:
         log.info("relay disabled in the config")
         await stop.wait()
@@ -208,8 +213,9 @@ async def run_relay(config: Config, db: Database, stop: asyncio.Event) -> None:
     mail_log = logging.getLogger("mail.log")  # aiosmtpd logs every command at INFO
     if mail_log.level == logging.NOTSET:
         mail_log.setLevel(logging.WARNING)
-    hostname = config.relay.hostname or await asyncio.to_thread(socket.getfqdn, "")
-    relay = Relay(config, db, hostname or "localhost")
+    relay_context(config.relay)  # the data directory's pair written first, when there is none
+    hostname = await asyncio.to_thread(relay_hostname, config.relay)
+    relay = Relay(config, db, hostname, wakeup)
     await relay.start()
     try:
         await stop.wait()

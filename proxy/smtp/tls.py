@@ -25,6 +25,7 @@ from crm.config import RelayConfig, data_dir
 from crm.errors import ConfigError
 
 log = logging.getLogger("proxy.tls")  # its name before the move (issue 17)
+MAX_CERT_FILE = 1024 * 1024  # a certificate chain is a few KB; read no more than this
 
 
 def default_paths() -> tuple[Path, Path]:
@@ -91,6 +92,51 @@ def default_names(config: RelayConfig) -> list[str]:
     if config.host not in ("0.0.0.0", "::", ""):
         names.append(config.host)
     return list(dict.fromkeys(names))
+
+
+def certificate_name(cert_path: Path) -> str | None:
+    """The host a certificate is for: its first SAN dNSName that is neither a wildcard nor
+    ``localhost``, else its subject's CN (None when it names no host or cannot be read)."""
+    try:
+        cert = x509.load_pem_x509_certificate(cert_path.read_bytes()[:MAX_CERT_FILE])
+    except (OSError, ValueError) as exc:
+        log.debug("relay: no host name from %s: %s", cert_path, exc)
+        return None
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        dns = [str(n) for n in san.get_values_for_type(x509.DNSName)]
+    except x509.ExtensionNotFound:
+        dns = []
+    for name in dns:
+        if "*" not in name and name.lower() != "localhost" and _hostname_like(name):
+            return name
+    for attribute in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME):
+        name = str(attribute.value)
+        if _hostname_like(name):
+            return name
+    return None
+
+
+def _hostname_like(name: str) -> bool:
+    """A name fit for the SMTP banner: letters, digits, dots and hyphens, not an IP address."""
+    try:
+        ipaddress.ip_address(name)
+        return False
+    except ValueError:
+        pass
+    allowed = set("abcdefghijklmnopqrstuvwxyz0123456789.-")
+    return 0 < len(name) <= 253 and set(name.lower()) <= allowed and "*" not in name
+
+
+def relay_hostname(config: RelayConfig) -> str:
+    """The name in the relay's banner and EHLO: ``relay.hostname``, else the name its
+    certificate is for (the configured one, else the data directory's), else the machine's
+    FQDN, else ``localhost``."""
+    if config.hostname:
+        return config.hostname
+    cert_path = Path(config.cert_file) if config.cert_file else default_paths()[0]
+    named = certificate_name(cert_path) if cert_path.exists() else None
+    return named or socket.getfqdn("") or "localhost"
 
 
 def server_context(cert_path: Path, key_path: Path) -> ssl.SSLContext:

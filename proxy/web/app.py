@@ -1,4 +1,5 @@
-"""The HTTP listener of ``mailcrm serve`` (B6): ``/healthz``, ``/metrics``, ``/``, ``/status.json``.
+"""The HTTP listener of ``mailcrm serve`` (B6): ``/healthz`` and ``/metrics`` (open), the web CRM
+(:mod:`.crmpages`, issue 18) and ``/status``, ``/status.json`` behind sign-in (:mod:`.guard`).
 
 Loopback (127.0.0.1:8025) unless ``[http]`` in the config says otherwise. Database work runs in
 worker threads so a slow database never stalls the relay on the same event loop. Requests whose
@@ -22,8 +23,11 @@ from crm.face import Database
 from crm.face.relay import spool_dir
 from crm.face.status import metrics
 
+from . import crmpages, guard
 from .hosts import HostPolicy
 from .page import render
+from .sessions import SessionStore
+from .signin import SignIn
 from .status import Check, gather, probe_relay
 
 log = logging.getLogger(__name__)
@@ -36,12 +40,25 @@ HOSTS: web.AppKey[HostPolicy] = web.AppKey("hosts", HostPolicy)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def make_app(config: Config, db: Database) -> web.Application:
-    """The aiohttp application for one node."""
-    app = web.Application(middlewares=[check_host])
+def make_app(
+    config: Config, db: Database, sessions: SessionStore | None = None
+) -> web.Application:
+    """The aiohttp application for one node (``sessions``: the sign-in sessions to keep)."""
+    app = web.Application(
+        middlewares=[check_host, guard.headers, guard.gate], client_max_size=guard.MAX_FORM
+    )
     app[CONFIG], app[DB], app[HOSTS] = config, db, HostPolicy(config.http)
+    app[crmpages.DB] = db
     app[REGISTRY] = metrics.registry(db, spool=spool_dir(config))
-    app.router.add_get("/", status_page)
+    app[guard.SESSIONS] = sessions if sessions is not None else SessionStore()
+    app[guard.SIGNIN] = SignIn(config, db)
+    app[guard.TEMPLATES] = guard.templates()
+    app.router.add_get("/login", guard.login_page)
+    app.router.add_post("/login", guard.login)
+    app.router.add_post("/logout", guard.logout)
+    app.router.add_static("/static/", guard.static_dir())
+    crmpages.add_routes(app)
+    app.router.add_get("/status", status_page)
     app.router.add_get("/status.json", status_json)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics_page)

@@ -42,7 +42,7 @@ class Check:
 class Snapshot:
     """Everything on the status page, at one moment."""
 
-    node: str
+    node: str | None  # the serve node answering; None from ``mailcrm status`` (no node)
     generated_at: str
     listeners: list[Check] = field(default_factory=list)
     nodes: list[Check] = field(default_factory=list)
@@ -57,9 +57,13 @@ class Snapshot:
         return asdict(self)
 
 
-async def gather(config: Config, db: Database) -> Snapshot:
-    """Probe the listeners and read the database; a database failure shows as a red check."""
-    snap = Snapshot(node=config.cluster.node_name, generated_at=iso(utcnow()) or "")
+async def gather(config: Config, db: Database, from_node: bool = True) -> Snapshot:
+    """Probe the listeners and read the database; a database failure shows as a red check.
+
+    ``from_node`` False: asked by ``mailcrm status``, a process that is no node of the cluster.
+    """
+    node = config.cluster.node_name if from_node else None
+    snap = Snapshot(node=node, generated_at=iso(utcnow()) or "")
     http = f"{config.http.host}:{config.http.port}"
     snap.listeners.append(Check("HTTP (status, metrics)", GREEN, "serving this page", http, "http"))
     snap.listeners.extend(await probe_relay(config))

@@ -22,7 +22,6 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from crm.spool import runner as spool
 from crm.store.db import Database
 from tests.conftest import PG_ADMIN_URL, Cli
 from tests.relaykit import RelayEnv, eventually, message, running
@@ -109,7 +108,7 @@ async def test_spool_depth_counts_the_journal_waiting(
         assert sample(body, "mailcrm_spool_depth") == 3
         assert sample(body, "mailcrm_spool_file_depth") == 3
         assert (sample(body, "mailcrm_spool_oldest_age_seconds") or 0) > 0
-        env.worker = asyncio.create_task(spool.run_spool_worker(env.config, env.db, env.stop))
+        env.start_worker()
         await eventually(lambda: len(env.activities()) == 3)
         for _ in range(100):
             body = await scrape(get)

@@ -2,7 +2,7 @@
 mailbox_oauth (sealed refresh/access tokens, their times, the refusal, the app password hash)
 
 Revision ID: 0060
-Revises: 0040
+Revises: 0050
 Create Date: 2026-12-06
 """
 
@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0060"
-down_revision = "0040"
+down_revision = "0050"
 branch_labels = None
 depends_on = None
 

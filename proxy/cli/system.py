@@ -1,0 +1,87 @@
+"""The gateway itself on the command line: ``db upgrade``, ``status`` (the status page in the
+terminal), ``tls selfsigned`` (certificates for the relay) and ``serve`` (everything, until
+SIGTERM)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from crm import logs
+from crm.face import Database
+
+from .common import STATE, JsonOpt, Opt, group, out, print_json, table
+
+db_app = group("The database.")
+tls_app = group("TLS certificates of the relay.")
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Migrate the database to the newest schema."""
+    database = Database(STATE.config.database_url, migrate=False)
+    done = database.upgrade_if_needed()
+    out.print(f"database {database.safe_url} " + ("migrated" if done else "is up to date"))
+
+
+def status(as_json: JsonOpt = False) -> None:
+    """The status page in the terminal: listeners, nodes, mailboxes (green/red, why, last check)."""
+    import asyncio
+
+    from proxy.web.status import gather, probe_tcp
+
+    snap = asyncio.run(gather(STATE.config, STATE.db, from_node=False))
+    http = STATE.config.http
+    snap.listeners = [
+        asyncio.run(probe_tcp("HTTP (status, metrics)", http.host, http.port, "http"))
+        if check.key == "http"
+        else check
+        for check in snap.listeners
+        if check.key != "http" or http.enabled
+    ]
+    if as_json:
+        print_json(snap.as_json())
+        return
+    checks = [vars(c) for c in snap.listeners + snap.nodes]
+    table(checks, ["name", "status", "reason", "address"], "no listeners")
+    table(
+        snap.mailboxes, ["address", "kind", "status", "status_reason", "last_check"], "no mailboxes"
+    )
+    out.print(f"last day: {snap.leads_today} new leads, {snap.activities_today} activities")
+
+
+@tls_app.command("selfsigned")
+def tls_selfsigned(
+    cert: Annotated[
+        str | None, Opt(metavar="PATH", help="Certificate file (default: in the data dir).")
+    ] = None,
+    key: Annotated[
+        str | None, Opt(metavar="PATH", help="Key file (default: in the data dir).")
+    ] = None,
+    hostname: Annotated[
+        list[str] | None,
+        Opt("--hostname", metavar="NAME", help="Host name or IP it is for (repeatable)."),
+    ] = None,
+    days: Annotated[int, Opt(metavar="N", min=1, help="Validity in days.")] = 825,
+    force: Annotated[bool, Opt("--force", help="Replace existing files.")] = False,
+) -> None:
+    """Write a self-signed certificate and key for the relay's listeners."""
+    from pathlib import Path
+
+    from proxy.smtp.tls import default_names, default_paths, write_selfsigned
+
+    default_cert, default_key = default_paths()
+    cert_path, key_path = Path(cert or default_cert), Path(key or default_key)
+    names = hostname or default_names(STATE.config.relay)
+    write_selfsigned(cert_path, key_path, names, days, force)
+    out.print(f"wrote {cert_path} and {key_path} (mode 0600) for {', '.join(names)}")
+    out.print(f'config: [relay] cert_file = "{cert_path}"  key_file = "{key_path}"', markup=False)
+
+
+def serve() -> None:
+    """SMTP relay, IMAP pollers and scheduler, until SIGTERM."""
+    from proxy.serve import run_loop
+    from proxy.serve import serve as serve_all
+
+    if STATE.config.log_format != "text":
+        logs.configure(STATE.config.log_format)  # before the database opens: its migrations log
+    run_loop(serve_all(STATE.config, STATE.db))
