@@ -14,6 +14,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.conftest import Cli
 from tests.oauthkit import CLIENT_ID, CLIENT_SECRET, TestProvider, provider
 
@@ -205,3 +207,24 @@ def test_app_password_replaces_the_old(cli: Cli, provider: TestProvider) -> None
     cli.ok("mailbox", "add", "plain@example.test", "--company", "--imap-host", "127.0.0.1")
     refused = cli.run("mailbox", "app-password", "plain@example.test")
     assert refused.exit_code == 1 and "--auth oauth2" in refused.stderr
+
+
+@pytest.mark.parametrize("fault", ["html", "500", "missing"])
+def test_authorize_with_garbage_from_the_token_endpoint(
+    cli: Cli, provider: TestProvider, fault: str
+) -> None:
+    """The code exchange meets nonsense: one clear line, exit 1, nothing stored."""
+    setup_provider(cli, provider)
+    provider.user = BOX
+    command = Command(cli, "mailbox", "authorize", BOX, "--paste")
+    redirect = _redirect_of(command.url())
+    provider.fault = fault
+    try:
+        code, err = command.finish(redirect + "\n")
+    finally:
+        provider.fault = None
+    assert code == 1
+    lines = [line for line in err.splitlines() if line.startswith("mailcrm:")]
+    assert len(lines) == 1 and "token endpoint" in lines[0], err
+    assert "Traceback" not in err
+    assert cli.json("mailbox", "show", BOX)["linked"] is False
