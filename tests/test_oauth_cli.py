@@ -228,3 +228,23 @@ def test_authorize_with_garbage_from_the_token_endpoint(
     assert len(lines) == 1 and "token endpoint" in lines[0], err
     assert "Traceback" not in err
     assert cli.json("mailbox", "show", BOX)["linked"] is False
+
+
+def test_presets_say_which_sign_in(cli: Cli) -> None:
+    presets = {p["name"]: p for p in cli.json("mailbox", "presets")}
+    assert (presets["gmail"]["auth"], presets["gmail"]["oauth_provider"]) == ("oauth2", "google")
+    assert presets["outlook"]["oauth_provider"] == "microsoft"
+    assert presets["fastmail"]["auth"] == "password"
+    cli.ok("mailbox", "add", "team@example.com", "--company", "--preset", "outlook", "--auth",
+           "oauth2")  # fmt: skip
+    settings = cli.json("mailbox", "show", "team@example.com")["settings"]
+    assert (settings["auth"], settings["oauth_provider"]) == ("oauth2", "microsoft")
+    refused = cli.run("mailbox", "add", "x@example.com", "--company", "--imap-host", "127.0.0.1",
+                      "--auth", "oauth2")  # fmt: skip
+    assert refused.exit_code == 1 and "--oauth-provider" in refused.stderr
+    usage = cli.run("mailbox", "set", "team@example.com", "--auth", "kerberos")
+    assert usage.exit_code == 2
+    # not set up yet: authorize says how
+    missing = cli.run("mailbox", "authorize", "team@example.com", "--paste", input="\n")
+    assert missing.exit_code == 1
+    assert "oauth provider add microsoft --client-id ID" in missing.stderr
