@@ -109,6 +109,12 @@ class HttpConfig:
     host: str = "127.0.0.1"
     port: int = 8025
     allowed_hosts: list[str] = field(default_factory=list)  # Host names answered (DNS rebinding)
+    tls: bool = False  # HTTPS; with no cert_file/key_file here, the relay's certificate
+    cert_file: str | None = None  # HTTPS with this certificate (PEM) and key_file
+    key_file: str | None = None
+    #: the reverse proxy (its address) that terminates TLS in front of a non-loopback listener;
+    #: without it or TLS, ``serve`` refuses to listen beyond loopback in plain HTTP
+    trusted_proxy: str | None = None
 
 
 @dataclass

@@ -31,6 +31,7 @@ class Page:
 
     rows: list[JSON]
     total: int
+    capped: bool = False  # more than ``total`` matched: counting stopped there ("1,000+")
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,9 @@ class Filter:
     search: str | None = None
     limit: int | None = None
     offset: int = 0
+    #: count at most this many rows past the page (None: count them all, as the CLI does); the
+    #: web caps its counts so a page of a large CRM does not walk the whole table
+    cap: int | None = None
 
 
 def _pattern(text: str) -> str:
@@ -47,16 +51,26 @@ def _pattern(text: str) -> str:
     return f"%{escaped}%"
 
 
-def _ids(session: Session, query: Any, model: Any, wanted: Filter) -> tuple[list[int], int]:
+def count(session: Session, query: Any, wanted: Filter) -> tuple[int, bool]:
+    """How many rows ``query`` selects, and whether counting stopped at ``wanted``'s cap."""
+    if wanted.cap is None:
+        return int(session.scalar(select(func.count()).select_from(query.subquery())) or 0), False
+    upto = max(wanted.cap, wanted.offset + (wanted.limit or 0))
+    counted = select(func.count()).select_from(query.limit(upto + 1).subquery())
+    found = int(session.scalar(counted) or 0)
+    return min(found, upto), found > upto
+
+
+def _ids(session: Session, query: Any, model: Any, wanted: Filter) -> tuple[list[int], int, bool]:
     if wanted.limit is not None and wanted.limit < 0:
         raise InvalidInput("--limit must be 0 or more")
-    total = int(session.scalar(select(func.count()).select_from(query.subquery())) or 0)
+    total, capped = count(session, query, wanted)
     page = query.order_by(model.id)
     if wanted.limit is not None:
         page = page.limit(wanted.limit)
     if wanted.offset > 0:
         page = page.offset(wanted.offset)
-    return list(session.scalars(page)), total
+    return list(session.scalars(page)), total, capped
 
 
 def _named(model: Any, etype: str, search: str | None, viewer: Viewer | None = None) -> Any:
@@ -97,15 +111,15 @@ def leads(
             if responsible == 0
             else Lead.responsible_id == responsible
         )
-    ids, total = _ids(session, query, Lead, wanted)
-    return Page(views.leads_json(session, ids), total)
+    ids, total, capped = _ids(session, query, Lead, wanted)
+    return Page(views.leads_json(session, ids), total, capped)
 
 
 def contacts(session: Session, wanted: Filter, *, viewer: Viewer | None = None) -> Page:
     """Contacts matching ``wanted`` that ``viewer`` sees."""
     query = _named(Contact, "contact", wanted.search, viewer)
-    ids, total = _ids(session, query, Contact, wanted)
-    return Page(views.contacts_json(session, ids), total)
+    ids, total, capped = _ids(session, query, Contact, wanted)
+    return Page(views.contacts_json(session, ids), total, capped)
 
 
 def companies(session: Session, wanted: Filter, *, viewer: Viewer | None = None) -> Page:
@@ -122,8 +136,8 @@ def companies(session: Session, wanted: Filter, *, viewer: Viewer | None = None)
                 func.lower(Company.domain).like(like, escape="\\"),
             )
         )
-    ids, total = _ids(session, query, Company, wanted)
-    return Page(views.companies_json(session, ids), total)
+    ids, total, capped = _ids(session, query, Company, wanted)
+    return Page(views.companies_json(session, ids), total, capped)
 
 
 def activities(
@@ -137,8 +151,8 @@ def activities(
         query = query.where(seen)
     if mailbox is not None:
         query = query.where(Activity.mailbox_id == views.mailbox_id(session, mailbox))
-    ids, total = _ids(session, activity_search(query, wanted.search), Activity, wanted)
-    return Page(views.activities_json(session, ids=ids), total)
+    ids, total, capped = _ids(session, activity_search(query, wanted.search), Activity, wanted)
+    return Page(views.activities_json(session, ids=ids), total, capped)
 
 
 def activity_search(query: Any, search: str | None) -> Any:
@@ -167,7 +181,7 @@ def _timeline(
     query = select(ActivityBinding.activity_id).where(match).distinct()
     seen = where_activity_seen(viewer)
     if seen is not None:
-        query = query.where(ActivityBinding.activity_id.in_(select(Activity.id).where(seen)))
+        query = query.join(Activity, Activity.id == ActivityBinding.activity_id).where(seen)
     ids = list(session.scalars(query))
     rows = views.activities_json(session, ids=ids) if ids else []
     return sorted(rows, key=lambda r: (r["date"] or "", r["id"]))

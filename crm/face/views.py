@@ -140,6 +140,7 @@ def leads_json(session: Session, ids: list[int] | None = None) -> list[JSON]:
             "id": lead.id,
             "name": lead.name,
             "emails": emails.get(lead.id, []),
+            "phones": list(lead.phones or []),
             "company": companies.get(lead.company_id) if lead.company_id else None,
             "responsible": users.get(lead.responsible_id) if lead.responsible_id else None,
             "mailbox": boxes.get(lead.mailbox_id) if lead.mailbox_id else None,

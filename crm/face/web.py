@@ -6,10 +6,12 @@ visibility rule (SPEC V1)."""
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import statistics
+import time
 from dataclasses import dataclass
 
-from sqlalchemy import func, select
+from sqlalchemy import and_, case, func, select
 from sqlalchemy.orm import Session
 
 from crm.errors import NotFound
@@ -19,7 +21,7 @@ from crm.mailboxes.schedule import touch
 from crm.store.models import Activity, ActivityBinding, Lead, Mailbox, User
 from crm.vocab import Direction, EntityType, utcnow
 
-from . import views
+from . import queries, views
 from .admin import update_lead
 from .convert import CONVERTED
 from .queries import Filter, Page, activity_search
@@ -77,11 +79,11 @@ def open_first(session: Session, wanted: Filter, *, viewer: Viewer | None) -> Pa
     seen = where_activity_seen(viewer)
     if seen is not None:
         query = query.where(seen)
-    total = int(session.scalar(select(func.count()).select_from(query.subquery())) or 0)
+    total, capped = queries.count(session, query, wanted)
     page = query.order_by(Activity.completed, Activity.id.desc()).offset(wanted.offset)
     ids = list(session.scalars(page.limit(wanted.limit) if wanted.limit is not None else page))
     rows = {r["id"]: r for r in views.activities_json(session, ids=ids)} if ids else {}
-    return Page([rows[i] for i in ids], total)
+    return Page([rows[i] for i in ids], total, capped)
 
 
 @dataclass(frozen=True)
@@ -93,14 +95,29 @@ class Dashboard:
     response_hours: list[tuple[str, float]]  # (employee, median hours to answer), fastest first
 
 
-def dashboard(session: Session, viewer: Viewer | None, now: dt.datetime | None = None) -> Dashboard:
-    """The figures of what ``viewer`` sees."""
-    now = now or utcnow()
-    return Dashboard(
-        _new_leads(session, viewer, now),
+CACHE_SECONDS = 60.0  # the dashboard's figures are a minute old at most
+_cache: dict[Viewer | None, tuple[float, Dashboard]] = {}
+
+
+def dashboard(
+    session: Session, viewer: Viewer | None, now: dt.datetime | None = None, *, fresh: bool = False
+) -> Dashboard:
+    """The figures of what ``viewer`` sees; counting them walks large parts of a big CRM, so they
+    are kept for :data:`CACHE_SECONDS` per viewer (``fresh``, or a given ``now``: computed)."""
+    if now is None and not fresh:
+        kept = _cache.get(viewer)
+        if kept is not None and time.monotonic() - kept[0] < CACHE_SECONDS:
+            return kept[1]
+    figures = Dashboard(
+        _new_leads(session, viewer, now or utcnow()),
         _open_by_employee(session, viewer),
         _responses(session, viewer),
     )
+    if now is None:
+        if len(_cache) >= 1000:
+            _cache.clear()
+        _cache[viewer] = (time.monotonic(), figures)
+    return figures
 
 
 def _monday(when: dt.datetime) -> dt.date:
@@ -109,18 +126,23 @@ def _monday(when: dt.datetime) -> dt.date:
 
 
 def _new_leads(session: Session, viewer: Viewer | None, now: dt.datetime) -> list[tuple[str, int]]:
+    """Leads made in each of the last WEEKS weeks, counted in SQL (one pass over the
+    ``leads.created_at`` index range)."""
     first = _monday(now) - dt.timedelta(weeks=WEEKS - 1)
-    start = dt.datetime.combine(first, dt.time(), tzinfo=dt.UTC)
-    query = select(Lead.created_at).where(Lead.created_at >= start)
+    weeks = [first + dt.timedelta(weeks=i) for i in range(WEEKS + 1)]
+    starts = [dt.datetime.combine(day, dt.time(), tzinfo=dt.UTC) for day in weeks]
+    buckets = [
+        func.coalesce(
+            func.sum(case((and_(Lead.created_at >= a, Lead.created_at < b), 1), else_=0)), 0
+        )
+        for a, b in itertools.pairwise(starts)
+    ]
+    query = select(*buckets).where(Lead.created_at >= starts[0], Lead.created_at < starts[-1])
     seen = where_seen(viewer, EntityType.LEAD)
     if seen is not None:
         query = query.where(seen)
-    counts = {first + dt.timedelta(weeks=i): 0 for i in range(WEEKS)}
-    for (created,) in session.execute(query):
-        week = _monday(created)
-        if week in counts:
-            counts[week] += 1
-    return [(week.isoformat(), n) for week, n in counts.items()]
+    row = session.execute(query).one()
+    return [(week.isoformat(), int(n)) for week, n in zip(weeks, row, strict=False)]
 
 
 def _open_by_employee(session: Session, viewer: Viewer | None) -> list[tuple[str, int]]:

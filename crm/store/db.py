@@ -26,6 +26,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from crm.errors import ConfigError, MailcrmError
 
+from . import changes as changes  # every session logs DAV changes (crm/store/changes.py)
+
 log = logging.getLogger("crm.db")  # its name before the move (issue 17)
 MIGRATIONS = Path(__file__).parent / "migrations"
 

@@ -153,7 +153,7 @@ class Lead(Base):
     name: Mapped[str] = mapped_column(String(200))
     status: Mapped[str] = mapped_column(String(40), default="new")
     company_id: Mapped[int | None] = mapped_column(
-        ForeignKey("companies.id", ondelete="SET NULL"), default=None
+        ForeignKey("companies.id", ondelete="SET NULL"), index=True, default=None
     )
     responsible_id: Mapped[int | None] = mapped_column(
         ForeignKey("users.id", ondelete="SET NULL"), index=True, default=None
@@ -161,8 +161,9 @@ class Lead(Base):
     mailbox_id: Mapped[int | None] = mapped_column(
         ForeignKey("mailboxes.id", ondelete="SET NULL"), default=None
     )
+    phones: Mapped[list[str]] = mapped_column(JSON, default=list)
     changed_by_person: Mapped[bool] = mapped_column(Boolean, default=False)
-    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    created_at: Mapped[dt.datetime] = mapped_column(index=True, default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 
@@ -175,7 +176,7 @@ class Contact(Base):
     phones: Mapped[list[str]] = mapped_column(JSON, default=list)
     title: Mapped[str | None] = mapped_column(String(200), default=None)
     company_id: Mapped[int | None] = mapped_column(
-        ForeignKey("companies.id", ondelete="SET NULL"), default=None
+        ForeignKey("companies.id", ondelete="SET NULL"), index=True, default=None
     )
     #: V1: the person who made it (a conversion, a web or DAV write): they keep seeing it.
     created_by_id: Mapped[int | None] = mapped_column(
@@ -220,6 +221,10 @@ class Activity(Base):
     bindings: Mapped[list[ActivityBinding]] = relationship(
         cascade="all, delete-orphan", lazy="selectin", order_by="ActivityBinding.entity_type"
     )
+
+
+#: the web's /activities order (open first, newest first) read straight off an index
+Index("ix_activities_open_first", Activity.completed, Activity.id.desc())
 
 
 class ActivityBinding(Base):
@@ -316,6 +321,16 @@ class Lease(Base):
     #: A foreground import asking the holder to hand the mailbox over, until the request lapses.
     requested_by: Mapped[str | None] = mapped_column(String(200), default=None)
     requested_until: Mapped[dt.datetime | None] = mapped_column(default=None)
+
+
+class DavChange(Base):
+    """One change of a lead, contact, company or activity: its id is a DAV sync token."""
+
+    __tablename__ = "dav_changes"
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    entity_type: Mapped[str] = mapped_column(String(10))
+    entity_id: Mapped[int] = mapped_column(Integer)
+    __table_args__ = (Index("ix_dav_changes_kind", "entity_type", "id"),)
 
 
 class OAuthProvider(Base):

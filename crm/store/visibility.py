@@ -1,10 +1,12 @@
 """The visibility rule (SPEC V1) in SQL: which leads, contacts, companies and activities a user
 whose ``sees`` is ``own`` may see, and which they may change.
 
-Each function returns a boolean SQL condition on the id column of its kind, built from
-subqueries (``IN (SELECT ...)``), so a listing filters and pages in one query and a single record
-is checked with the same words. ``user_id`` is the viewer's ``users.id``; a viewer who sees
-``all`` needs no condition (the face does not call these for them).
+Each function returns a boolean SQL condition on a row of its kind, built from correlated
+``EXISTS`` probes of indexes (activity_bindings by entity and by activity, leads and contacts by
+company), so a listing walks its rows in order and stops at the page's end, and a single record is
+checked with the same words; nothing builds the set of everything a user sees. ``user_id`` is
+the viewer's ``users.id``; a viewer who sees ``all`` needs no condition (the face does not call
+these for them).
 
 The rule, for ``own``:
 
@@ -23,7 +25,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, false, or_, select
+from sqlalchemy import ColumnElement, and_, exists, false, or_, select
+from sqlalchemy.orm import aliased
 
 from crm.store.models import Activity, ActivityBinding, Company, Contact, Lead, Mailbox
 from crm.vocab import EntityType, MailboxKind
@@ -39,55 +42,53 @@ def _company_mailboxes() -> Any:
     return select(Mailbox.id).where(Mailbox.kind == MailboxKind.COMPANY.value)
 
 
-def _responsible_leads(user_id: int) -> Any:
-    return select(Lead.id).where(Lead.responsible_id == user_id)
-
-
-def activity_condition(user_id: int) -> ColumnElement[bool]:
-    """Activities an ``own`` user sees."""
-    of_their_leads = select(ActivityBinding.activity_id).where(
-        ActivityBinding.entity_type == EntityType.LEAD.value,
-        ActivityBinding.entity_id.in_(_responsible_leads(user_id)),
+def activity_condition(user_id: int, activity: Any = Activity) -> ColumnElement[bool]:
+    """Activities an ``own`` user sees (``activity``: the table or an alias of it)."""
+    binding, lead = aliased(ActivityBinding), aliased(Lead)
+    of_their_leads = exists().where(
+        binding.activity_id == activity.id,
+        binding.entity_type == EntityType.LEAD.value,
+        lead.id == binding.entity_id,
+        lead.responsible_id == user_id,
     )
     return or_(
-        Activity.mailbox_id.in_(_own_mailboxes(user_id)),
-        and_(Activity.mailbox_id.in_(_company_mailboxes()), Activity.id.in_(of_their_leads)),
+        activity.mailbox_id.in_(_own_mailboxes(user_id)),
+        and_(activity.mailbox_id.in_(_company_mailboxes()), of_their_leads),
     )
 
 
-def _bound_to_seen(user_id: int, kind: EntityType) -> Any:
-    """The ids of ``kind`` bound to an activity the user sees."""
-    seen = select(Activity.id).where(activity_condition(user_id))
-    return select(ActivityBinding.entity_id).where(
-        ActivityBinding.entity_type == kind.value, ActivityBinding.activity_id.in_(seen)
+def _bound_to_seen(user_id: int, kind: EntityType, entity_id: Any) -> ColumnElement[bool]:
+    """Whether the ``kind`` record ``entity_id`` (a column) is bound to an activity the user
+    sees: a probe of the bindings index per record, not a set of every seen activity."""
+    binding, activity = aliased(ActivityBinding), aliased(Activity)
+    return exists().where(
+        binding.entity_type == kind.value,
+        binding.entity_id == entity_id,
+        activity.id == binding.activity_id,
+        activity_condition(user_id, activity),
     )
 
 
-def lead_condition(user_id: int) -> ColumnElement[bool]:
+def lead_condition(user_id: int, lead: Any = Lead) -> ColumnElement[bool]:
     """Leads an ``own`` user sees."""
-    return or_(
-        Lead.responsible_id == user_id, Lead.id.in_(_bound_to_seen(user_id, EntityType.LEAD))
-    )
+    return or_(lead.responsible_id == user_id, _bound_to_seen(user_id, EntityType.LEAD, lead.id))
 
 
-def contact_condition(user_id: int) -> ColumnElement[bool]:
+def contact_condition(user_id: int, contact: Any = Contact) -> ColumnElement[bool]:
     """Contacts an ``own`` user sees."""
     return or_(
-        Contact.created_by_id == user_id,
-        Contact.id.in_(_bound_to_seen(user_id, EntityType.CONTACT)),
+        contact.created_by_id == user_id,
+        _bound_to_seen(user_id, EntityType.CONTACT, contact.id),
     )
 
 
-def company_condition(user_id: int) -> ColumnElement[bool]:
+def company_condition(user_id: int, company: Any = Company) -> ColumnElement[bool]:
     """Companies an ``own`` user sees."""
-    of_leads = select(Lead.company_id).where(Lead.company_id.is_not(None), lead_condition(user_id))
-    of_contacts = select(Contact.company_id).where(
-        Contact.company_id.is_not(None), contact_condition(user_id)
-    )
+    lead, contact = aliased(Lead), aliased(Contact)
     return or_(
-        Company.id.in_(_bound_to_seen(user_id, EntityType.COMPANY)),
-        Company.id.in_(of_leads),
-        Company.id.in_(of_contacts),
+        _bound_to_seen(user_id, EntityType.COMPANY, company.id),
+        exists().where(lead.company_id == company.id, lead_condition(user_id, lead)),
+        exists().where(contact.company_id == company.id, contact_condition(user_id, contact)),
     )
 
 

@@ -23,12 +23,14 @@ from crm.face import Database
 from crm.face.relay import spool_dir
 from crm.face.status import metrics
 
+from ..dav import mount as mount_dav
 from . import crmpages, guard
 from .hosts import HostPolicy
+from .listen import tls_context
 from .page import render
 from .sessions import SessionStore
 from .signin import SignIn
-from .status import Check, gather, probe_relay
+from .status import Check, Snapshot, gather, probe_relay
 
 log = logging.getLogger(__name__)
 HEALTH_TIMEOUT = 5.0
@@ -40,9 +42,7 @@ HOSTS: web.AppKey[HostPolicy] = web.AppKey("hosts", HostPolicy)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def make_app(
-    config: Config, db: Database, sessions: SessionStore | None = None
-) -> web.Application:
+def make_app(config: Config, db: Database, sessions: SessionStore | None = None) -> web.Application:
     """The aiohttp application for one node (``sessions``: the sign-in sessions to keep)."""
     app = web.Application(
         middlewares=[check_host, guard.headers, guard.gate], client_max_size=guard.MAX_FORM
@@ -62,6 +62,7 @@ def make_app(
     app.router.add_get("/status.json", status_json)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics_page)
+    mount_dav(app, config, db)
     return app
 
 
@@ -71,12 +72,15 @@ async def run_http(config: Config, db: Database, stop: asyncio.Event) -> None:
         log.info("HTTP listener disabled in the config")
         await stop.wait()
         return
+    context = tls_context(config)
     runner = web.AppRunner(make_app(config, db), handle_signals=False)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, config.http.host, config.http.port)
+        site = web.TCPSite(runner, config.http.host, config.http.port, ssl_context=context)
         await site.start()
-        log.info("HTTP status and metrics on http://%s:%d/", config.http.host, config.http.port)
+        scheme = "https" if context else "http"
+        log.info("web CRM, status and metrics on %s://%s:%d/", scheme, config.http.host,
+                 config.http.port)  # fmt: skip
         await stop.wait()
     finally:
         await runner.cleanup()
@@ -88,10 +92,15 @@ async def check_host(request: web.Request, handler: Handler) -> web.StreamRespon
     sockname = request.transport.get_extra_info("sockname") if request.transport else None
     local = str(sockname[0]) if isinstance(sockname, tuple) else None
     if not request.app[HOSTS].allows(request.headers.get(hdrs.HOST), local):
-        log.info("http: request for Host %r refused (not in [http] allowed_hosts)",
-                 request.headers.get(hdrs.HOST, "")[:100])
-        return web.Response(status=421, text="421 Misdirected Request: this node does not "
-                            "answer for that Host (see [http] allowed_hosts)\n")
+        log.info(
+            "http: request for Host %r refused (not in [http] allowed_hosts)",
+            request.headers.get(hdrs.HOST, "")[:100],
+        )
+        return web.Response(
+            status=421,
+            text="421 Misdirected Request: this node does not "
+            "answer for that Host (see [http] allowed_hosts)\n",
+        )
     return await handler(request)
 
 
@@ -135,13 +144,23 @@ class _ListenerCollector(Collector):
         return [up]
 
 
+def _for_viewer(request: web.Request, snap: Snapshot) -> Snapshot:
+    """An admin sees every mailbox and node; anyone else only their own mailboxes, no nodes and
+    none of the CRM's recent records (those follow the visibility rule on the CRM's pages)."""
+    viewer = guard.current(request).viewer
+    if not viewer.admin:
+        snap.mailboxes = [box for box in snap.mailboxes if box.get("owner") == viewer.email]
+        snap.nodes, snap.recent_leads, snap.recent_activities = [], [], []
+    return snap
+
+
 async def status_page(request: web.Request) -> web.Response:
     """The status page (HTML)."""
-    snap = await gather(request.app[CONFIG], request.app[DB])
+    snap = _for_viewer(request, await gather(request.app[CONFIG], request.app[DB]))
     return web.Response(text=render(snap), content_type="text/html", charset="utf-8")
 
 
 async def status_json(request: web.Request) -> web.Response:
     """The status page's data as JSON."""
-    snap = await gather(request.app[CONFIG], request.app[DB])
+    snap = _for_viewer(request, await gather(request.app[CONFIG], request.app[DB]))
     return web.json_response(snap.as_json())

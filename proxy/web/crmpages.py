@@ -24,6 +24,7 @@ from .guard import current, render
 
 DB: web.AppKey[Database] = web.AppKey("crm_db", Database)
 PAGE = 50
+COUNT_CAP = 1000  # a listing counts this many rows past its page at most ("1,000+ in all")
 T = TypeVar("T")
 
 
@@ -69,10 +70,11 @@ def _pager(request: web.Request, page: queries.Page, offset: int) -> dict[str, A
     def link(at: int) -> str:
         return urlencode({**request.query, "offset": str(at)})
 
-    more = offset + PAGE < page.total
+    more = offset + PAGE < page.total or (page.capped and len(page.rows) == PAGE)
     return {
         "rows": page.rows,
         "total": page.total,
+        "capped": page.capped,
         "first": offset + 1 if page.rows else 0,
         "last": offset + len(page.rows),
         "prev": link(max(0, offset - PAGE)) if offset > 0 else None,
@@ -83,7 +85,7 @@ def _pager(request: web.Request, page: queries.Page, offset: int) -> dict[str, A
 def _wanted(request: web.Request) -> tuple[queries.Filter, int]:
     offset = _int(request.query.get("offset"), 0) or 0
     search = request.query.get("q", "").strip()[:200] or None
-    return queries.Filter(search, PAGE, offset), offset
+    return queries.Filter(search, PAGE, offset, cap=COUNT_CAP), offset
 
 
 async def leads(request: web.Request) -> web.Response:

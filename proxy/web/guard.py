@@ -24,7 +24,14 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 SESSIONS: web.AppKey[SessionStore] = web.AppKey("sessions", SessionStore)
 SIGNIN: web.AppKey[SignIn] = web.AppKey("signin", SignIn)
 TEMPLATES: web.AppKey[jinja2.Environment] = web.AppKey("templates", jinja2.Environment)
-OPEN = ("/login", "/healthz", "/metrics", "/static/")
+OPEN = (
+    "/login",
+    "/healthz",
+    "/metrics",
+    "/static/",
+    "/dav",
+    "/.well-known/",
+)  # DAV: own Basic sign-in
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
     "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"

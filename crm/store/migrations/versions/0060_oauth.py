@@ -2,7 +2,7 @@
 mailbox_oauth (sealed refresh/access tokens, their times, the refusal, the app password hash)
 
 Revision ID: 0060
-Revises: 0050
+Revises: 0080
 Create Date: 2026-12-06
 """
 
@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0060"
-down_revision = "0050"
+down_revision = "0080"
 branch_labels = None
 depends_on = None
 
