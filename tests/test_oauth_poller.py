@@ -141,29 +141,36 @@ async def test_token_endpoint_garbage_gives_clear_status(
         await until(lambda: env.mailbox()["status"] == "green", what="green again")
 
 
-async def test_sasl_error_challenge_is_answered(env: OAuthEnv, server: TestProvider) -> None:
-    """A refused token: the server's error challenge gets its empty line, NO comes at once."""
+@pytest.mark.parametrize("sasl_ir", [True, False], ids=["sasl-ir", "no-sasl-ir"])
+async def test_sasl_error_challenge_is_answered(
+    env: OAuthEnv, server: TestProvider, sasl_ir: bool
+) -> None:
+    """A refused token: the server's error challenge gets its empty line, NO comes at once; a
+    server without SASL-IR gets the initial response after its first "+"."""
     env.link_oauth()
-    for mechanism in ("OAUTHBEARER", "XOAUTH2"):
-        endpoint = Endpoint(
-            "127.0.0.1", env.dovecot.imaps_port, "ssl", env.address, "", str(env.ca_bundle()),
-            oauth=True,
-        )  # fmt: skip
+    endpoint = Endpoint(
+        "127.0.0.1", env.dovecot.imaps_port, "ssl", env.address, "", str(env.ca_bundle()),
+        oauth=True,
+    )  # fmt: skip
+
+    async def client_for(mechanism: str) -> ImapClient:
         client = ImapClient(endpoint, timeout=30)
         await client.connect()
         if mechanism == "XOAUTH2":
             client._proto().capabilities.discard("AUTH=OAUTHBEARER")
+        if not sasl_ir:
+            client._proto().capabilities.discard("SASL-IR")
+        return client
+
+    for mechanism in ("OAUTHBEARER", "XOAUTH2"):
+        client = await client_for(mechanism)
         started = time.monotonic()
         with pytest.raises(UpstreamAuthError, match=f"IMAP {mechanism} login as"):
             await client.login("not-a-valid-token")
         assert time.monotonic() - started < 10
         assert client._proto().sasl_challenges, "the server sent an error challenge"
         await client.logout()
-        # a good token with the same mechanism
-        client = ImapClient(endpoint, timeout=30)
-        await client.connect()
-        if mechanism == "XOAUTH2":
-            client._proto().capabilities.discard("AUTH=OAUTHBEARER")
+        client = await client_for(mechanism)  # a good token with the same mechanism
         token = server._issue(env.address)["access_token"]
         await asyncio.wait_for(client.login(token), 30)
         await client.logout()
