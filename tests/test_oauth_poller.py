@@ -11,6 +11,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -36,11 +37,13 @@ CUSTOMER = "Carla Customer <carla@acme-industries.example>"
 class OAuthEnv(MailEnv):
     """A password-less Dovecot user whose mailbox signs in with the test provider's tokens."""
 
-    def __init__(self, dovecot: OAuthDovecot, cli: Cli, tmp: Path, server: TestProvider) -> None:
+    def __init__(
+        self, dovecot: OAuthDovecot, cli: Cli, tmp: Path, server: TestProvider, **poller: Any
+    ) -> None:
         self.server = server
         self.user = "o" + uuid.uuid4().hex[:10]
         dovecot.add_oauth_user(self.user)
-        super().__init__(dovecot, cli, tmp)
+        super().__init__(dovecot, cli, tmp, **poller)
 
     def link_oauth(self) -> str:
         """The employee, the oauth2 mailbox over IMAPS, the owner's sign-in."""
@@ -114,6 +117,29 @@ async def test_revoked_grant_turns_red_during_idle(env: OAuthEnv, server: TestPr
     authorize(env.cli, server, env.address)
     async with env.poller():
         await until(lambda: env.mailbox()["status"] == "green", what="green after re-authorize")
+
+
+async def test_revoked_grant_turns_red_between_checks(
+    oauth_dovecot: OAuthDovecot, cli: Cli, tmp_path: Path, server: TestProvider
+) -> None:
+    """No IDLE, an hour between checks: the token is refreshed while the worker sleeps, so the
+    revocation shows at once, not at the next check."""
+    env = OAuthEnv(oauth_dovecot, cli, tmp_path, server, idle=False)
+    (oauth_dovecot.auth_dir / "passdb" / env.address).unlink()
+    server.lifetime = 3
+    env.link_oauth()
+    async with env.poller():
+        await until(lambda: env.mailbox()["status"] == "green", what="green")
+        refreshes = server.log.refreshes
+        await until(lambda: server.log.refreshes > refreshes, what="a refresh while asleep")
+        server.revoke(env.address)
+        shown = await until(
+            lambda: (m := env.mailbox())["status"] == "red" and m, what="red between checks"
+        )
+    assert shown["status_reason"].startswith(
+        f"re-authorize: mailcrm mailbox authorize {env.address}"
+    )
+    assert env.logins() == ["OAUTHBEARER"], "one session only: the refreshes came while asleep"
 
 
 @pytest.mark.parametrize("fault", ["html", "500", "missing", "slow"])

@@ -142,7 +142,27 @@ class MailboxWorker:
         """Sleep; a stop ends it, and a push request too unless it is a backoff after a failure."""
         if not self.push_folders:
             self.wake.clear()
-        await wait_any((self.stop, self.wake) if wakeable else (self.stop,), seconds)
+        events = (self.stop, self.wake) if wakeable else (self.stop,)
+        if self.plan.endpoint is not None and self.plan.endpoint.oauth:
+            await self._sleep_keeping_token(events, seconds)
+        else:
+            await wait_any(events, seconds)
+
+    async def _sleep_keeping_token(self, events: Sequence[asyncio.Event], seconds: float) -> None:
+        """An OAuth2 mailbox's sleep between sessions: its token is still refreshed when due, so
+        a withdrawn grant shows (red) at once, not at the next check hours later."""
+        end = time.monotonic() + seconds
+        while not any(event.is_set() for event in events):
+            left = end - time.monotonic()
+            if left <= 0:
+                return
+            try:
+                _token, due = await self.ctx.token(self.plan.address)
+            except UpstreamError as exc:  # refused, or the provider is odd: said on the mailbox
+                await self._failed(str(exc), "auth")
+                await wait_any(events, left)
+                return
+            await wait_any(events, min(left, max((due - utcnow()).total_seconds(), 1.0)))
 
     async def _session(self) -> float:
         """One connection; returns how long to sleep before the next."""
