@@ -82,6 +82,7 @@ class MailboxWorker:
         self.push_folders: set[str] = set()
         self.folders: list[FolderPlan] = []
         self.backoff = Backoff(ctx.config.backoff_min_s, ctx.config.backoff_max_s)
+        self.failure: str | None = None  # the reason last recorded on the mailbox
 
     def request_push(self, folders: set[str]) -> None:
         """The CRM changed read state in these folders: sync them soon."""
@@ -97,6 +98,7 @@ class MailboxWorker:
             try:
                 delay = await self._stoppable(self._session())
                 self.backoff.reset()
+                self.failure = None
                 wakeable = True
             except UpstreamAuthError as exc:
                 await self._failed(str(exc), "auth")
@@ -133,6 +135,7 @@ class MailboxWorker:
                 task.cancel()
 
     async def _failed(self, reason: str, kind: str) -> None:
+        self.failure = reason
         log.warning("mailbox %s: %s", self.plan.address, reason)
         metrics.upstream_error(kind)
         with contextlib.suppress(Exception):
@@ -159,7 +162,8 @@ class MailboxWorker:
             try:
                 _token, due = await self.ctx.token(self.plan.address)
             except UpstreamError as exc:  # refused, or the provider is odd: said on the mailbox
-                await self._failed(str(exc), "auth")
+                if str(exc) != self.failure:  # (once: a failed session may have said it already)
+                    await self._failed(str(exc), "auth")
                 await wait_any(events, left)
                 return
             await wait_any(events, min(left, max((due - utcnow()).total_seconds(), 1.0)))
