@@ -6,6 +6,9 @@ the mailbox red at once with how to re-authorize, garbage from the token endpoin
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
+import imaplib
 import re
 import time
 import uuid
@@ -233,3 +236,46 @@ def grants_due(env: OAuthEnv) -> None:
             grant.issued_at, grant.expires_at = issued, issued + dt.timedelta(hours=1)
     finally:
         db.dispose()
+
+
+@pytest.fixture(scope="module")
+def penalised_dovecot(provider: TestProvider) -> Iterator[OAuthDovecot]:
+    """A Dovecot with its auth penalty on: after failed logins from an address, every login
+    from it waits 2, 4, 8, then 15 s (as production servers slow a gateway down)."""
+    server = OAuthDovecot(provider)
+    server.extra_config += _PENALTY
+    with server:
+        yield server
+
+
+_PENALTY = """
+service anvil {
+  unix_listener anvil-auth-penalty {
+    mode = 0600
+  }
+}
+"""
+
+
+async def test_login_waits_out_the_servers_auth_penalty(
+    penalised_dovecot: OAuthDovecot, sqlite_cli: Cli, tmp_path: Path, server: TestProvider
+) -> None:
+    """Failed logins from the gateway's address make the server hold the next ones for
+    seconds: the poller's default timeout waits that out and the mailbox turns green."""
+    env = OAuthEnv(penalised_dovecot, sqlite_cli, tmp_path, server, timeout_s=30.0)
+    (penalised_dovecot.auth_dir / "passdb" / env.address).unlink()
+    env.link_oauth()
+    for attempt in range(3):  # someone at this address got it wrong three times
+        conn = imaplib.IMAP4("127.0.0.1", penalised_dovecot.imap_port)
+        with contextlib.suppress(imaplib.IMAP4.error):
+            conn.authenticate("XOAUTH2", functools.partial(_bad, env.address, attempt))
+        conn.logout()
+    started = time.monotonic()
+    async with env.poller():
+        await until(lambda: env.mailbox()["status"] == "green", what="green despite the penalty")
+    assert time.monotonic() - started > 4, "the server did hold the login back"
+    assert env.logins() == ["OAUTHBEARER"]
+
+
+def _bad(address: str, attempt: int, _challenge: bytes) -> bytes:
+    return f"user={address}\x01auth=Bearer wrong-{attempt}\x01\x01".encode()
