@@ -277,5 +277,8 @@ async def test_login_waits_out_the_servers_auth_penalty(
     assert env.logins() == ["OAUTHBEARER"]
 
 
-def _bad(address: str, attempt: int, _challenge: bytes) -> bytes:
+def _bad(address: str, attempt: int, challenge: bytes) -> bytes:
+    """A wrong token; the error challenge that follows is answered with an empty line."""
+    if challenge:
+        return b""
     return f"user={address}\x01auth=Bearer wrong-{attempt}\x01\x01".encode()
