@@ -112,8 +112,10 @@ class HttpConfig:
     tls: bool = False  # HTTPS; with no cert_file/key_file here, the relay's certificate
     cert_file: str | None = None  # HTTPS with this certificate (PEM) and key_file
     key_file: str | None = None
-    #: the reverse proxy (its address) that terminates TLS in front of a non-loopback listener;
-    #: without it or TLS, ``serve`` refuses to listen beyond loopback in plain HTTP
+    #: the reverse proxy that terminates TLS in front of a non-loopback listener (an address, a
+    #: network or a host name): only from it are X-Forwarded-Proto/-For honoured
+    #: (:mod:`proxy.web.forwarded`); without it or TLS, ``serve`` refuses to listen beyond
+    #: loopback in plain HTTP
     trusted_proxy: str | None = None
 
 

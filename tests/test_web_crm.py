@@ -138,7 +138,9 @@ async def test_a_salesperson_works_their_leads_in_the_browser(
                 # Sign in; the dashboard; lists and search.
                 await _sign_in(page, base, alice, PASSWORD)
                 await page.wait_for_url(f"{base}/")
-                assert await page.locator("svg").count() >= 1
+                # The figures come from the background task: htmx swaps them in when ready.
+                await page.locator("#figures svg").first.wait_for()
+                assert "Figures as of" in await page.locator("#figures").inner_text()
                 await _shot(page, "dashboard")
                 await page.goto(f"{base}/leads")
                 names = await page.locator("#leads tbody td:first-child").all_inner_texts()

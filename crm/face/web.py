@@ -8,7 +8,6 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 import statistics
-import time
 from dataclasses import dataclass
 
 from sqlalchemy import and_, case, func, select
@@ -95,29 +94,15 @@ class Dashboard:
     response_hours: list[tuple[str, float]]  # (employee, median hours to answer), fastest first
 
 
-CACHE_SECONDS = 60.0  # the dashboard's figures are a minute old at most
-_cache: dict[Viewer | None, tuple[float, Dashboard]] = {}
-
-
-def dashboard(
-    session: Session, viewer: Viewer | None, now: dt.datetime | None = None, *, fresh: bool = False
-) -> Dashboard:
-    """The figures of what ``viewer`` sees; counting them walks large parts of a big CRM, so they
-    are kept for :data:`CACHE_SECONDS` per viewer (``fresh``, or a given ``now``: computed)."""
-    if now is None and not fresh:
-        kept = _cache.get(viewer)
-        if kept is not None and time.monotonic() - kept[0] < CACHE_SECONDS:
-            return kept[1]
-    figures = Dashboard(
+def dashboard(session: Session, viewer: Viewer | None, now: dt.datetime | None = None) -> Dashboard:
+    """The figures of what ``viewer`` sees, computed now. Counting them walks large parts of a
+    big CRM (a second on 1,000,000 activities), so the web serves them from
+    :class:`crm.face.figures.FigureKeeper`, which computes them off the request path."""
+    return Dashboard(
         _new_leads(session, viewer, now or utcnow()),
         _open_by_employee(session, viewer),
         _responses(session, viewer),
     )
-    if now is None:
-        if len(_cache) >= 1000:
-            _cache.clear()
-        _cache[viewer] = (time.monotonic(), figures)
-    return figures
 
 
 def _monday(when: dt.datetime) -> dt.date:

@@ -24,7 +24,7 @@ from crm.face.relay import spool_dir
 from crm.face.status import metrics
 
 from ..dav import mount as mount_dav
-from . import crmpages, guard
+from . import crmpages, figures, forwarded, guard
 from .hosts import HostPolicy
 from .listen import tls_context
 from .page import render
@@ -45,10 +45,13 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 def make_app(config: Config, db: Database, sessions: SessionStore | None = None) -> web.Application:
     """The aiohttp application for one node (``sessions``: the sign-in sessions to keep)."""
     app = web.Application(
-        middlewares=[check_host, guard.headers, guard.gate], client_max_size=guard.MAX_FORM
+        middlewares=[forwarded.forwarded, check_host, guard.headers, guard.gate],
+        client_max_size=guard.MAX_FORM,
     )
     app[CONFIG], app[DB], app[HOSTS] = config, db, HostPolicy(config.http)
+    app[forwarded.TRUSTED] = forwarded.TrustedProxy(config.http.trusted_proxy)
     app[crmpages.DB] = db
+    figures.install(app, db)
     app[REGISTRY] = metrics.registry(db, spool=spool_dir(config))
     app[guard.SESSIONS] = sessions if sessions is not None else SessionStore()
     app[guard.SIGNIN] = SignIn(config, db)

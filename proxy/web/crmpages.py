@@ -20,6 +20,7 @@ from crm.face.convert import convert_lead
 from crm.face.visibility import Viewer
 
 from .charts import bars
+from .figures import KEEPER, WAKE
 from .guard import current, render
 
 DB: web.AppKey[Database] = web.AppKey("crm_db", Database)
@@ -204,20 +205,35 @@ async def complete(request: web.Request) -> web.StreamResponse:
 
 async def dashboard(request: web.Request) -> web.Response:
     """``/``: new leads per week, open activities per employee, response times."""
-    viewer = _viewer(request)
-    data = await _run(request, lambda s: face.dashboard(s, viewer))
+    return render(request, "dashboard.html", **_figures(request))
+
+
+async def dashboard_figures(request: web.Request) -> web.Response:
+    """``/dashboard/figures``: the charts alone, which the placeholder loads (htmx)."""
+    return render(request, "_figures.html", **_figures(request))
+
+
+def _figures(request: web.Request) -> dict[str, Any]:
+    """The last figures the background task made (:mod:`.figures`); a request never computes
+    them. None yet: the task is woken and the page shows a placeholder that reloads itself."""
+    kept = request.app[KEEPER].read(_viewer(request))
+    if kept is None:
+        request.app[WAKE].set()
+        return {"charts": None, "as_of": None}
+    data = kept.figures
     charts = {
         "new_leads": bars([(w, float(n)) for w, n in data.new_leads]),
         "open": bars([(e, float(n)) for e, n in data.open_by_employee]),
         "responses": bars(data.response_hours, " h"),
     }
-    return render(request, "dashboard.html", charts=charts)
+    return {"charts": charts, "as_of": kept.as_of.strftime("%H:%M UTC")}
 
 
 def add_routes(app: web.Application) -> None:
     """The CRM's routes."""
     r = app.router
     r.add_get("/", dashboard)
+    r.add_get("/dashboard/figures", dashboard_figures)
     r.add_get("/leads", leads)
     r.add_get("/leads/{id}", lead)
     r.add_post("/leads/{id}/status", lead_status)
