@@ -16,7 +16,7 @@ import typer
 
 from crm import logs
 from crm.face import url_has_password
-from proxy.cli import capture, exclusions, mailboxes, records, system, users
+from proxy.cli import capture, exclusions, mailboxes, oauth, records, system, users
 from proxy.cli.common import STATE, RootGroup
 
 app = typer.Typer(
@@ -39,6 +39,8 @@ for name, group in (
     ("tls", system.tls_app),
 ):
     app.add_typer(group, name=name)
+app.add_typer(oauth.app, name="oauth")  # issue 15: oauth provider add/set/list
+oauth.register(mailboxes.app)  # issue 15: mailbox authorize, mailbox app-password
 
 
 @app.callback()

@@ -70,3 +70,13 @@ class UpstreamError(MailcrmError):
 
 class UpstreamAuthError(UpstreamError):
     """The real mail server refused the login."""
+
+
+class OAuthError(UpstreamError):
+    """An OAuth2 exchange failed for a passing reason (the token endpoint is down, slow or
+    answered nonsense): try again later."""
+
+
+class ReauthorizeNeeded(OAuthError, UpstreamAuthError):
+    """The provider refused the refresh token (revoked, password changed, consent withdrawn):
+    only the owner signing in again (``mailcrm mailbox authorize``) helps."""

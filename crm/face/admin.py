@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 from crm.errors import AlreadyExists, InvalidInput, NotFound, PermissionDenied
 from crm.mail.addresses import normalize_address, parse_exclusion
 from crm.mailboxes.presets import PRESETS
+from crm.mailboxes.providers import set_auth
 from crm.mailboxes.schedule import touch
 from crm.mailboxes.sync import passed_over, widen
 from crm.store.models import (
@@ -146,6 +147,8 @@ class MailboxSettings:
     folders: list[str] | None = None
     interval: str | None = None
     queue: list[str] | None = None
+    auth: str | None = None  # password | oauth2 (issue 15)
+    oauth_provider: str | None = None
     allow_plaintext_smtp: bool = False  # ``relay.allow_plaintext_upstream`` of the config
 
 
@@ -192,6 +195,8 @@ def apply_settings(
     is to be told of their effect (a wider window on a mailbox already polled)."""
     notes: list[str] = []
     _apply_connection(box, settings)
+    if settings.auth is not None or settings.oauth_provider is not None:
+        set_auth(box, settings.auth, settings.oauth_provider)
     if settings.login is not None:
         box.login = settings.login
     if settings.password is not None:

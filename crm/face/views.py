@@ -85,6 +85,8 @@ def mailbox_json(box: Mailbox) -> JSON:
             "has_password": box.secret is not None,
         },
         "settings": {
+            "auth": box.auth,
+            "oauth_provider": box.oauth_provider,
             "since": box.since,
             "create_leads": box.create_leads,
             "vcard_contacts": box.vcard_contacts,

@@ -12,7 +12,7 @@ business and stay as they are. Every login marks the user active (SPEC T1).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
@@ -22,7 +22,7 @@ from crm.errors import SecretError
 from crm.face import admin
 from crm.mail.addresses import try_normalize
 from crm.mailboxes.schedule import touch
-from crm.store.models import Mailbox, User
+from crm.store.models import Mailbox, MailboxOAuth, User
 from crm.store.secrets import SecretBox
 from crm.vocab import MailboxKind
 
@@ -41,6 +41,11 @@ class LoginView:
     linked: bool = False
     smtp: tuple[str, int, str] | None = None
     senders: frozenset[str] = frozenset()
+    #: an OAuth2 mailbox (issue 15): the client logs in with the mailbox's app password (its
+    #: hash here), the relay upstream as ``upstream_login`` with the mailbox's token
+    oauth: bool = False
+    upstream_login: str | None = None
+    app_password: str | None = field(default=None, repr=False)
 
 
 def _mailbox_for(session: Session, login: str) -> Mailbox | None:
@@ -86,6 +91,8 @@ def lookup_login(session: Session, login: str) -> LoginView:
     senders = _senders(session, user, box)
     if box is None and user is None and (address := try_normalize(login)):
         senders = frozenset({address})
+    oauth = box is not None and box.auth == "oauth2"
+    grant = session.get(MailboxOAuth, box.id) if oauth and box is not None else None
     return LoginView(
         login=login,
         user_email=user.email if user else None,
@@ -95,6 +102,9 @@ def lookup_login(session: Session, login: str) -> LoginView:
         linked=bool(box and box.linked),
         smtp=smtp,
         senders=senders,
+        oauth=oauth,
+        upstream_login=(box.login or box.address) if oauth and box is not None else None,
+        app_password=grant.app_password if grant is not None else None,
     )
 
 

@@ -1,4 +1,5 @@
-"""Connection presets for common mail services (SPEC M2): IMAP and SMTP host, port, TLS mode."""
+"""Connection presets for common mail services (SPEC M2): IMAP and SMTP host, port, TLS mode, and
+the sign-in the service takes (Gmail/Google Workspace and Outlook.com/Microsoft 365: OAuth2)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,9 @@ class Preset:
     smtp_host: str
     smtp_port: int
     smtp_tls: str
+    #: what the service takes (issue 15): ``password``, or ``oauth2`` with ``oauth_provider``
+    auth: str = "password"
+    oauth_provider: str | None = None
 
 
 PRESETS: dict[str, Preset] = {
@@ -31,6 +35,8 @@ PRESETS: dict[str, Preset] = {
             "smtp.gmail.com",
             587,
             "starttls",
+            "oauth2",
+            "google",
         ),
         Preset(
             "outlook",
@@ -41,6 +47,8 @@ PRESETS: dict[str, Preset] = {
             "smtp.office365.com",
             587,
             "starttls",
+            "oauth2",
+            "microsoft",
         ),
         Preset(
             "yahoo",

@@ -44,6 +44,7 @@ class MailboxSnapshot:
     login: str
     password: str | None = field(repr=False)
     problem: str | None  # the stored password could not be opened
+    oauth: bool = False  # signs in with OAuth2 (issue 15): no password, a token at login
 
 
 def snapshot_of(box: Mailbox, secrets: SecretBox | None) -> MailboxSnapshot:
@@ -74,6 +75,7 @@ def snapshot_of(box: Mailbox, secrets: SecretBox | None) -> MailboxSnapshot:
         login=box.login or box.address,
         password=password,
         problem=problem,
+        oauth=box.auth == "oauth2",
     )
 
 

@@ -115,6 +115,9 @@ class Mailbox(Base):
     last_check_at: Mapped[dt.datetime | None] = mapped_column(default=None)
     last_ok_at: Mapped[dt.datetime | None] = mapped_column(default=None)
     last_error: Mapped[str | None] = mapped_column(Text, default=None)
+    #: ``password`` or ``oauth2`` (issue 15); an oauth2 mailbox's tokens are in ``mailbox_oauth``
+    auth: Mapped[str] = mapped_column(String(10), default="password", server_default="password")
+    oauth_provider: Mapped[str | None] = mapped_column(String(40), default=None)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     queue: Mapped[list[QueueMember]] = relationship(
         order_by="QueueMember.position", cascade="all, delete-orphan", lazy="selectin"
@@ -342,3 +345,35 @@ class DavChange(Base):
     entity_type: Mapped[str] = mapped_column(String(10))
     entity_id: Mapped[int] = mapped_column(Integer)
     __table_args__ = (Index("ix_dav_changes_kind", "entity_type", "id"),)
+
+
+class OAuthProvider(Base):
+    """An OAuth2 provider the admin registered (issue 15): endpoints, client id, sealed secret."""
+
+    __tablename__ = "oauth_providers"
+    name: Mapped[str] = mapped_column(String(40), primary_key=True)
+    authorize_url: Mapped[str] = mapped_column(String(2000))
+    token_url: Mapped[str] = mapped_column(String(2000))
+    device_url: Mapped[str | None] = mapped_column(String(2000), default=None)
+    client_id: Mapped[str] = mapped_column(String(500))
+    secret: Mapped[bytes | None] = mapped_column(LargeBinary, default=None)
+    scopes: Mapped[list[str]] = mapped_column(JSON, default=list)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class MailboxOAuth(Base):
+    """An oauth2 mailbox's grant: sealed refresh and access tokens, when the access token was
+    issued and expires, why the provider last refused, and the relay's app password hash.
+    The row is what a refresh locks (``SELECT ... FOR UPDATE`` on PostgreSQL)."""
+
+    __tablename__ = "mailbox_oauth"
+    mailbox_id: Mapped[int] = mapped_column(
+        ForeignKey("mailboxes.id", ondelete="CASCADE"), primary_key=True
+    )
+    refresh: Mapped[bytes | None] = mapped_column(LargeBinary, default=None)
+    access: Mapped[bytes | None] = mapped_column(LargeBinary, default=None)
+    issued_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    expires_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    refreshes: Mapped[int] = mapped_column(Integer, default=0)
+    refused: Mapped[str | None] = mapped_column(Text, default=None)
+    app_password: Mapped[str | None] = mapped_column(String(300), default=None)

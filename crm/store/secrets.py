@@ -1,4 +1,6 @@
-"""Credentials at rest: mailbox passwords are encrypted with Fernet (``cryptography``).
+"""Credentials at rest: mailbox passwords and OAuth2 tokens are encrypted with Fernet
+(``cryptography``); the relay's app passwords of OAuth2 mailboxes are kept only as a slow hash
+(:func:`hash_password`, scrypt).
 
 The key comes from ``MAILCRM_SECRET_KEY``, the config's ``secret_key_file``, or a key file created
 on first use beside the default database (mode 0600, in a 0700 directory when that is new). Every
@@ -7,6 +9,9 @@ node of a gateway must share the key: the relay only ever loads it (``create=Fal
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import os
 from pathlib import Path
 
@@ -59,3 +64,34 @@ class SecretBox:
             return self._fernet.decrypt(token).decode("utf-8")
         except InvalidToken as exc:
             raise SecretError("a stored credential cannot be decrypted with this key") from exc
+
+
+_SCRYPT = {"n": 2**15, "r": 8, "p": 1}
+
+
+def hash_password(password: str) -> str:
+    """A slow salted hash (scrypt, N=2^15, r=8, p=1) of a relay app password, for storage."""
+    salt = os.urandom(16)
+    digest = hashlib.scrypt(password.encode(), salt=salt, maxmem=64 * 2**20, **_SCRYPT)
+    encode = base64.b64encode
+    return f"scrypt${_SCRYPT['n']}${encode(salt).decode()}${encode(digest).decode()}"
+
+
+def verify_password(password: str, stored: str) -> bool:
+    """Whether ``password`` matches a :func:`hash_password` value (constant-time compare)."""
+    try:
+        scheme, n, salt, digest = stored.split("$")
+        if scheme != "scrypt" or len(password) > 1024:
+            return False
+        expected = base64.b64decode(digest)
+        found = hashlib.scrypt(
+            password.encode(),
+            salt=base64.b64decode(salt),
+            n=int(n),
+            r=8,
+            p=1,
+            maxmem=64 * 2**20,
+        )
+    except (ValueError, TypeError):
+        return False
+    return hmac.compare_digest(found, expected)

@@ -3,11 +3,12 @@ import now in the foreground, remove, and the presets of common mail services.""
 
 from __future__ import annotations
 
+import functools
 import sys
 from typing import Annotated, Any
 
 from crm.errors import InvalidInput
-from crm.face import admin, views
+from crm.face import admin, oauth, views
 from crm.vocab import INTERVALS, TLS_MODES
 
 from .common import (
@@ -75,6 +76,11 @@ Interval = Annotated[
 Queue = Annotated[
     str | None, Opt(metavar="EMAIL,EMAIL", help="Company: distribution queue of employees.")
 ]
+Auth = Annotated[  # issue 15
+    str | None,
+    Opt(metavar="password|oauth2", callback=choice("password", "oauth2"), help="Sign-in."),
+]
+OAuthProvider = Annotated[str | None, Opt(metavar="NAME", help="For --auth oauth2.")]
 
 
 @app.command("add")
@@ -100,6 +106,8 @@ def mailbox_add(
     folders: Folders = None,
     interval: Interval = None,
     queue: Queue = None,
+    auth: Auth = None,
+    oauth_provider: OAuthProvider = None,
 ) -> None:
     """Add a personal (--owner) or company (--company) mailbox."""
     if bool(owner) == company:
@@ -111,7 +119,9 @@ def mailbox_add(
         box = admin.add_mailbox(s, STATE.secrets(), address, owner, _settings(**options))
         found = _verify_folders(box) if folders else None
         state = "linked" if box.linked else "not linked"
-        if box.linked and box.secret is None:
+        if box.auth == "oauth2" and not box.linked:
+            state += f"; sign in with `mailcrm mailbox authorize {box.address}`"
+        elif box.linked and box.secret is None and box.auth != "oauth2":
             state += f"; no password stored: not checked until `mailcrm mailbox set {box.address}"
             state += " --password-stdin`"
         out.print(f"mailbox {box.address} added ({box.kind}, {state})", markup=False)
@@ -138,6 +148,8 @@ def mailbox_set(
     folders: Folders = None,
     interval: Interval = None,
     queue: Queue = None,
+    auth: Auth = None,
+    oauth_provider: OAuthProvider = None,
 ) -> None:
     """Change settings of a mailbox."""
     options = dict(locals())
@@ -188,7 +200,8 @@ def mailbox_check(address: Address, as_json: JsonOpt = False) -> None:
 
     settings = STATE.config.poller
     plan = load_plan(STATE.db, address, STATE.secrets(), settings)
-    report = asyncio.run(check_mailbox(plan, settings.timeout_s))
+    tokens = functools.partial(oauth.access_token, STATE.db, STATE.secrets())  # issue 15
+    report = asyncio.run(check_mailbox(plan, settings.timeout_s, tokens))
     sync.record_status(STATE.db, plan.id, "; ".join(report.problems) or None)
     if as_json:
         print_json(report.as_json())
@@ -253,5 +266,5 @@ def mailbox_presets(as_json: JsonOpt = False) -> None:
     """List connection presets for common mail services."""
     rows = views.presets_json()
     columns = ["name", "label", "imap_host", "imap_port", "imap_tls", "smtp_host", "smtp_port",
-               "smtp_tls"]  # fmt: skip
+               "smtp_tls", "auth"]  # fmt: skip
     print_json(rows) if as_json else table(rows, columns, "no presets")

@@ -8,7 +8,8 @@ status (M5), like any check.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
+import datetime as dt
+from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +22,8 @@ from crm.vocab import is_loopback
 from .client import Endpoint, ImapClient
 from .folders import discover, not_on_server
 from .plan import MailboxPlan
+
+Tokens = Callable[[str], tuple[str, dt.datetime]]
 
 
 @dataclass
@@ -52,7 +55,7 @@ class CheckReport:
         }
 
 
-async def _imap(plan: MailboxPlan, report: CheckReport, timeout: float) -> None:
+async def _imap(plan: MailboxPlan, report: CheckReport, timeout: float, token: str | None) -> None:
     if plan.endpoint is None:
         report.imap = plan.problem or "not configured"
         report.problems.append(report.imap)
@@ -60,7 +63,7 @@ async def _imap(plan: MailboxPlan, report: CheckReport, timeout: float) -> None:
     client = ImapClient(plan.endpoint, timeout)
     try:
         await client.connect()
-        await client.login()
+        await client.login(token)
         report.capabilities = sorted(client.capabilities)
         found = await discover(client, plan.folders)
         report.folders = [{"name": f.name, "direction": f.direction.value} for f in found.folders]
@@ -73,7 +76,7 @@ async def _imap(plan: MailboxPlan, report: CheckReport, timeout: float) -> None:
         await client.logout()
 
 
-async def smtp_login(endpoint: Endpoint, timeout: float) -> None:
+async def smtp_login(endpoint: Endpoint, timeout: float, token: str | None = None) -> None:
     """Log in to the SMTP server and quit; raises UpstreamError with the reason."""
     if endpoint.tls == "none" and not is_loopback(endpoint.host):
         raise UpstreamError(f"plaintext SMTP to {endpoint.host} refused: use ssl or starttls")
@@ -87,7 +90,10 @@ async def smtp_login(endpoint: Endpoint, timeout: float) -> None:
     )
     try:
         await smtp.connect()
-        await smtp.login(endpoint.login, endpoint.password)
+        if token is not None:  # an OAuth2 mailbox (issue 15)
+            await smtp.auth_xoauth2(endpoint.login, token)
+        else:
+            await smtp.login(endpoint.login, endpoint.password)
     except aiosmtplib.SMTPAuthenticationError as exc:
         raise UpstreamError(f"SMTP login as {endpoint.login} failed: {exc.message}") from exc
     except (aiosmtplib.SMTPException, OSError) as exc:
@@ -100,15 +106,28 @@ async def smtp_login(endpoint: Endpoint, timeout: float) -> None:
                 smtp.close()
 
 
-async def check_mailbox(plan: MailboxPlan, timeout: float = 30.0) -> CheckReport:
-    """Verify the IMAP and SMTP settings of one mailbox; collects nothing."""
+async def check_mailbox(
+    plan: MailboxPlan, timeout: float = 30.0, tokens: Tokens | None = None
+) -> CheckReport:
+    """Verify the IMAP and SMTP settings of one mailbox; collects nothing. An OAuth2 mailbox's
+    access token comes from ``tokens`` (refreshed first when due)."""
     report = CheckReport(plan.address)
-    await _imap(plan, report, timeout)
+    token: str | None = None
+    if plan.endpoint is not None and plan.endpoint.oauth:
+        try:
+            if tokens is None:
+                raise UpstreamError("OAuth2 mailbox, but no way to get its token here")
+            token = (await asyncio.to_thread(tokens, plan.address))[0]
+        except UpstreamError as exc:
+            report.imap = report.smtp = str(exc)
+            report.problems.append(str(exc))
+            return report
+    await _imap(plan, report, timeout, token)
     if plan.smtp is None:  # no password: said once, as the IMAP problem already
         report.smtp = plan.smtp_problem or "not configured"
         return report
     try:
-        await smtp_login(plan.smtp, timeout)
+        await smtp_login(plan.smtp, timeout, token)
         report.smtp = "ok"
     except UpstreamError as exc:
         report.smtp = str(exc)

@@ -50,6 +50,9 @@ class Endpoint(vocab.Endpoint):
     password: str = field(repr=False)
     ca_file: str | None = None
     insecure: bool = False
+    #: the mailbox signs in with OAuth2 (issue 15): ``password`` is unused, the session is given
+    #: an access token at login
+    oauth: bool = False
 
     def ssl_context(self) -> ssl.SSLContext:
         """Certificates are checked unless the admin said ``insecure``; the context is shared
@@ -114,8 +117,12 @@ class ImapClient:
         proto.transport = transport
         await self.guard(proto.capability(), "CAPABILITY")
 
-    async def login(self) -> None:
-        """LOGIN; a refusal raises UpstreamAuthError with the server's words."""
+    async def login(self, token: str | None = None) -> None:
+        """LOGIN, or SASL with an OAuth2 ``token``; a refusal raises UpstreamAuthError with the
+        server's words."""
+        if token is not None:
+            await self._oauth_login(token)
+            return
         proto = self._proto()
         if "LOGINDISABLED" in proto.capabilities:
             raise UpstreamAuthError(f"{self.endpoint.host} does not allow LOGIN here")
@@ -125,6 +132,24 @@ class ImapClient:
         if response.result != "OK":
             text = parse.status_text(response.lines) or "login refused"
             raise UpstreamAuthError(f"IMAP login as {self.endpoint.login} failed: {text}")
+        await self.guard(proto.capability(), "CAPABILITY")
+
+    async def _oauth_login(self, token: str) -> None:
+        """OAUTHBEARER (RFC 7628) where the server offers it, else XOAUTH2."""
+        proto, user = self._proto(), self.endpoint.login
+        if "AUTH=OAUTHBEARER" in self.capabilities:
+            mechanism = "OAUTHBEARER"
+            initial = f"n,a={user},\x01auth=Bearer {token}\x01\x01"
+        elif "AUTH=XOAUTH2" in self.capabilities:
+            mechanism, initial = "XOAUTH2", f"user={user}\x01auth=Bearer {token}\x01\x01"
+        else:
+            raise UpstreamAuthError(f"{self.endpoint.host} offers neither XOAUTH2 nor OAUTHBEARER")
+        response = await self.guard(
+            proto.authenticate(mechanism, initial.encode(), token), f"AUTHENTICATE {mechanism}"
+        )
+        if response.result != "OK":
+            text = parse.status_text(response.lines) or "login refused"
+            raise UpstreamAuthError(f"IMAP {mechanism} login as {user} failed: {text}")
         await self.guard(proto.capability(), "CAPABILITY")
 
     def connection_lost(self, exc: Exception | None) -> None:

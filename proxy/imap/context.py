@@ -11,15 +11,17 @@ database thread runs only queries, and parses the next batch while the previous 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import functools
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import ParamSpec, TypeVar
 
-from crm.config import PollerConfig
-from crm.face import Database
-from crm.face.poller import Capturer
+from crm.config import Config, PollerConfig
+from crm.errors import SecretError, UpstreamAuthError
+from crm.face import Database, oauth
+from crm.face.poller import Capturer, SecretBox, load_key
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -80,12 +82,30 @@ class PollerContext:
     progress: Callable[[str, int], None] | None = field(default=None, compare=False)
     #: Where fetched messages are parsed before capture (no database); None: on :attr:`run`.
     parse: DbThread | None = field(default=None, compare=False)
+    #: OAuth2 mailboxes (issue 15): address -> (access token, when to refresh it); blocking
+    #: (it may ask the provider), so it runs on a thread of its own, never the database thread
+    tokens: Callable[[str], tuple[str, dt.datetime]] | None = field(default=None, compare=False)
 
     async def parsing(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """``fn`` on the parse thread (on the database thread without one)."""
         return await (self.parse or self.run)(fn, *args, **kwargs)
 
+    async def token(self, address: str) -> tuple[str, dt.datetime]:
+        """A valid access token for an OAuth2 mailbox (refreshed at 80 % of its lifetime)."""
+        if self.tokens is None:
+            raise UpstreamAuthError("OAuth2 mailbox, but no secret key to open its tokens")
+        return await asyncio.to_thread(self.tokens, address)
+
     def report(self, event: str, count: int) -> None:
         """Tell :attr:`progress`, if anyone listens."""
         if self.progress is not None and count:
             self.progress(event, count)
+
+
+def token_source(db: Database, config: Config) -> Callable[[str], tuple[str, dt.datetime]] | None:
+    """How OAuth2 mailboxes get their access tokens (None when the key cannot be loaded)."""
+    try:
+        secrets = SecretBox(load_key(config, create=False))
+    except SecretError:
+        return None
+    return functools.partial(oauth.access_token, db, secrets)

@@ -42,7 +42,7 @@ from crm.face.poller import Capturer, import_node, sync
 from crm.vocab import WINDOWS, utcnow
 
 from .client import ImapClient
-from .context import DbThread, PollerContext
+from .context import DbThread, PollerContext, token_source
 from .folder import sync_folder
 from .hold import LeaseHold
 from .importer import ImportStats, imap_date, uid_windows
@@ -159,6 +159,7 @@ class ForegroundImport:
         self.ctx = PollerContext(
             config.poller, db, self.db_thread, capturer, view.event, parse=self.parse
         )
+        self.ctx.tokens = token_source(db, config)
         node = import_node(config.cluster.node_name, os.getpid())
         lease_s = config.cluster.lease_seconds
         self.hold = LeaseHold(db, node, lease_s, plan.id, plan.address, self.db_thread)

@@ -68,16 +68,17 @@ def _endpoint(box: MailboxSnapshot, config: PollerConfig) -> tuple[Endpoint | No
     host, port, tls = server.host, server.port, server.tls
     if not host:
         return None, "no IMAP server configured (mailbox set --imap-host or a preset)"
-    if box.password is None:
+    if box.password is None and not box.oauth:  # OAuth2: the token comes at login (issue 15)
         return None, NO_PASSWORD
     endpoint = Endpoint(
         host,
         port or DEFAULT_PORTS.get(tls, 993),
         tls,
         box.login,
-        box.password,
+        box.password or "",
         config.ca_file,
         config.insecure,
+        box.oauth,
     )
     return endpoint, None
 
@@ -86,16 +87,17 @@ def _smtp_problem(box: MailboxSnapshot) -> str | None:
     """Why the mailbox has no SMTP endpoint (None: it has one)."""
     if box.smtp is None:
         return "not configured"
-    return (box.problem or NO_PASSWORD) if box.password is None else None
+    return (box.problem or NO_PASSWORD) if box.password is None and not box.oauth else None
 
 
 def _smtp(box: MailboxSnapshot, config: PollerConfig) -> Endpoint | None:
-    if box.smtp is None or box.password is None:
+    if box.smtp is None or (box.password is None and not box.oauth):
         return None
     port = box.smtp.port or SMTP_PORTS.get(box.smtp.tls, 587)
     return Endpoint(
-        box.smtp.host, port, box.smtp.tls, box.login, box.password, config.ca_file, config.insecure
-    )
+        box.smtp.host, port, box.smtp.tls, box.login, box.password or "", config.ca_file,
+        config.insecure, box.oauth,
+    )  # fmt: skip
 
 
 def plan_for(box: MailboxSnapshot, config: PollerConfig) -> MailboxPlan:

@@ -37,7 +37,7 @@ from crm.face import Database, StoreError
 from crm.face.poller import Capturer, LeaseKeeper, SecretBox, load_key, sync
 from crm.vocab import utcnow
 
-from .context import DbThread, PollerContext
+from .context import DbThread, PollerContext, token_source
 from .plan import MailboxPlan, load_plans
 from .schedule import mode_for
 from .worker import MailboxWorker, wait_any
@@ -76,6 +76,7 @@ class Poller:
         self.ctx = PollerContext(
             config.poller, db, DbThread(threads), capturer, parse=DbThread(name="parse")
         )
+        self.ctx.tokens = token_source(db, config)
         self.keeper = LeaseKeeper(db, config.cluster.node_name, config.cluster.lease_seconds)
         self.lease_run = DbThread()  # the leases' own thread: never behind capture work
         self.workers: dict[int, tuple[MailboxWorker, asyncio.Task[None]]] = {}
@@ -85,8 +86,10 @@ class Poller:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Reconcile and push-check until ``stop``; then stop every worker, release the leases."""
-        helpers = [asyncio.create_task(self._renew(stop), name="poller:leases"),
-                   asyncio.create_task(self._guard(stop), name="poller:guard")]
+        helpers = [
+            asyncio.create_task(self._renew(stop), name="poller:leases"),
+            asyncio.create_task(self._guard(stop), name="poller:guard"),
+        ]
         next_refresh = 0.0
         try:
             while not stop.is_set():

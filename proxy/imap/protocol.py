@@ -10,6 +10,7 @@ so far after each one, which makes a 200-message FETCH quadratic.
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 from typing import Any
 from typing import Protocol as Interface
@@ -55,10 +56,39 @@ class Protocol(aio.IMAP4ClientProtocol):  # type: ignore[misc]
 
     incomplete_line: bytes
     current_command: Any
+    _sasl: bytes = b""  # the initial response still to send (servers without SASL-IR)
 
     def __init__(self, loop: asyncio.AbstractEventLoop, owner: Owner) -> None:
         super().__init__(loop, owner.connection_lost)
         self.owner = owner
+
+    async def authenticate(self, mechanism: str, initial: bytes, secret: str) -> Any:
+        """``AUTHENTICATE mechanism`` with its initial response (SASL-IR where offered, else
+        after the first ``+``). An error challenge (``+ <base64>``, XOAUTH2/OAUTHBEARER after a
+        refused token) is answered with an empty line, so the server ends with NO instead of
+        waiting for us: aioimaplib's own ``xoauth2`` leaves it waiting (a hang until timeout)."""
+        self._sasl = base64.b64encode(initial)
+        self.sasl_challenges: list[bytes] = []
+        args = [mechanism, self._sasl.decode()] if "SASL-IR" in self.capabilities else [mechanism]
+        if len(args) == 2:
+            self._sasl = b""
+        command = aio.Command("AUTHENTICATE", self.new_tag(), *args, loop=self.loop)
+        response = await self.execute(command, scrub=secret)
+        if response.result == "OK":
+            self.state = aio.AUTH
+        return response
+
+    def _continuation(self, line: bytes) -> None:
+        pending = self.pending_sync_command
+        if pending is None or pending.name != "AUTHENTICATE":
+            super()._continuation(line)
+            return
+        if self._sasl:  # no SASL-IR: the first "+" asks for the initial response
+            self.transport.write(self._sasl + aio.CRLF)
+            self._sasl = b""
+            return
+        self.sasl_challenges.append(line[:2000])
+        self.transport.write(aio.CRLF)  # answer the error challenge: the server says NO next
 
     def data_received(self, data: bytes) -> None:
         """Upstream's, without the ``log.debug("Received : %s" % data)`` of every chunk."""

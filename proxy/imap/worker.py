@@ -50,8 +50,9 @@ async def open_session(
     assert plan.endpoint is not None
     client = ImapClient(plan.endpoint, ctx.config.timeout_s)
     try:
+        token = (await ctx.token(plan.address))[0] if plan.endpoint.oauth else None
         await client.connect()
-        await client.login()
+        await client.login(token)
         if ctx.config.use_qresync:
             await client.enable("QRESYNC")
         yield client, await discover(client, plan.folders)
@@ -81,6 +82,7 @@ class MailboxWorker:
         self.push_folders: set[str] = set()
         self.folders: list[FolderPlan] = []
         self.backoff = Backoff(ctx.config.backoff_min_s, ctx.config.backoff_max_s)
+        self.failure: str | None = None  # the reason last recorded on the mailbox
 
     def request_push(self, folders: set[str]) -> None:
         """The CRM changed read state in these folders: sync them soon."""
@@ -96,6 +98,7 @@ class MailboxWorker:
             try:
                 delay = await self._stoppable(self._session())
                 self.backoff.reset()
+                self.failure = None
                 wakeable = True
             except UpstreamAuthError as exc:
                 await self._failed(str(exc), "auth")
@@ -132,6 +135,7 @@ class MailboxWorker:
                 task.cancel()
 
     async def _failed(self, reason: str, kind: str) -> None:
+        self.failure = reason
         log.warning("mailbox %s: %s", self.plan.address, reason)
         metrics.upstream_error(kind)
         with contextlib.suppress(Exception):
@@ -141,12 +145,37 @@ class MailboxWorker:
         """Sleep; a stop ends it, and a push request too unless it is a backoff after a failure."""
         if not self.push_folders:
             self.wake.clear()
-        await wait_any((self.stop, self.wake) if wakeable else (self.stop,), seconds)
+        events = (self.stop, self.wake) if wakeable else (self.stop,)
+        if self.plan.endpoint is not None and self.plan.endpoint.oauth:
+            await self._sleep_keeping_token(events, seconds)
+        else:
+            await wait_any(events, seconds)
+
+    async def _sleep_keeping_token(self, events: Sequence[asyncio.Event], seconds: float) -> None:
+        """An OAuth2 mailbox's sleep between sessions: its token is still refreshed when due, so
+        a withdrawn grant shows (red) at once, not at the next check hours later."""
+        end = time.monotonic() + seconds
+        while not any(event.is_set() for event in events):
+            left = end - time.monotonic()
+            if left <= 0:
+                return
+            try:
+                _token, due = await self.ctx.token(self.plan.address)
+            except UpstreamError as exc:  # refused, or the provider is odd: said on the mailbox
+                if str(exc) != self.failure:  # (once: a failed session may have said it already)
+                    await self._failed(str(exc), "auth")
+                await wait_any(events, left)
+                return
+            await wait_any(events, min(left, max((due - utcnow()).total_seconds(), 1.0)))
 
     async def _session(self) -> float:
         """One connection; returns how long to sleep before the next."""
         async with open_session(self.ctx, self.plan) as (client, found):
             self.folders = sorted(found.folders, key=lambda f: f.name.upper() == "INBOX")
+            if self.plan.endpoint is not None and self.plan.endpoint.oauth:
+                return await _with_token_kept(
+                    self.ctx, self.plan.address, self._watch(client, found.problem)
+                )
             return await self._watch(client, found.problem)
 
     async def _watch(self, client: ImapClient, problem: str | None) -> float:
@@ -198,3 +227,28 @@ class MailboxWorker:
                 await self._pass(client, [*[f for f in wanted if f != inbox], inbox])
             elif reason == "renew":
                 await client.noop()
+
+
+async def _with_token_kept(
+    ctx: PollerContext, address: str, session: Coroutine[Any, Any, float]
+) -> float:
+    """Run an OAuth2 mailbox's session while its access token is refreshed at 80 % of each
+    lifetime, connection or not: a long IDLE never outlives a revoked grant (servers check the
+    token only at login). A refused refresh ends the session with its reason."""
+    task = asyncio.ensure_future(session)
+    keeper = asyncio.ensure_future(_keep_token(ctx, address))
+    try:
+        await asyncio.wait([task, keeper], return_when="FIRST_COMPLETED")
+        if keeper.done() and not task.done():
+            task.cancel()
+            keeper.result()  # raises the refusal
+        return await task
+    finally:
+        keeper.cancel()
+        task.cancel()
+
+
+async def _keep_token(ctx: PollerContext, address: str) -> None:
+    while True:
+        _token, due = await ctx.token(address)
+        await asyncio.sleep(max((due - utcnow()).total_seconds(), 1.0))

@@ -17,10 +17,12 @@ from typing import Any
 
 from aiosmtpd.smtp import AuthResult, Envelope, Session
 
+from crm.errors import SecretError
 from crm.face.relay import Envelope as SpoolEnvelope
 from crm.face.relay import LoginView, domain_of, try_normalize
 
 from . import auth as smtpauth
+from . import oauthlogin
 from .databuf import MessageBuffer
 from .delivery import UNREACHABLE
 from .gatekeeper import PLAINTEXT
@@ -114,6 +116,8 @@ class RelayConnection:
         if refusal is not None:
             return self._refuse(f"{login}: too many failed logins, not asked upstream", refusal)
         view = await self.relay.directory.lookup(login)
+        if view.oauth:
+            return await self._check_oauth(login, password, view)
         endpoint = self.relay.directory.endpoint(view)
         if endpoint is None:
             gate.failed(self.client, login)
@@ -142,6 +146,47 @@ class RelayConnection:
         log.info("relay login %s accepted by %s", login, endpoint)
         return AuthResult(success=True, auth_data=login)
 
+    async def _check_oauth(self, login: str, password: str, view: LoginView) -> AuthResult:
+        """An OAuth2 mailbox (issue 15): its app password here, its token upstream."""
+        gate, directory = self.relay.gatekeeper, self.relay.directory
+        if not await oauthlogin.app_password_ok(view, password):
+            gate.failed(self.client, login)
+            return self._refuse(f"{login}: wrong app password", oauthlogin.BAD_APP_PASSWORD)
+        endpoint = directory.endpoint(view)
+        if endpoint is None:
+            return self._refuse(f"{login}: no upstream server known", NO_UPSTREAM)
+        try:
+            token = await oauthlogin.token_for(directory.db, directory.secrets(), view)
+            upstream, reply = await oauthlogin.upstream_login(
+                self.relay.client, endpoint, view, token
+            )
+        except oauthlogin.TokenUnavailable as exc:
+            return self._refuse(f"{login}: {exc}", exc.reply)
+        except SecretError as exc:
+            return self._refuse(f"{login}: {exc}", KEY_MISSING)
+        except UpstreamUnavailable as exc:
+            return self._refuse(f"{login}: upstream {endpoint} unreachable: {exc}",
+                                AUTH_UNAVAILABLE)
+        if not reply.ok:  # the app password was right: the token is the gateway's affair
+            return self._refuse(f"{login}: token refused by {endpoint}: {reply.line()}",
+                                oauthlogin.TOKEN_UNAVAILABLE)
+        gate.succeeded(self.client, login)
+        self.view, self.upstream, self._password = view, upstream, password
+        log.info("relay login %s accepted (app password; XOAUTH2 to %s)", login, endpoint)
+        return AuthResult(success=True, auth_data=login)
+
+    async def _relogin(self, fresh: UpstreamSession) -> Reply:
+        """A new upstream session for the logged-in client: its password, or a fresh token."""
+        assert self.view is not None
+        if not self.view.oauth:
+            return await fresh.login(self.view.login, self._password)
+        directory = self.relay.directory
+        try:
+            token = await oauthlogin.token_for(directory.db, directory.secrets(), self.view)
+        except (oauthlogin.TokenUnavailable, SecretError) as exc:
+            raise UpstreamUnavailable(f"no access token: {exc}") from None
+        return await fresh.login(self.view.upstream_login or self.view.login, "", token)
+
     # --- the transaction ----------------------------------------------------------------------
 
     async def _connected(self) -> bool:
@@ -153,7 +198,7 @@ class RelayConnection:
             if self.upstream.connected:
                 return False
         fresh = UpstreamSession(self.relay.client, self.upstream.endpoint)
-        reply = await fresh.login(self.view.login, self._password)
+        reply = await self._relogin(fresh)
         if not reply.ok:
             raise UpstreamUnavailable(f"login refused on reconnect: {reply.line()}")
         self.upstream = fresh

@@ -135,15 +135,19 @@ class UpstreamSession:
         """The upstream takes ``BDAT`` (RFC 3030 CHUNKING)."""
         return "chunking" in self.smtp.esmtp_extensions
 
-    async def login(self, username: str, password: str) -> Reply:
-        """Connect and AUTH; the upstream's verdict (235, 535 ...) is the relay's verdict."""
+    async def login(self, username: str, password: str, token: str | None = None) -> Reply:
+        """Connect and AUTH (XOAUTH2 with an OAuth2 ``token``: aiosmtplib answers the error
+        challenge with an empty line); the upstream's verdict (235, 535 ...) is the relay's."""
         try:
             await self.smtp.connect()
             if self.smtp.is_ehlo_or_helo_needed:
                 await self.smtp.ehlo()
             self.caps = Caps.from_extensions(self.smtp.esmtp_extensions)
             self.client.remember(self.endpoint, self.caps)
-            response = await self.smtp.login(username, password)
+            if token is not None:
+                response = await self.smtp.auth_xoauth2(username, token)
+            else:
+                response = await self.smtp.login(username, password)
             self.wire = Wire.take_over(self.smtp, self.client.timeout)
         except SMTPResponseException as exc:
             self.close()
