@@ -148,8 +148,10 @@ def usage(root: int, seconds: float, every: float = 0.5) -> Usage:
 
 def show(usage: Usage) -> str:
     """One line of figures."""
-    return (f"peak RSS {usage.hwm_mb:.0f} MB (now {usage.rss_mb:.0f} MB, {usage.processes} "
-            f"processes), CPU {usage.cpu:.2f} % of a core")
+    return (
+        f"peak RSS {usage.hwm_mb:.0f} MB (now {usage.rss_mb:.0f} MB, {usage.processes} "
+        f"processes), CPU {usage.cpu:.2f} % of a core"
+    )
 
 
 def breakdown(root: int) -> str:
@@ -196,8 +198,9 @@ def seed(url: str, key: str, addresses: list[str], port: int, tls: str) -> None:
     box = SecretBox(key.encode())
     with db.session() as s:
         for address in addresses:
-            settings = MailboxSettings(imap_host="127.0.0.1", imap_port=port, imap_tls=tls,
-                                       password=PASSWORD)
+            settings = MailboxSettings(
+                imap_host="127.0.0.1", imap_port=port, imap_tls=tls, password=PASSWORD
+            )
             add_mailbox(s, box, address, None, settings)
     db.dispose()
 
@@ -207,8 +210,9 @@ def green(url: str) -> int:
     engine = create_engine(url)
     try:
         with engine.connect() as conn:
-            query = select(func.count()).where(Mailbox.last_ok_at.is_not(None),
-                                               Mailbox.last_error.is_(None))
+            query = select(func.count()).where(
+                Mailbox.last_ok_at.is_not(None), Mailbox.last_error.is_(None)
+            )
             return int(conn.scalar(query) or 0)
     finally:
         engine.dispose()
@@ -228,8 +232,16 @@ def free_port() -> int:
 class Node:
     """``mailcrm serve`` (relay off) in a child process, on one CRM."""
 
-    def __init__(self, work: Path, url: str, key: str, ca_file: Path, name: str,
-                 db_threads: int = 0, sample: str = "") -> None:
+    def __init__(
+        self,
+        work: Path,
+        url: str,
+        key: str,
+        ca_file: Path,
+        name: str,
+        db_threads: int = 0,
+        sample: str = "",
+    ) -> None:
         self.log = work / f"{name}.log"
         config = work / f"{name}.toml"
         config.write_text(
@@ -237,16 +249,23 @@ class Node:
             "[relay]\nenabled = false\n\n"
             f"[http]\nport = {free_port()}\n"
         )
-        env = {**os.environ, "MAILCRM_SECRET_KEY": key, "MAILCRM_NODE_NAME": name,
-               "XDG_DATA_HOME": str(work / name)}
+        env = {
+            **os.environ,
+            "MAILCRM_SECRET_KEY": key,
+            "MAILCRM_NODE_NAME": name,
+            "XDG_DATA_HOME": str(work / name),
+        }
         main = "import cli; cli.main()"
         if sample:  # the node's threads sampled between SIGUSR1 and SIGUSR2
-            main = f"import sys; sys.path.insert(0, 'bench'); import sampler; " \
-                   f"sampler.install({sample!r}); {main}"
+            main = (
+                f"import sys; sys.path.insert(0, 'bench'); import sampler; "
+                f"sampler.install({sample!r}); {main}"
+            )
         command = [sys.executable, "-c", main, "--config", str(config), "--db", url, "-v", "serve"]
         with self.log.open("ab") as sink:
-            self.proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=sink, stderr=sink,
-                                         stdin=subprocess.DEVNULL)
+            self.proc = subprocess.Popen(
+                command, cwd=ROOT, env=env, stdout=sink, stderr=sink, stdin=subprocess.DEVNULL
+            )
 
     def check(self) -> None:
         """Stop the bench when the node died."""
@@ -266,8 +285,9 @@ class Node:
 
 
 @contextlib.contextmanager
-def node(work: Path, url: str, key: str, ca_file: Path, name: str,
-         db_threads: int = 0, sample: str = "") -> Iterator[Node]:
+def node(
+    work: Path, url: str, key: str, ca_file: Path, name: str, db_threads: int = 0, sample: str = ""
+) -> Iterator[Node]:
     """A running node, always stopped afterwards."""
     running = Node(work, url, key, ca_file, name, db_threads, sample)
     try:
@@ -283,8 +303,10 @@ def baseline(work: Path, opts: Options, key: str, ca_file: Path) -> None:
         with node(work, url, key, ca_file, "baseline") as empty:
             time.sleep(5.0)
             empty.check()
-            print(f"baseline, node with 0 mailboxes over {opts.baseline_seconds:.0f} s: "
-                  f"{show(usage(empty.proc.pid, opts.baseline_seconds))}")
+            print(
+                f"baseline, node with 0 mailboxes over {opts.baseline_seconds:.0f} s: "
+                f"{show(usage(empty.proc.pid, opts.baseline_seconds))}"
+            )
             print(f"  by process: {breakdown(empty.proc.pid)}")
 
 
@@ -317,8 +339,13 @@ service lmtp {{
 
 def sessions(dovecot: Dovecot) -> int:
     """IMAP sessions Dovecot counts (``doveadm who -1``)."""
-    done = subprocess.run(["doveadm", "-c", str(dovecot.config_path), "who", "-1"],
-                          capture_output=True, text=True, check=False, timeout=60)
+    done = subprocess.run(
+        ["doveadm", "-c", str(dovecot.config_path), "who", "-1"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
     return sum(1 for line in done.stdout.splitlines()[1:] if " imap " in f" {line} ")
 
 
@@ -334,8 +361,10 @@ def wait_idle(running: Node, dovecot: Dovecot, url: str, count: int) -> float:
     while ok < count or open_ < count:
         running.check()
         if time.monotonic() - started > 30 + count:
-            raise SystemExit(f"after {30 + count} s: {ok} green, {open_} sessions; see "
-                             f"{running.log} and {dovecot.log_path}")
+            raise SystemExit(
+                f"after {30 + count} s: {ok} green, {open_} sessions; see "
+                f"{running.log} and {dovecot.log_path}"
+            )
         time.sleep(1.0)
         ok, open_ = green(url), sessions(dovecot)
     return time.monotonic() - started
@@ -347,10 +376,12 @@ def wait_idle(running: Node, dovecot: Dovecot, url: str, count: int) -> float:
 def mail(address: str, index: int) -> tuple[str, bytes]:
     """A customer's enquiry to ``address``: its Message-ID (no brackets) and raw bytes."""
     mid = f"{uuid.uuid4().hex}@firm{index}.example"
-    raw = (f"From: Kim Buyer {index} <kim.buyer@firm{index}.example>\r\nTo: <{address}>\r\n"
-           f"Subject: Offer request {index}\r\nDate: {email.utils.formatdate()}\r\n"
-           f"Message-ID: <{mid}>\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8"
-           "\r\n\r\nHello,\r\nplease send us an offer for 20 units.\r\n\r\nKim\r\n")
+    raw = (
+        f"From: Kim Buyer {index} <kim.buyer@firm{index}.example>\r\nTo: <{address}>\r\n"
+        f"Subject: Offer request {index}\r\nDate: {email.utils.formatdate()}\r\n"
+        f"Message-ID: <{mid}>\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8"
+        "\r\n\r\nHello,\r\nplease send us an offer for 20 units.\r\n\r\nKim\r\n"
+    )
     return mid, raw.encode()
 
 
@@ -373,8 +404,9 @@ def seen_at(url: str, mids: list[str], timeout: float = 120.0) -> dict[str, floa
         while len(found) < len(mids) and time.monotonic() < deadline:
             pending = [m for m in mids if m not in found]
             with engine.connect() as conn:
-                rows = conn.scalars(select(Activity.message_id)
-                                    .where(Activity.message_id.in_(pending)))
+                rows = conn.scalars(
+                    select(Activity.message_id).where(Activity.message_id.in_(pending))
+                )
                 now = time.monotonic()
                 found.update((str(mid), now) for mid in rows)
             time.sleep(0.02)
@@ -403,12 +435,20 @@ def ours(log: Path, offset: int) -> str:
     if not found:
         return "no IDLE pass logged"
     p95 = found[min(len(found) - 1, round(0.95 * (len(found) - 1)))]
-    return (f"{len(found)} passes logged, the server's notice -> pass ended (mailcrm's part): "
-            f"p50 {statistics.median(found):.2f} s, p95 {p95:.2f} s")
+    return (
+        f"{len(found)} passes logged, the server's notice -> pass ended (mailcrm's part): "
+        f"p50 {statistics.median(found):.2f} s, p95 {p95:.2f} s"
+    )
 
 
-def burst(dovecot: Dovecot, opts: Options, url: str, addresses: list[str], pid: int = 0,
-          log: Path | None = None) -> None:
+def burst(
+    dovecot: Dovecot,
+    opts: Options,
+    url: str,
+    addresses: list[str],
+    pid: int = 0,
+    log: Path | None = None,
+) -> None:
     """One message to each of ``opts.burst`` mailboxes at once; delivery-to-activity delays, and
     the CPU of the node ``pid`` and of Dovecot meanwhile (the node sampled when it runs
     :mod:`sampler`), and mailcrm's part from the node's ``log``."""
@@ -424,8 +464,12 @@ def burst(dovecot: Dovecot, opts: Options, url: str, addresses: list[str], pid: 
     started = time.monotonic()
     with ThreadPoolExecutor(max_workers=min(len(chosen), 25)) as pool:
         watching = pool.submit(seen_at, url, [mid for mid, _ in mails])
-        done = list(pool.map(lambda pair: deliver(dovecot, opts.deliver, *pair),
-                             [(a, raw) for a, (_, raw) in zip(chosen, mails, strict=True)]))
+        done = list(
+            pool.map(
+                lambda pair: deliver(dovecot, opts.deliver, *pair),
+                [(a, raw) for a, (_, raw) in zip(chosen, mails, strict=True)],
+            )
+        )
         seen = watching.result()
     wall = time.monotonic() - started
     cpu = 100 * (_tree_ticks(pid) - ticks) / TICK / wall if pid else 0.0
@@ -434,15 +478,19 @@ def burst(dovecot: Dovecot, opts: Options, url: str, addresses: list[str], pid: 
         os.kill(pid, signal.SIGUSR2)
     spread = max(done) - started
     delays = [seen[mid] - at for (mid, _), at in zip(mails, done, strict=True) if mid in seen]
-    print(f"burst: {len(chosen)} messages delivered ({opts.deliver}) within {spread:.2f} s; "
-          f"{len(delays)} became activities")
+    print(
+        f"burst: {len(chosen)} messages delivered ({opts.deliver}) within {spread:.2f} s; "
+        f"{len(delays)} became activities"
+    )
     if delays:
         ordered = sorted(max(d, 0.0) for d in delays)
         p95 = ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
-        print(f"delivery -> activity: p50 {statistics.median(ordered):.2f} s, p95 {p95:.2f} s, "
-              f"max {ordered[-1]:.2f} s (target p95 < 3 s); last activity "
-              f"{max(seen.values()) - started:.2f} s after the burst began; node CPU meanwhile "
-              f"{cpu:.0f} % of a core, Dovecot's {dove:.0f} %")
+        print(
+            f"delivery -> activity: p50 {statistics.median(ordered):.2f} s, p95 {p95:.2f} s, "
+            f"max {ordered[-1]:.2f} s (target p95 < 3 s); last activity "
+            f"{max(seen.values()) - started:.2f} s after the burst began; node CPU meanwhile "
+            f"{cpu:.0f} % of a core, Dovecot's {dove:.0f} %"
+        )
     if log is not None:
         time.sleep(1.0)  # the passes' last log lines
         print(f"  {ours(log, offset)}")
@@ -461,8 +509,16 @@ def trust(work: Path, dovecot: Dovecot, ca: str) -> Path:
     return bundle
 
 
-def measure(dovecot: Dovecot, opts: Options, work: Path, key: str, url: str,
-            ca_file: Path, threads: int = 0, idle: bool = True) -> None:
+def measure(
+    dovecot: Dovecot,
+    opts: Options,
+    work: Path,
+    key: str,
+    url: str,
+    ca_file: Path,
+    threads: int = 0,
+    idle: bool = True,
+) -> None:
     """Seed, start the node (``threads`` its db_threads), wait for IDLE, measure idle (when
     ``idle``), then the burst."""
     names = [f"box{i:04d}" for i in range(opts.mailboxes)]
@@ -472,8 +528,10 @@ def measure(dovecot: Dovecot, opts: Options, work: Path, key: str, url: str,
     sample = f"{opts.sample}.{threads}" if opts.sample else ""
     with node(work, url, key, ca_file, f"node{threads}", threads, sample) as running:
         took = wait_idle(running, dovecot, url, opts.mailboxes)
-        print(f"all {opts.mailboxes} mailboxes green, {opts.mailboxes} IMAP sessions at Dovecot "
-              f"after {took:.1f} s")
+        print(
+            f"all {opts.mailboxes} mailboxes green, {opts.mailboxes} IMAP sessions at Dovecot "
+            f"after {took:.1f} s"
+        )
         time.sleep(5.0)
         if not idle:
             burst(dovecot, opts, url, addresses, running.proc.pid, running.log)
@@ -484,12 +542,16 @@ def measure(dovecot: Dovecot, opts: Options, work: Path, key: str, url: str,
         with ThreadPoolExecutor(1) as pool:
             theirs = pool.submit(usage, master, opts.seconds)
             mine = usage(running.proc.pid, opts.seconds)
-        print(f"idle {opts.seconds:.0f} s, node: {show(mine)}; {fds} open files (a usual "
-              "soft limit is 1,024)")
+        print(
+            f"idle {opts.seconds:.0f} s, node: {show(mine)}; {fds} open files (a usual "
+            "soft limit is 1,024)"
+        )
         print(f"  by process: {breakdown(running.proc.pid)}")
         dove = theirs.result()
-        print(f"idle {opts.seconds:.0f} s, Dovecot (baseline): CPU {dove.cpu:.2f} % of a core, "
-              f"{dove.processes} processes")
+        print(
+            f"idle {opts.seconds:.0f} s, Dovecot (baseline): CPU {dove.cpu:.2f} % of a core, "
+            f"{dove.processes} processes"
+        )
         burst(dovecot, opts, url, addresses, running.proc.pid, running.log)
         running.check()
         print(f"the second after the burst, node: {show(usage(running.proc.pid, 1.0))}")
@@ -497,10 +559,12 @@ def measure(dovecot: Dovecot, opts: Options, work: Path, key: str, url: str,
 
 def run(opts: Options) -> None:
     """The whole IDLE scale run; prints figures."""
-    print(f"IDLE at scale: {opts.mailboxes} linked company mailboxes, "
-          f"{'IMAPS' if opts.tls == 'ssl' else 'plaintext IMAP'} to a local Dovecot, "
-          f"{'SQLite' if opts.db == 'sqlite' else 'PostgreSQL'} CRM, {opts.ca} CAs, one node "
-          f"({TARGETS})")
+    print(
+        f"IDLE at scale: {opts.mailboxes} linked company mailboxes, "
+        f"{'IMAPS' if opts.tls == 'ssl' else 'plaintext IMAP'} to a local Dovecot, "
+        f"{'SQLite' if opts.db == 'sqlite' else 'PostgreSQL'} CRM, {opts.ca} CAs, one node "
+        f"({TARGETS})"
+    )
     key = Fernet.generate_key().decode()
     with (
         tempfile.TemporaryDirectory(prefix="mailcrm-idlescale-") as tmp,
@@ -523,23 +587,42 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--idle-seconds", type=float, default=40.0)
     parser.add_argument("--tls", choices=("ssl", "none"), default="ssl")
     parser.add_argument("--deliver", choices=("lmtp", "maildir"), default="lmtp")
-    parser.add_argument("--ca", choices=("system", "private"), default="system",
-                        help="the node's ca_file: the system trust store plus Dovecot's "
-                             "certificate (as many public CAs as a public server needs), or "
-                             "Dovecot's certificate alone (a private CA)")
-    parser.add_argument("--db-threads", default="0",
-                        help="the poller's db_threads, or several comma-separated (e.g. 1,4): one "
-                             "node and burst for each, side by side in this run")
-    parser.add_argument("--sample", default="", metavar="FILE",
-                        help="sample the node's threads over the burst into FILE.<db_threads>")
+    parser.add_argument(
+        "--ca",
+        choices=("system", "private"),
+        default="system",
+        help="the node's ca_file: the system trust store plus Dovecot's "
+        "certificate (as many public CAs as a public server needs), or "
+        "Dovecot's certificate alone (a private CA)",
+    )
+    parser.add_argument(
+        "--db-threads",
+        default="0",
+        help="the poller's db_threads, or several comma-separated (e.g. 1,4): one "
+        "node and burst for each, side by side in this run",
+    )
+    parser.add_argument(
+        "--sample",
+        default="",
+        metavar="FILE",
+        help="sample the node's threads over the burst into FILE.<db_threads>",
+    )
 
 
 def options(args: argparse.Namespace, db: str) -> Options:
     """Options from parsed arguments."""
     threads = tuple(int(part) for part in str(args.db_threads).split(",") if part.strip())
-    return Options(args.idle_mailboxes, args.burst, args.idle_seconds, args.tls, args.deliver, db,
-                   args.ca, db_threads=threads or (0,), sample=str(Path(args.sample).resolve())
-                   if args.sample else "")
+    return Options(
+        args.idle_mailboxes,
+        args.burst,
+        args.idle_seconds,
+        args.tls,
+        args.deliver,
+        db,
+        args.ca,
+        db_threads=threads or (0,),
+        sample=str(Path(args.sample).resolve()) if args.sample else "",
+    )
 
 
 def main() -> None:

@@ -354,8 +354,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--large", type=int, default=50_000, help="0 to skip")
     parser.add_argument("--idle", type=int, default=40, help="IDLE latency samples")
     parser.add_argument("--no-capture", action="store_true", help="skip phase (c)")
-    parser.add_argument("--profile", metavar="FILE",
-                        help="cProfile the poller's process in (d), all its threads, into FILE")
+    parser.add_argument(
+        "--profile",
+        metavar="FILE",
+        help="cProfile the poller's process in (d), all its threads, into FILE",
+    )
     parser.add_argument("--phase", nargs="*", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.profile:

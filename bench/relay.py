@@ -98,8 +98,7 @@ def child(config_path: str) -> None:
         return
     import cProfile
 
-    cProfile.runctx("run_loop(main())", globals(), {"main": main, "run_loop": run_loop},
-                    profile)
+    cProfile.runctx("run_loop(main())", globals(), {"main": main, "run_loop": run_loop}, profile)
 
 
 async def _orphaned(stop: asyncio.Event) -> None:
@@ -133,8 +132,9 @@ class RelayProcess:
         # Its own session, as a service has (systemd): the scheduler's autogroups (and a service's
         # cgroup) share the CPU between sessions first, so a relay in the load generator's session
         # would get half of what Postfix's session gets.
-        self.proc = subprocess.Popen([sys.executable, __file__, "--child", str(config)], env=env,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, __file__, "--child", str(config)], env=env, start_new_session=True
+        )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             with socket.socket() as sock:
@@ -174,8 +174,10 @@ def pct(values: list[float], q: float) -> float:
 
 
 def show(name: str, rate: float, lat: list[float]) -> None:
-    print(f"  {name:7} {rate:8.1f} msg/s   p50 {pct(lat, 0.5):7.2f} ms   "
-          f"p99 {pct(lat, 0.99):7.2f} ms   ({len(lat)} messages)")
+    print(
+        f"  {name:7} {rate:8.1f} msg/s   p50 {pct(lat, 0.5):7.2f} ms   "
+        f"p99 {pct(lat, 0.99):7.2f} ms   ({len(lat)} messages)"
+    )
 
 
 def wait_captured(db_url: str, count: int, timeout: float = 120.0) -> float:
@@ -201,14 +203,17 @@ def settle(postfix: Postfix, timeout: float = 120.0) -> None:
         time.sleep(0.2)
 
 
-def throughput(args: argparse.Namespace, work: Path, postfix: Postfix, users: list[str],
-               key: str) -> None:
+def throughput(
+    args: argparse.Namespace, work: Path, postfix: Postfix, users: list[str], key: str
+) -> None:
     db_url = args.db or f"sqlite:///{work / 'bench.db'}"
     prepare_crm(db_url, key, users)
     relay = RelayProcess(work, postfix, db_url, key, "speed")
     direct_ca = postfix.ssl_context()
-    print(f"\n1. {args.connections} connections, {args.size} byte messages, "
-          f"{args.seconds:.0f} s per measurement, capture on ({db_url.split(':')[0]})")
+    print(
+        f"\n1. {args.connections} connections, {args.size} byte messages, "
+        f"{args.seconds:.0f} s per measurement, capture on ({db_url.split(':')[0]})"
+    )
     _, warm = asyncio.run(load(relay.port, relay.ca, users, 2.0, args.size))
     asyncio.run(load(postfix.port, direct_ca, users, 2.0, args.size))
     sent = len(warm)
@@ -243,8 +248,10 @@ def throughput(args: argparse.Namespace, work: Path, postfix: Postfix, users: li
     loop_meter.show(sum(len(lat) for _, lat in results["relay"]))
     offered = args.load * statistics.median(r for r, _ in results["relay"])
     paced_lat: dict[str, list[float]] = {"direct": [], "relay": []}
-    print(f" paced: {offered:.1f} msg/s offered over {len(users)} connections "
-          f"({args.load:.0%} of the relay's flat-out rate), same load both ways")
+    print(
+        f" paced: {offered:.1f} msg/s offered over {len(users)} connections "
+        f"({args.load:.0%} of the relay's flat-out rate), same load both ways"
+    )
     for _ in range(args.rounds):
         for name, port, ca in targets:
             settle(postfix)
@@ -254,35 +261,47 @@ def throughput(args: argparse.Namespace, work: Path, postfix: Postfix, users: li
     show("direct", offered, paced_lat["direct"])
     show("relay", offered, paced_lat["relay"])
     direct_lat, relay_lat = paced_lat["direct"], paced_lat["relay"]
-    print(f"  added latency: p50 {pct(relay_lat, 0.5) - pct(direct_lat, 0.5):+.2f} ms "
-          f"(target < 10 ms), p99 {pct(relay_lat, 0.99) - pct(direct_lat, 0.99):+.2f} ms")
+    print(
+        f"  added latency: p50 {pct(relay_lat, 0.5) - pct(direct_lat, 0.5):+.2f} ms "
+        f"(target < 10 ms), p99 {pct(relay_lat, 0.99) - pct(direct_lat, 0.99):+.2f} ms"
+    )
     lag = max(lag, wait_captured(db_url, sent))
     captured = activities(db_url)
     relay.stop()
-    print(f"  captured {captured} of {sent} relayed messages (warm-up included); the worker "
-          f"finished {lag:.1f} s after the last send")
+    print(
+        f"  captured {captured} of {sent} relayed messages (warm-up included); the worker "
+        f"finished {lag:.1f} s after the last send"
+    )
     meter.show()
 
 
-def summarize(results: dict[str, list[tuple[float, list[float]]]], drained: dict[str, list[float]],
-              left: dict[str, list[Leftover]]) -> None:
+def summarize(
+    results: dict[str, list[tuple[float, list[float]]]],
+    drained: dict[str, list[float]],
+    left: dict[str, list[Leftover]],
+) -> None:
     direct_rate = statistics.median(r for r, _ in results["direct"])
     relay_rate = statistics.median(r for r, _ in results["relay"])
     direct_lat = [x for _, lat in results["direct"] for x in lat]
     relay_lat = [x for _, lat in results["relay"] for x in lat]
-    print(" flat out, all rounds (messages/s while sending; latency here is queueing at "
-          "saturation)")
+    print(
+        " flat out, all rounds (messages/s while sending; latency here is queueing at saturation)"
+    )
     show("direct", direct_rate, direct_lat)
     show("relay", relay_rate, relay_lat)
     direct_done, relay_done = (statistics.median(drained[k]) for k in ("direct", "relay"))
-    print(f"  throughput relay/direct: {relay_done / direct_done:.2f}  (target >= 0.7): "
-          f"messages delivered (and captured) per second, direct {direct_done:.1f}, relay "
-          f"{relay_done:.1f} (each phase's messages over its sending time plus the time until "
-          f"Postfix's queue was empty and, for the relay, every message captured)")
-    print(f"  sending window only: {relay_rate / direct_rate:.2f}; when the clients stopped, "
-          f"{backlog(left['direct'], 'queued')} of the direct phases' messages were still in "
-          f"Postfix's queue, {backlog(left['relay'], 'queued')} of the relay phases' "
-          f"({backlog(left['relay'], 'uncaptured')} not captured yet)")
+    print(
+        f"  throughput relay/direct: {relay_done / direct_done:.2f}  (target >= 0.7): "
+        f"messages delivered (and captured) per second, direct {direct_done:.1f}, relay "
+        f"{relay_done:.1f} (each phase's messages over its sending time plus the time until "
+        f"Postfix's queue was empty and, for the relay, every message captured)"
+    )
+    print(
+        f"  sending window only: {relay_rate / direct_rate:.2f}; when the clients stopped, "
+        f"{backlog(left['direct'], 'queued')} of the direct phases' messages were still in "
+        f"Postfix's queue, {backlog(left['relay'], 'queued')} of the relay phases' "
+        f"({backlog(left['relay'], 'uncaptured')} not captured yet)"
+    )
 
 
 class Leftover(NamedTuple):
@@ -304,8 +323,9 @@ def backlog(phases: list[Leftover], field: str) -> str:
 
 async def big_sends(port: int, ca: ssl.SSLContext, users: list[str], size: int) -> list[float]:
     async def one(i: int, user: str) -> float:
-        smtp = aiosmtplib.SMTP(hostname=HOST, port=port, start_tls=True, tls_context=ca,
-                               timeout=300)
+        smtp = aiosmtplib.SMTP(
+            hostname=HOST, port=port, start_tls=True, tls_context=ca, timeout=300
+        )
         await smtp.connect()
         await smtp.login(user, PASSWORD)
         raw = make_message(user, f"big{i}@client-big.example", f"Big {i}", body_of(size, i))
@@ -317,8 +337,9 @@ async def big_sends(port: int, ca: ssl.SSLContext, users: list[str], size: int) 
     return await asyncio.gather(*(one(i, u) for i, u in enumerate(users)))
 
 
-def memory(args: argparse.Namespace, work: Path, postfix: Postfix, users: list[str],
-           key: str) -> None:
+def memory(
+    args: argparse.Namespace, work: Path, postfix: Postfix, users: list[str], key: str
+) -> None:
     db_url = f"sqlite:///{work / 'bench-big.db'}" if not args.db else args.db
     if not args.db:
         prepare_crm(db_url, key, users)
@@ -344,19 +365,23 @@ def memory(args: argparse.Namespace, work: Path, postfix: Postfix, users: list[s
         await sampler
         return times
 
-    direct = asyncio.run(big_sends(postfix.port, postfix.ssl_context(), users[:10],
-                                   args.big_mb * MB))
+    direct = asyncio.run(
+        big_sends(postfix.port, postfix.ssl_context(), users[:10], args.big_mb * MB)
+    )
     times = asyncio.run(run())
     hwm = relay.status("VmHWM")
-    worker_hwm = max((status_of(pid, "VmHWM") for pid in descendants(relay.proc.pid)),
-                     default=0)
+    worker_hwm = max((status_of(pid, "VmHWM") for pid in descendants(relay.proc.pid)), default=0)
     captured = activities(db_url) - before
     relay.stop()
-    print(f"  relay RSS idle {idle / MB:.0f} MB, peak {max(hwm, peak[0]) / MB:.0f} MB "
-          f"(VmHWM; target < 400 MB); its capture worker process peaked at "
-          f"{worker_hwm / MB:.0f} MB")
-    print(f"  send time per message: {min(times):.2f}-{max(times):.2f} s through the relay, "
-          f"{min(direct):.2f}-{max(direct):.2f} s directly; captured {captured} of 10")
+    print(
+        f"  relay RSS idle {idle / MB:.0f} MB, peak {max(hwm, peak[0]) / MB:.0f} MB "
+        f"(VmHWM; target < 400 MB); its capture worker process peaked at "
+        f"{worker_hwm / MB:.0f} MB"
+    )
+    print(
+        f"  send time per message: {min(times):.2f}-{max(times):.2f} s through the relay, "
+        f"{min(direct):.2f}-{max(direct):.2f} s directly; captured {captured} of 10"
+    )
 
 
 # --- set-up -------------------------------------------------------------------------------------
@@ -386,10 +411,15 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--size", type=int, default=5000)
     parser.add_argument("--big-mb", type=int, default=20)
-    parser.add_argument("--db", help="CRM database URL, of an empty database (default: a fresh "
-                        "SQLite file)")
-    parser.add_argument("--load", type=float, default=0.5,
-                        help="paced phase: offered rate as a share of the relay's flat-out rate")
+    parser.add_argument(
+        "--db", help="CRM database URL, of an empty database (default: a fresh SQLite file)"
+    )
+    parser.add_argument(
+        "--load",
+        type=float,
+        default=0.5,
+        help="paced phase: offered rate as a share of the relay's flat-out rate",
+    )
     parser.add_argument("--skip-memory", action="store_true")
     args = parser.parse_args()
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
@@ -401,12 +431,17 @@ def main() -> None:
 
 def run(args: argparse.Namespace) -> None:
     key = Fernet.generate_key().decode()
-    with tempfile.TemporaryDirectory(prefix="mailcrm-bench-relay-") as tmp, \
-            Dovecot() as dovecot, Postfix(dovecot, message_size_limit=64 * MB) as postfix:
+    with (
+        tempfile.TemporaryDirectory(prefix="mailcrm-bench-relay-") as tmp,
+        Dovecot() as dovecot,
+        Postfix(dovecot, message_size_limit=64 * MB) as postfix,
+    ):
         work = Path(tmp)
         users = [dovecot.add_user(f"bench{i}", PASSWORD) for i in range(args.connections)]
-        print(f"mailcrm relay bench: Postfix {postfix.host}:{postfix.port}, "
-              f"{os.cpu_count()} CPUs, Python {sys.version.split()[0]}")
+        print(
+            f"mailcrm relay bench: Postfix {postfix.host}:{postfix.port}, "
+            f"{os.cpu_count()} CPUs, Python {sys.version.split()[0]}"
+        )
         throughput(args, work, postfix, users, key)
         if not args.skip_memory:
             memory(args, work, postfix, users, key)

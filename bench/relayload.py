@@ -42,8 +42,16 @@ def make_message(sender: str, to: str, subject: str, body: bytes) -> bytes:
     return head.encode() + body
 
 
-async def connection(port: int, ca: ssl.SSLContext, user: str, seconds: float, size: int,
-                     seed: int, latencies: list[float], interval: float = 0.0) -> None:
+async def connection(
+    port: int,
+    ca: ssl.SSLContext,
+    user: str,
+    seconds: float,
+    size: int,
+    seed: int,
+    latencies: list[float],
+    interval: float = 0.0,
+) -> None:
     """One logged-in client; with ``interval`` it starts a message every ``interval`` s at most."""
     smtp = aiosmtplib.SMTP(hostname=HOST, port=port, start_tls=True, tls_context=ca, timeout=60)
     await smtp.connect()
@@ -67,18 +75,24 @@ async def connection(port: int, ca: ssl.SSLContext, user: str, seconds: float, s
     await smtp.quit()
 
 
-async def load(port: int, ca: ssl.SSLContext, users: list[str], seconds: float,
-               size: int) -> tuple[float, list[float]]:
+async def load(
+    port: int, ca: ssl.SSLContext, users: list[str], seconds: float, size: int
+) -> tuple[float, list[float]]:
     """Every connection flat out: messages/s and each message's send time."""
     return await paced(port, ca, users, seconds, size, rate=0.0)
 
 
-async def paced(port: int, ca: ssl.SSLContext, users: list[str], seconds: float,
-                size: int, rate: float) -> tuple[float, list[float]]:
+async def paced(
+    port: int, ca: ssl.SSLContext, users: list[str], seconds: float, size: int, rate: float
+) -> tuple[float, list[float]]:
     """``rate`` messages/s in total over the connections (0: flat out)."""
     interval = len(users) / rate if rate else 0.0
     latencies: list[float] = []
     start = time.perf_counter()
-    await asyncio.gather(*(connection(port, ca, user, seconds, size, i, latencies, interval)
-                           for i, user in enumerate(users)))
+    await asyncio.gather(
+        *(
+            connection(port, ca, user, seconds, size, i, latencies, interval)
+            for i, user in enumerate(users)
+        )
+    )
     return len(latencies) / (time.perf_counter() - start), latencies

@@ -90,8 +90,10 @@ class CpuMeter:
         for name, bucket in self.totals.items():
             n = bucket.pop("messages") or 1
             parts = ", ".join(f"{k} {v / n * 1000:.1f}" for k, v in bucket.items())
-            print(f"  CPU ms per message, {name}: {parts}, total "
-                  f"{sum(bucket.values()) / n * 1000:.1f}")
+            print(
+                f"  CPU ms per message, {name}: {parts}, total "
+                f"{sum(bucket.values()) / n * 1000:.1f}"
+            )
 
 
 class LoopMeter:
@@ -122,7 +124,9 @@ class LoopMeter:
         if not self.wall or not self.slices:
             print("  relay event loop: no scheduler statistics here (/proc/<pid>/schedstat)")
             return
-        print(f"  relay event loop, flat out: on a CPU {self.run / self.wall:.0%} of the time, "
-              f"runnable but waiting for one {self.wait / self.wall:.0%} "
-              f"({self.wait / self.slices * 1000:.2f} ms per wake-up, "
-              f"{self.slices / max(messages, 1):.1f} wake-ups per message)")
+        print(
+            f"  relay event loop, flat out: on a CPU {self.run / self.wall:.0%} of the time, "
+            f"runnable but waiting for one {self.wait / self.wall:.0%} "
+            f"({self.wait / self.slices * 1000:.2f} ms per wake-up, "
+            f"{self.slices / max(messages, 1):.1f} wake-ups per message)"
+        )

@@ -55,9 +55,14 @@ def fill(db: Database, count: int) -> None:
     now = utcnow()
     with db.session() as session:
         session.add_all(
-            Mailbox(address=f"box{i}@bench.example", kind="company", linked=True,
-                    last_check_at=now, last_ok_at=None if i % 10 == 0 else now,
-                    last_error="login failed: wrong password" if i % 10 == 0 else None)
+            Mailbox(
+                address=f"box{i}@bench.example",
+                kind="company",
+                linked=True,
+                last_check_at=now,
+                last_ok_at=None if i % 10 == 0 else now,
+                last_error="login failed: wrong password" if i % 10 == 0 else None,
+            )
             for i in range(count)
         )
 
@@ -73,8 +78,10 @@ def bench_claims(db: Database, rounds: int = 20) -> None:
         keeper.claim()
         renewals.append(time.perf_counter() - started)
     keeper.release_all()
-    print(f"claim by one node: first {first * 1000:.0f} ms for {len(held)} mailboxes; "
-          f"renewal {ms(renewals)}")
+    print(
+        f"claim by one node: first {first * 1000:.0f} ms for {len(held)} mailboxes; "
+        f"renewal {ms(renewals)}"
+    )
 
 
 def node(url: str, name: str, lease: float, path: str) -> None:
@@ -108,12 +115,13 @@ def until(check: Callable[[], bool], timeout: float) -> float | None:
     return time.monotonic() - started
 
 
-def bench_cluster(url: str, db: Database, total: int, nodes: int, lease: float,
-                  tmp: Path) -> None:
+def bench_cluster(url: str, db: Database, total: int, nodes: int, lease: float, tmp: Path) -> None:
     ctx = multiprocessing.get_context("spawn")
     paths = [tmp / f"node{i}.count" for i in range(nodes)]
-    procs = [ctx.Process(target=node, args=(url, f"bench-{i}", lease, str(p)), daemon=True)
-             for i, p in enumerate(paths)]
+    procs = [
+        ctx.Process(target=node, args=(url, f"bench-{i}", lease, str(p)), daemon=True)
+        for i, p in enumerate(paths)
+    ]
     started = time.monotonic()
     for proc in procs:
         proc.start()
@@ -125,15 +133,20 @@ def bench_cluster(url: str, db: Database, total: int, nodes: int, lease: float,
 
     everyone = list(range(nodes))
     took = until(lambda: spread(everyone), 30 * lease)
-    print(f"{nodes} nodes, {total} mailboxes, lease {lease:.0f} s: spread within one after "
-          f"{time.monotonic() - started:.1f} s from start" if took is not None else
-          f"{nodes} nodes: no even spread within {30 * lease:.0f} s: {counts(paths)}")
+    print(
+        f"{nodes} nodes, {total} mailboxes, lease {lease:.0f} s: spread within one after "
+        f"{time.monotonic() - started:.1f} s from start"
+        if took is not None
+        else f"{nodes} nodes: no even spread within {30 * lease:.0f} s: {counts(paths)}"
+    )
     procs[0].kill()
     survivors = everyone[1:]
     took = until(lambda: sum(counts(paths)[i] for i in survivors) == total, 10 * lease)
     shown = f"{took:.1f} s ({took / lease:.2f} lease periods)" if took is not None else "never"
-    print(f"SIGKILL of one node: survivors hold all {total} after {shown}; "
-          f"spread {[counts(paths)[i] for i in survivors]}")
+    print(
+        f"SIGKILL of one node: survivors hold all {total} after {shown}; "
+        f"spread {[counts(paths)[i] for i in survivors]}"
+    )
     for proc in procs:
         proc.kill()
         proc.join(10)

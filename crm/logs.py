@@ -35,8 +35,18 @@ _PAIR = re.compile(
     re.I,
 )
 _AUTH = re.compile(r"(?P<head>\bAUTH\s+(?:PLAIN|LOGIN|XOAUTH2|CRAM-MD5)\b)[^\r\n]*", re.I)
-_UNSAFE = [*range(0x20), *range(0x7F, 0xA0), 0x061C, 0x200E, 0x200F, 0x2028, 0x2029,
-           *range(0x202A, 0x202F), *range(0x2066, 0x206A), 0xFEFF]
+_UNSAFE = [
+    *range(0x20),
+    *range(0x7F, 0xA0),
+    0x061C,
+    0x200E,
+    0x200F,
+    0x2028,
+    0x2029,
+    *range(0x202A, 0x202F),
+    *range(0x2066, 0x206A),
+    0xFEFF,
+]
 _ESCAPES = {code: f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" for code in _UNSAFE}
 _ESCAPES.update({0x0A: "\\n", 0x0D: "\\r", 0x09: "\\t"})
 # LogRecord attributes that are not ``extra=`` fields.
@@ -96,8 +106,7 @@ def message(record: logging.LogRecord) -> str:
 
 def _traceback(text: str) -> str:
     """A traceback's lines, each escaped and indented: no line of it looks like a log line."""
-    return "\n".join("  " + cut(escape(redact(line)), MAX_MESSAGE)
-                     for line in text.splitlines())
+    return "\n".join("  " + cut(escape(redact(line)), MAX_MESSAGE) for line in text.splitlines())
 
 
 class RedactingFormatter(logging.Formatter):
@@ -133,8 +142,7 @@ class JsonFormatter(logging.Formatter):
                 entry[key] = _safe(value)
         if record.exc_info:  # JSON escapes its line breaks; the other controls are escaped here
             lines = self.formatException(record.exc_info).splitlines()
-            entry["exception"] = "\n".join(cut(escape(redact(line)), MAX_MESSAGE)
-                                           for line in lines)
+            entry["exception"] = "\n".join(cut(escape(redact(line)), MAX_MESSAGE) for line in lines)
         return json.dumps(entry, ensure_ascii=False, default=str)
 
 

@@ -193,9 +193,11 @@ class DatabaseCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         now = utcnow()
         in_files, born = self.files.waiting() if self.files else (0, None)
-        yield _gauge("mailcrm_spool_file_depth",
-                     "Capture copies waiting in this node's file spool (journal and files).",
-                     in_files)
+        yield _gauge(
+            "mailcrm_spool_file_depth",
+            "Capture copies waiting in this node's file spool (journal and files).",
+            in_files,
+        )
         try:
             depth, oldest, boxes, leases = self._read(now)
         except Exception as exc:  # down, dropped, refusing: the scrape goes on without it
@@ -203,9 +205,11 @@ class DatabaseCollector(Collector):
             yield _gauge("mailcrm_database_up", _UP_HELP, 0.0)
             return
         yield _gauge("mailcrm_database_up", _UP_HELP, 1.0)
-        yield _gauge("mailcrm_spool_depth",
-                     "Messages waiting for capture: spool table and this node's spool files.",
-                     depth + in_files)
+        yield _gauge(
+            "mailcrm_spool_depth",
+            "Messages waiting for capture: spool table and this node's spool files.",
+            depth + in_files,
+        )
         if born is not None:
             file_oldest = dt.datetime.fromtimestamp(born, dt.UTC)
             oldest = file_oldest if oldest is None else min(_aware(oldest), file_oldest)

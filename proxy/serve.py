@@ -66,8 +66,14 @@ def _shared_for(run: Component, shared: dict[str, Any]) -> dict[str, Any]:
     return {name: value for name, value in shared.items() if name in names}
 
 
-async def _supervise(name: str, run: Component, config: Config, db: Database,
-                     stop: asyncio.Event, shared: dict[str, Any] | None = None) -> None:
+async def _supervise(
+    name: str,
+    run: Component,
+    config: Config,
+    db: Database,
+    stop: asyncio.Event,
+    shared: dict[str, Any] | None = None,
+) -> None:
     extra = _shared_for(run, shared or {})
     while not stop.is_set():
         try:
@@ -134,14 +140,21 @@ def check_secret_key(config: Config, db: Database) -> bool:
     try:
         load_key(config, create=db.engine.dialect.name == "sqlite")
     except (SecretError, OSError) as exc:
-        log.error("%s; every node of a gateway needs the same key: relay logins of CRM users "
-                  "are refused (454) until it is there", exc)
+        log.error(
+            "%s; every node of a gateway needs the same key: relay logins of CRM users "
+            "are refused (454) until it is there",
+            exc,
+        )
         return False
     return True
 
 
-async def serve(config: Config, db: Database, stop: asyncio.Event | None = None,
-                components: tuple[tuple[str, str], ...] = COMPONENTS) -> None:
+async def serve(
+    config: Config,
+    db: Database,
+    stop: asyncio.Event | None = None,
+    components: tuple[tuple[str, str], ...] = COMPONENTS,
+) -> None:
     """Run the components until ``stop`` is set (by SIGTERM or SIGINT when not given)."""
     stop = stop or asyncio.Event()
     if config.log_format != "text":

@@ -59,10 +59,18 @@ def client_key(host: str | None) -> str:
 class LoginThrottle:
     """Counts failed logins per client and per login; see the module's docstring."""
 
-    def __init__(self, *, free: int = 3, delay: float = 1.0, max_delay: float = 8.0,
-                 refuse_after: int = 10, refuse_for: float = 300.0,
-                 forget_after: float = FORGET_AFTER, max_keys: int = MAX_KEYS,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        *,
+        free: int = 3,
+        delay: float = 1.0,
+        max_delay: float = 8.0,
+        refuse_after: int = 10,
+        refuse_for: float = 300.0,
+        forget_after: float = FORGET_AFTER,
+        max_keys: int = MAX_KEYS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.free, self.delay, self.max_delay = free, delay, max_delay
         self.refuse_after, self.refuse_for = refuse_after, refuse_for
         self.forget_after, self.max_keys = forget_after, max_keys
@@ -78,8 +86,10 @@ class LoginThrottle:
 
     def _get(self, key: tuple[str, str], now: float) -> _Record | None:
         record = self._records.get(key)
-        if record is not None and now >= record.refused_until and (
-            now - record.last >= self.forget_after
+        if (
+            record is not None
+            and now >= record.refused_until
+            and (now - record.last >= self.forget_after)
         ):
             del self._records[key]
             return None

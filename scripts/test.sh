@@ -7,6 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh test
 .venv/bin/ruff check .
+.venv/bin/ruff format --check .
 .venv/bin/mypy
 # Coverage (crm/, proxy/, cli.py; 93 % on 2026-12-06) with MAILCRM_COVER=1: it slows the suite by
 # half, and the poller's timing tests then fail under load; floor MAILCRM_COVER_FLOOR (default 92).

@@ -120,8 +120,10 @@ def writers(db: Database, message_ids: list[str]) -> set[str]:
     """The nodes that inserted the activities of these messages."""
     with db.engine.connect() as conn:
         rows = conn.execute(
-            text("SELECT DISTINCT c.node FROM cluster_audit c JOIN activities a ON a.id = c.row_id"
-                 " WHERE c.kind = 'activity' AND a.message_id = ANY(:ids)"),
+            text(
+                "SELECT DISTINCT c.node FROM cluster_audit c JOIN activities a ON a.id = c.row_id"
+                " WHERE c.kind = 'activity' AND a.message_id = ANY(:ids)"
+            ),
             {"ids": message_ids},
         )
         return {str(node) for (node,) in rows}
@@ -203,11 +205,24 @@ class Node:
     def start(self) -> None:
         """``mailcrm -v --config FILE serve``, its log in :attr:`log`."""
         self.home.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, **self.env, "PGAPPNAME": self.name, "MAILCRM_NODE_NAME": self.name,
-               "MAILCRM_LOG_FORMAT": "json", "XDG_DATA_HOME": str(self.home / "data")}
+        env = {
+            **os.environ,
+            **self.env,
+            "PGAPPNAME": self.name,
+            "MAILCRM_NODE_NAME": self.name,
+            "MAILCRM_LOG_FORMAT": "json",
+            "XDG_DATA_HOME": str(self.home / "data"),
+        }
         env.pop("MAILCRM_CONFIG", None)
-        command = [sys.executable, "-c", "import cli; cli.main()", "-v", "--config",
-                   str(self.config()), "serve"]
+        command = [
+            sys.executable,
+            "-c",
+            "import cli; cli.main()",
+            "-v",
+            "--config",
+            str(self.config()),
+            "serve",
+        ]
         with self.log.open("ab") as sink:
             self.proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=sink, stderr=sink)
 

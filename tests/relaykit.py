@@ -164,7 +164,10 @@ class RelayEnv:
     def client(self, **options: Any) -> aiosmtplib.SMTP:
         """An unconnected aiosmtplib client for the relay (STARTTLS, our certificate trusted)."""
         settings: dict[str, Any] = {
-            "hostname": HOST, "port": self.port, "start_tls": True, "tls_context": self.ca,
+            "hostname": HOST,
+            "port": self.port,
+            "start_tls": True,
+            "tls_context": self.ca,
             "timeout": 30,
         }
         settings.update(options)
@@ -199,7 +202,8 @@ class RelayEnv:
         """Capture copies waiting, wherever they are: delivered pending entries, then files."""
         found = [
             (spool.Envelope(e.mailbox_address, e.envelope_from, e.envelope_to, e.direction), e.raw)
-            for e in self.spool_entries() if e.delivered and e.state == "pending"
+            for e in self.spool_entries()
+            if e.delivered and e.state == "pending"
         ]
         return found + self.file_copies()
 
@@ -226,19 +230,34 @@ def relay_config(tmp: Path, postfix: Postfix, port: int, **overrides: Any) -> Re
     if not cert.exists():
         write_selfsigned(cert, key, ["localhost", HOST])
     settings: dict[str, Any] = {
-        "host": HOST, "port": 0, "cert_file": str(cert), "key_file": str(key),
-        "upstream_host": HOST, "upstream_port": port, "upstream_tls": "starttls",
-        "upstream_ca_file": str(postfix.cert_path), "upstream_timeout": 10.0,
-        "spool_dir": str(tmp / "spool"), "spool_timeout": 2.0, "spool_poll_interval": 0.1,
-        "hostname": "relay.example.test", "max_messages_per_minute": 1000,
+        "host": HOST,
+        "port": 0,
+        "cert_file": str(cert),
+        "key_file": str(key),
+        "upstream_host": HOST,
+        "upstream_port": port,
+        "upstream_tls": "starttls",
+        "upstream_ca_file": str(postfix.cert_path),
+        "upstream_timeout": 10.0,
+        "spool_dir": str(tmp / "spool"),
+        "spool_timeout": 2.0,
+        "spool_poll_interval": 0.1,
+        "hostname": "relay.example.test",
+        "max_messages_per_minute": 1000,
     }
     settings.update(overrides)
     return RelayConfig(**settings)
 
 
 async def start_env(
-    cli: Cli, db_url: str, tmp: Path, postfix: Postfix, *, cable: bool = False,
-    worker: bool = True, **overrides: Any,
+    cli: Cli,
+    db_url: str,
+    tmp: Path,
+    postfix: Postfix,
+    *,
+    cable: bool = False,
+    worker: bool = True,
+    **overrides: Any,
 ) -> RelayEnv:
     """Start the relay (and the spool worker) for one test."""
     link = None

@@ -760,8 +760,14 @@ class Dovecot:
                 os.chown(marker, self.uid, self.gid)
         return target
 
-    def deliver(self, user: str, raw: bytes, folder: str = "INBOX", seen: bool = False,
-                mtime: float | None = None) -> Path:
+    def deliver(
+        self,
+        user: str,
+        raw: bytes,
+        folder: str = "INBOX",
+        seen: bool = False,
+        mtime: float | None = None,
+    ) -> Path:
         """Drop ``raw`` straight into the user's Maildir (fast bulk setup, no SMTP/LMTP).
 
         The folder is created if needed. Dovecot picks the file up at its next sync (and may

@@ -69,9 +69,10 @@ def test_tables_fold_long_values_at_80_columns(sqlite_cli: Cli) -> None:
     ).stdout
     assert "…" not in text
     assert all(len(line) <= 80 for line in text.splitlines())
-    assert "".join(line.split("│")[1].strip() for line in text.splitlines() if "│" in line).find(
-        long
-    ) >= 0
+    assert (
+        "".join(line.split("│")[1].strip() for line in text.splitlines() if "│" in line).find(long)
+        >= 0
+    )
 
 
 def test_user_set_changes_name_admin_and_crm_access(sqlite_cli: Cli) -> None:

@@ -54,7 +54,8 @@ def graph() -> dict[str, frozenset[str]]:
     out: dict[str, frozenset[str]] = {}
     for name, path in modules().items():
         out[name] = frozenset(
-            target for target in _imported(name, path)
+            target
+            for target in _imported(name, path)
             if target.split(".")[0] in OURS and target in modules() and target != name
         )
     return out
@@ -72,7 +73,7 @@ def test_no_import_circles() -> None:
         state[node] = 1
         for nxt in sorted(edges[node]):
             if state.get(nxt) == 1:
-                cycles.append(" -> ".join([*path[path.index(nxt):], nxt]))
+                cycles.append(" -> ".join([*path[path.index(nxt) :], nxt]))
             elif nxt not in state:
                 visit(nxt, [*path, nxt])
         state[node] = 2
@@ -84,17 +85,23 @@ def test_no_import_circles() -> None:
 
 
 def test_sqlalchemy_only_inside_crm() -> None:
-    outside = {name for name in modules() if not name.startswith("crm")
-               and any(i.split(".")[0] == "sqlalchemy" for i in all_imports(name))}
+    outside = {
+        name
+        for name in modules()
+        if not name.startswith("crm")
+        and any(i.split(".")[0] == "sqlalchemy" for i in all_imports(name))
+    }
     assert sorted(outside) == []
 
 
 def test_front_ends_reach_the_crm_only_through_its_face() -> None:
     wrong = {
         (name, target)
-        for name in modules() if not name.startswith("crm")
+        for name in modules()
+        if not name.startswith("crm")
         for target in all_imports(name)
-        if target.split(".")[0] == "crm" and target != "crm"
+        if target.split(".")[0] == "crm"
+        and target != "crm"
         and not any(_within(target, door) for door in FRONT_MAY_USE)
     }
     assert sorted(wrong) == []
@@ -111,16 +118,26 @@ def test_old_component_paths_still_resolve() -> None:
 
 
 def test_the_crm_never_imports_its_front_ends() -> None:
-    wrong = sorted(f"{name} imports {target}" for name in modules() if name.startswith("crm")
-                   for target in graph()[name] if not target.startswith("crm"))
+    wrong = sorted(
+        f"{name} imports {target}"
+        for name in modules()
+        if name.startswith("crm")
+        for target in graph()[name]
+        if not target.startswith("crm")
+    )
     assert wrong == []
 
 
 def test_the_rules_and_mail_knowledge_know_no_database() -> None:
-    pure = [name for name in modules()
-            if name == "crm.capture.pipeline" or _within(name, "crm.mail")]
-    wrong = sorted(f"{name} imports {target}" for name in pure for target in all_imports(name)
-                   if any(_within(target, no) for no in ("crm.store", "sqlalchemy", "crm.face")))
+    pure = [
+        name for name in modules() if name == "crm.capture.pipeline" or _within(name, "crm.mail")
+    ]
+    wrong = sorted(
+        f"{name} imports {target}"
+        for name in pure
+        for target in all_imports(name)
+        if any(_within(target, no) for no in ("crm.store", "sqlalchemy", "crm.face"))
+    )
     assert wrong == []
 
 
@@ -133,8 +150,11 @@ def test_the_crm_is_in_rooms() -> None:
 
 
 def test_no_module_is_too_long() -> None:
-    long = sorted(f"{name}: {n} lines" for name, path in modules().items()
-                  if (n := len(path.read_text().splitlines())) > MAX_LINES)
+    long = sorted(
+        f"{name}: {n} lines"
+        for name, path in modules().items()
+        if (n := len(path.read_text().splitlines())) > MAX_LINES
+    )
     assert long == []
 
 

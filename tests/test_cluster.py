@@ -73,8 +73,10 @@ def mail() -> Iterator[tuple[Dovecot, Postfix]]:
 def message(sender: str, to: str, subject: str) -> tuple[str, bytes]:
     """(Message-ID without brackets, raw message)."""
     mid = email.utils.make_msgid(domain="cluster.example")
-    head = (f"From: {sender}\r\nTo: {to}\r\nSubject: {subject}\r\n"
-            f"Date: {email.utils.formatdate()}\r\nMessage-ID: {mid}\r\n")
+    head = (
+        f"From: {sender}\r\nTo: {to}\r\nSubject: {subject}\r\n"
+        f"Date: {email.utils.formatdate()}\r\nMessage-ID: {mid}\r\n"
+    )
     return mid.strip("<>"), (head + "\r\nHello,\r\nplease send an offer.\r\n").encode()
 
 
@@ -85,9 +87,15 @@ def add_mailboxes(db: Database, dovecot: Dovecot, key: str) -> dict[str, int]:
     with db.session() as session:
         for address in addresses:
             admin.add_user(session, address, name=f"Employee {address[:6]}")
-            admin.add_mailbox(session, secrets, address, address,
-                              admin.MailboxSettings(imap_host=HOST, imap_port=dovecot.imaps_port,
-                                                    imap_tls="ssl", password=PASSWORD))
+            admin.add_mailbox(
+                session,
+                secrets,
+                address,
+                address,
+                admin.MailboxSettings(
+                    imap_host=HOST, imap_port=dovecot.imaps_port, imap_tls="ssl", password=PASSWORD
+                ),
+            )
         return dict(session.execute(select(Mailbox.address, Mailbox.id)).all())
 
 
@@ -105,12 +113,24 @@ def node_settings(tmp: Path, dovecot: Dovecot, postfix: Postfix) -> dict[str, di
     write_selfsigned(cert, key, ["localhost", HOST])
     return {
         "cluster": {"lease_seconds": LEASE},
-        "poller": {"ca_file": str(dovecot.cert_path), "refresh_s": 1.0, "push_check_s": 0.2,
-                   "backoff_min_s": 0.2, "backoff_max_s": 2.0, "timeout_s": 20.0,
-                   "active_interval_s": 3600},
-        "relay": {"cert_file": str(cert), "key_file": str(key), "upstream_host": HOST,
-                  "upstream_port": postfix.port, "upstream_ca_file": str(postfix.cert_path),
-                  "spool_poll_interval": 0.2, "max_messages_per_minute": 1000},
+        "poller": {
+            "ca_file": str(dovecot.cert_path),
+            "refresh_s": 1.0,
+            "push_check_s": 0.2,
+            "backoff_min_s": 0.2,
+            "backoff_max_s": 2.0,
+            "timeout_s": 20.0,
+            "active_interval_s": 3600,
+        },
+        "relay": {
+            "cert_file": str(cert),
+            "key_file": str(key),
+            "upstream_host": HOST,
+            "upstream_port": postfix.port,
+            "upstream_ca_file": str(postfix.cert_path),
+            "spool_poll_interval": 0.2,
+            "max_messages_per_minute": 1000,
+        },
     }
 
 
@@ -123,8 +143,9 @@ def captured(db: Database) -> dict[str, tuple[str, str | None]]:
     """message id -> (direction, mailbox address) of every activity."""
     with db.session() as session:
         rows = session.execute(
-            select(Activity.message_id, Activity.direction, Mailbox.address)
-            .outerjoin(Mailbox, Mailbox.id == Activity.mailbox_id)
+            select(Activity.message_id, Activity.direction, Mailbox.address).outerjoin(
+                Mailbox, Mailbox.id == Activity.mailbox_id
+            )
         ).all()
     assert len({mid for mid, _, _ in rows}) == len(rows), "one message, two activities"
     return {str(mid): (direction, box) for mid, direction, box in rows}
@@ -143,8 +164,9 @@ def metric_leases(node: Node) -> dict[str, int]:
         body = reply.read().decode()
     prefix = 'mailcrm_node_leases{node="'
     return {
-        line[len(prefix):].split('"')[0]: int(float(line.rsplit(" ", 1)[1]))
-        for line in body.splitlines() if line.startswith(prefix)
+        line[len(prefix) :].split('"')[0]: int(float(line.rsplit(" ", 1)[1]))
+        for line in body.splitlines()
+        if line.startswith(prefix)
     }
 
 
@@ -227,30 +249,50 @@ def _share(db: Database, a: Node, b: Node, incoming: Expected, outgoing: Expecte
     b.start()
     a.wait_ready()
     b.wait_ready()
-    until(lambda: holdings(db) == {"node-a": BOXES // 2, "node-b": BOXES // 2}, 90,
-          "an even spread over both nodes")
+    until(
+        lambda: holdings(db) == {"node-a": BOXES // 2, "node-b": BOXES // 2},
+        90,
+        "an even spread over both nodes",
+    )
     until(lambda: all_captured(db, incoming, outgoing), 120, "every first message captured")
     print(f"spread: {dict(holdings(db))}; /metrics of node-b: {metric_leases(b)}")
     assert metric_leases(b) == {"node-a": BOXES // 2, "node-b": BOXES // 2}
 
 
-def _spool_under_both(db: Database, a: Node, b: Node, postfix: Postfix, cert: Path,
-                      addresses: list[str], outgoing: Expected) -> None:
+def _spool_under_both(
+    db: Database,
+    a: Node,
+    b: Node,
+    postfix: Postfix,
+    cert: Path,
+    addresses: list[str],
+    outgoing: Expected,
+) -> None:
     """Mail relayed through both nodes and a bulk of spool entries: all captured, each once."""
-    recipients = [relay_send(node, cert, addresses[n], outgoing, n)
-                  for n, node in enumerate([a, b] * 5)]
+    recipients = [
+        relay_send(node, cert, addresses[n], outgoing, n) for n, node in enumerate([a, b] * 5)
+    ]
     bulk_spool(db, addresses, outgoing, 200, "bulk")
     until(lambda: spool_settled(db), 120, "the spool drained by both nodes")
     workers = collections.Counter(node for _, _, node in audit(db, "spool"))
     print(f"spool entries applied per node, both alive: {dict(workers)}")
     assert set(workers) == {"node-a", "node-b"}, "both nodes' spool workers took entries"
-    delivered = until(lambda: all(postfix.delivered(to) for to in recipients), 60,
-                      "the relayed mail delivered by the real Postfix")
+    delivered = until(
+        lambda: all(postfix.delivered(to) for to in recipients),
+        60,
+        "the relayed mail delivered by the real Postfix",
+    )
     assert delivered
 
 
-def _kill_and_take_over(db: Database, dovecot: Dovecot, a: Node, boxes: dict[str, int],
-                        incoming: Expected, outgoing: Expected) -> None:
+def _kill_and_take_over(
+    db: Database,
+    dovecot: Dovecot,
+    a: Node,
+    boxes: dict[str, int],
+    incoming: Expected,
+    outgoing: Expected,
+) -> None:
     """kill -9 node a while it drains the spool; node b takes its mailboxes and mail over."""
     owners, addresses = lease_owners(db), sorted(boxes)
     orphaned = [address for address in addresses if owners.get(boxes[address]) == "node-a"]
@@ -267,10 +309,12 @@ def _kill_and_take_over(db: Database, dovecot: Dovecot, a: Node, boxes: dict[str
     until(lambda: not a.survivors(), 30, "node-a's processes to end with it")
     until(lambda: all_captured(db, incoming, outgoing), 120, "the mail since the kill captured")
     resumed = _first_logins_after(dovecot, orphaned, killed)
-    print(f"after SIGKILL: node-b holds all leases in {took:.2f} s (lease {LEASE:.0f} s); "
-          f"IMAP sessions on node-a's {len(orphaned)} mailboxes resumed within "
-          f"{max(resumed) - killed:.2f} s; their new mail captured within "
-          f"{time.time() - killed:.2f} s")
+    print(
+        f"after SIGKILL: node-b holds all leases in {took:.2f} s (lease {LEASE:.0f} s); "
+        f"IMAP sessions on node-a's {len(orphaned)} mailboxes resumed within "
+        f"{max(resumed) - killed:.2f} s; their new mail captured within "
+        f"{time.time() - killed:.2f} s"
+    )
     assert took <= 2 * LEASE + 0.5, f"takeover took {took:.2f} s, over two lease periods"
     assert writers(db, list(since)) == {"node-b"}
     until(lambda: spool_settled(db), 120, "the spool drained by the survivor")
@@ -287,10 +331,16 @@ def _check_sessions(dovecot: Dovecot, addresses: list[str]) -> None:
     assert sorted(sessions) == addresses, "every mailbox had IMAP sessions (and only those)"
     clashes = {user: overlaps(spans) for user, spans in sessions.items() if overlaps(spans)}
     assert not clashes, f"sessions open at the same time: {clashes}"
-    gaps = [after[0] - before[1] for spans in sessions.values()
-            for before, after in itertools.pairwise(spans) if before[1] is not None]
-    print(f"IMAP sessions: {sum(map(len, sessions.values()))} over {len(sessions)} mailboxes; "
-          f"shortest pause between two sessions of one mailbox: {min(gaps, default=0):.3f} s")
+    gaps = [
+        after[0] - before[1]
+        for spans in sessions.values()
+        for before, after in itertools.pairwise(spans)
+        if before[1] is not None
+    ]
+    print(
+        f"IMAP sessions: {sum(map(len, sessions.values()))} over {len(sessions)} mailboxes; "
+        f"shortest pause between two sessions of one mailbox: {min(gaps, default=0):.3f} s"
+    )
 
 
 def _check_applied_once(db: Database, incoming: Expected, outgoing: Expected) -> None:
@@ -301,9 +351,11 @@ def _check_applied_once(db: Database, incoming: Expected, outgoing: Expected) ->
     assert len(inserted) == len(found), "an activity was inserted and then removed again"
     applied = collections.Counter(row for row, _, _ in audit(db, "spool"))
     assert sorted(applied) == spool_ids(db) and set(applied.values()) == {1}
-    print(f"activities inserted per node: {dict(collections.Counter(n for _, _, n in inserted))}; "
-          f"spool entries applied per node: "
-          f"{dict(collections.Counter(node for _, _, node in audit(db, 'spool')))}")
+    print(
+        f"activities inserted per node: {dict(collections.Counter(n for _, _, n in inserted))}; "
+        f"spool entries applied per node: "
+        f"{dict(collections.Counter(node for _, _, node in audit(db, 'spool')))}"
+    )
 
 
 def _check_logs(a: Node, b: Node) -> None:

@@ -25,9 +25,13 @@ def compose(*args: str, secrets: bool = True) -> subprocess.CompletedProcess[str
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MAILCRM_", "COMPOSE_"))}
     env.update(SECRETS if secrets else {})
     return subprocess.run(
-        [COMPOSE, "--project-directory", str(ROOT), "-f", str(ROOT / "docker-compose.yml"),
-         *args],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=False,
+        [COMPOSE, "--project-directory", str(ROOT), "-f", str(ROOT / "docker-compose.yml"), *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
 
 
@@ -85,7 +89,12 @@ def test_systemd_unit_verifies(tmp_path: Path) -> None:
     )
     path = tmp_path / "mailcrm.service"
     path.write_text(local, encoding="utf-8")
-    result = subprocess.run([SYSTEMD_ANALYZE, "verify", str(path)], capture_output=True,
-                            text=True, timeout=60, check=False)
+    result = subprocess.run(
+        [SYSTEMD_ANALYZE, "verify", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
     assert "mailcrm.service" not in result.stderr, result.stderr  # no warnings about the unit

@@ -75,9 +75,10 @@ async def start_http(
     await wait_listening(config.http.port)
 
     async def get(path: str) -> tuple[int, str]:
-        async with aiohttp.ClientSession(cookies={COOKIE: signed.token}) as session, session.get(
-            f"http://127.0.0.1:{config.http.port}{path}"
-        ) as response:
+        async with (
+            aiohttp.ClientSession(cookies={COOKIE: signed.token}) as session,
+            session.get(f"http://127.0.0.1:{config.http.port}{path}") as response,
+        ):
             return response.status, await response.text()
 
     try:
@@ -120,8 +121,9 @@ async def test_healthz_names_the_node_and_reaches_the_database(http: Get) -> Non
 
 
 async def test_healthz_is_503_when_the_database_is_unreachable(tmp_path: Path) -> None:
-    down = Database("postgresql+psycopg://postgres@127.0.0.1:1/test?connect_timeout=2",
-                    migrate=False)
+    down = Database(
+        "postgresql+psycopg://postgres@127.0.0.1:1/test?connect_timeout=2", migrate=False
+    )
     async for get in start_http(node_config("unused"), down):
         status, body = await get("/healthz")
     assert status == 503
@@ -132,10 +134,17 @@ async def test_healthz_is_503_when_the_database_is_unreachable(tmp_path: Path) -
 async def test_metrics_parse_and_counters_move(http: Get) -> None:
     _, before = await http("/metrics")
     names = {f.name for f in text_string_to_metric_families(before)}
-    for name in ("mailcrm_messages_relayed", "mailcrm_messages_captured",
-                 "mailcrm_messages_skipped", "mailcrm_spool_depth",
-                 "mailcrm_spool_oldest_age_seconds", "mailcrm_mailbox_sync_age_seconds",
-                 "mailcrm_mailbox_up", "mailcrm_upstream_errors", "mailcrm_listener_up"):
+    for name in (
+        "mailcrm_messages_relayed",
+        "mailcrm_messages_captured",
+        "mailcrm_messages_skipped",
+        "mailcrm_spool_depth",
+        "mailcrm_spool_oldest_age_seconds",
+        "mailcrm_mailbox_sync_age_seconds",
+        "mailcrm_mailbox_up",
+        "mailcrm_upstream_errors",
+        "mailcrm_listener_up",
+    ):
         assert name in names, name
     relayed = sample(before, "mailcrm_messages_relayed_total") or 0.0
     errors = sample(before, "mailcrm_upstream_errors_total", kind="imap") or 0.0
@@ -169,13 +178,18 @@ async def test_capture_moves_captured_and_skipped(db: Database, http: Get) -> No
 
 async def test_gauges_come_from_the_database(db: Database, http: Get) -> None:
     now = utcnow()
-    add_box(db, "green@ourco.example", last_ok_at=now - dt.timedelta(seconds=90),
-            last_check_at=now)
+    add_box(db, "green@ourco.example", last_ok_at=now - dt.timedelta(seconds=90), last_check_at=now)
     add_box(db, "red@ourco.example", last_error="login failed: wrong password")
     with db.session() as session:
         for age in (3600, 60):
-            session.add(SpoolEntry(raw=b"x", mailbox_address=BOX, direction="outgoing",
-                                   created_at=now - dt.timedelta(seconds=age)))
+            session.add(
+                SpoolEntry(
+                    raw=b"x",
+                    mailbox_address=BOX,
+                    direction="outgoing",
+                    created_at=now - dt.timedelta(seconds=age),
+                )
+            )
         session.add(SpoolEntry(raw=b"x", mailbox_address=BOX, direction="outgoing", state="done"))
     LeaseKeeper(db, "node-test").claim()
     _, text = await http("/metrics")
@@ -183,8 +197,9 @@ async def test_gauges_come_from_the_database(db: Database, http: Get) -> None:
     assert (sample(text, "mailcrm_spool_oldest_age_seconds") or 0) >= 3600
     assert sample(text, "mailcrm_mailbox_up", mailbox="green@ourco.example") == 1
     assert sample(text, "mailcrm_mailbox_up", mailbox="red@ourco.example") == 0
-    assert (sample(text, "mailcrm_mailbox_sync_age_seconds", mailbox="green@ourco.example")
-            or 0) >= 90
+    assert (
+        sample(text, "mailcrm_mailbox_sync_age_seconds", mailbox="green@ourco.example") or 0
+    ) >= 90
     never = sample(text, "mailcrm_mailbox_sync_age_seconds", mailbox="red@ourco.example")
     assert never == float("inf")
     assert sample(text, "mailcrm_node_leases", node="node-test") == 2
@@ -224,8 +239,9 @@ async def test_status_page_escapes_what_it_shows(db: Database, http: Get) -> Non
 
 async def test_serve_runs_the_http_component(db: Database, db_url: str) -> None:
     config, stop = node_config(db_url), asyncio.Event()
-    task = asyncio.create_task(serve(config, db, stop, components=(("http",
-                                                                      "proxy.web:run_http"),)))
+    task = asyncio.create_task(
+        serve(config, db, stop, components=(("http", "proxy.web:run_http"),))
+    )
     await wait_listening(config.http.port)
     base = f"http://127.0.0.1:{config.http.port}"
     async with aiohttp.ClientSession() as session:
@@ -243,11 +259,15 @@ async def test_serve_runs_the_http_component(db: Database, db_url: str) -> None:
     await task
 
 
-def test_config_reads_http_cluster_and_log_format(tmp_path: Path,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_config_reads_http_cluster_and_log_format(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     path = tmp_path / "mailcrm.toml"
-    path.write_text('log_format = "json"\n[http]\nhost = "0.0.0.0"\nport = 9100\n'
-                    '[cluster]\nlease_seconds = 12\n', encoding="utf-8")
+    path.write_text(
+        'log_format = "json"\n[http]\nhost = "0.0.0.0"\nport = 9100\n'
+        "[cluster]\nlease_seconds = 12\n",
+        encoding="utf-8",
+    )
     monkeypatch.setenv("MAILCRM_NODE_NAME", "gw-2")
     config = load_config(str(path), "sqlite://")
     assert (config.http.host, config.http.port, config.http.enabled) == ("0.0.0.0", 9100, True)
@@ -258,9 +278,15 @@ def test_config_reads_http_cluster_and_log_format(tmp_path: Path,
 
 
 def test_json_logs_carry_fields_but_no_secrets_or_bodies() -> None:
-    record = logging.LogRecord("crm.test", logging.WARNING, __file__, 1,
-                               "login to postgresql://u:hunter2@db/x failed, password=hunter2",
-                               (), None)
+    record = logging.LogRecord(
+        "crm.test",
+        logging.WARNING,
+        __file__,
+        1,
+        "login to postgresql://u:hunter2@db/x failed, password=hunter2",
+        (),
+        None,
+    )
     record.mailbox = BOX
     record.raw = b"From: a\r\n\r\nsecret body"
     line = logs.JsonFormatter().format(record)

@@ -57,8 +57,9 @@ def test_an_unreadable_ca_file_fails_like_before(tmp_path: Path) -> None:
 @pytest.mark.parametrize("tls", ["ssl", "starttls"])
 async def test_tls_reads_through_a_small_buffer(dovecot: Dovecot, tls: str) -> None:
     login = dovecot.add_user("t" + uuid.uuid4().hex[:10], "pw")
-    body = b"".join(b"line %06d of a long message, with some text to fill it up\r\n" % i
-                    for i in range(40_000))  # 2.5 MB: many TLS records, many reads
+    body = b"".join(
+        b"line %06d of a long message, with some text to fill it up\r\n" % i for i in range(40_000)
+    )  # 2.5 MB: many TLS records, many reads
     raw = b"From: a@example.org\r\nSubject: big\r\nMessage-ID: <big@x>\r\n\r\n" + body
     dovecot.deliver(login, raw)
     port = dovecot.imaps_port if tls == "ssl" else dovecot.imap_port

@@ -292,8 +292,10 @@ def steal_lease(url: str) -> None:
         deadline = time.monotonic() + 30
         while True:
             try:
-                conn.execute("UPDATE leases SET node = 'thief', expires_at = ?",
-                             (far.strftime("%Y-%m-%d %H:%M:%S.%f"),))
+                conn.execute(
+                    "UPDATE leases SET node = 'thief', expires_at = ?",
+                    (far.strftime("%Y-%m-%d %H:%M:%S.%f"),),
+                )
                 return
             except sqlite3.OperationalError as exc:
                 if "locked" not in str(exc) or time.monotonic() > deadline:

@@ -72,8 +72,9 @@ async def test_multipart_message_arrives_intact(env: RelayEnv) -> None:
     msg["Date"] = email.utils.formatdate()
     msg.set_content("Plain part.\n\n.a line starting with a dot\n")
     msg.add_alternative("<p>HTML part</p>", subtype="html")
-    msg.add_attachment(bytes(range(256)) * 40, maintype="application", subtype="pdf",
-                       filename="quote.pdf")
+    msg.add_attachment(
+        bytes(range(256)) * 40, maintype="application", subtype="pdf", filename="quote.pdf"
+    )
     raw = msg.as_bytes(policy=msg.policy.clone(linesep="\r\n"))
     smtp = await env.login(alice)
     await smtp.sendmail(alice, [customer], raw)
@@ -117,8 +118,9 @@ async def test_8bit_and_smtputf8_mail(env: RelayEnv) -> None:
     ).encode()
     smtp = await env.login(alice)
     assert smtp.supports_extension("smtputf8") and smtp.supports_extension("8bitmime")
-    errors, reply = await smtp.sendmail(alice, [customer], raw,
-                                        mail_options=["SMTPUTF8", "BODY=8BITMIME"])
+    errors, reply = await smtp.sendmail(
+        alice, [customer], raw, mail_options=["SMTPUTF8", "BODY=8BITMIME"]
+    )
     await smtp.quit()
     assert errors == {} and reply.startswith("2.0.0")
 
@@ -179,14 +181,16 @@ async def test_wrong_password_gets_535(env: RelayEnv, caplog: pytest.LogCaptureF
         await smtp.login(nobody, PASSWORD)
     await smtp.quit()
     assert env.cli.json("mailbox", "list") == []  # a failed login links nothing
-    lines = [r.getMessage() for r in caplog.records if alice in r.getMessage()
-             or nobody in r.getMessage()]
+    lines = [
+        r.getMessage()
+        for r in caplog.records
+        if alice in r.getMessage() or nobody in r.getMessage()
+    ]
     # one line per refused AUTH command (aiosmtplib tries PLAIN, then LOGIN): client, login, why
     assert lines and all(line.startswith("relay: failed AUTH from 127.0.0.1:") for line in lines)
     for who in (alice, nobody):
         mine = [line for line in lines if who in line]
-        assert mine and all(f" as {who}: refused by " in line and ": 535 " in line
-                            for line in mine)
+        assert mine and all(f" as {who}: refused by " in line and ": 535 " in line for line in mine)
     assert not any("not the password" in r.getMessage() for r in caplog.records)
 
 
@@ -218,8 +222,9 @@ async def test_plaintext_auth_is_refused(env: RelayEnv) -> None:
 async def test_plaintext_auth_allowed_on_loopback_when_configured(
     cli: Cli, db_url: str, tmp_path: Path, postfix: Postfix
 ) -> None:
-    async with running(cli, db_url, tmp_path, postfix,
-                       allow_plaintext_auth_on_loopback=True) as env:
+    async with running(
+        cli, db_url, tmp_path, postfix, allow_plaintext_auth_on_loopback=True
+    ) as env:
         alice, customer = env.user("alice"), external()
         smtp = env.client(start_tls=False)
         await smtp.connect()
@@ -241,9 +246,7 @@ async def test_spoofed_sender_gets_553(env: RelayEnv) -> None:
     assert [a.subject for a in await eventually(env.activities)] == ["Own, any case"]
 
 
-async def test_oversize_gets_552(
-    cli: Cli, db_url: str, tmp_path: Path, postfix: Postfix
-) -> None:
+async def test_oversize_gets_552(cli: Cli, db_url: str, tmp_path: Path, postfix: Postfix) -> None:
     async with running(cli, db_url, tmp_path, postfix, max_message_size=20_000) as env:
         alice, customer = env.user("alice"), external()
         smtp = await env.login(alice)
@@ -323,8 +326,17 @@ async def test_added_message_id_dedups_the_sent_copy(env: RelayEnv, tmp_path: Pa
 
 async def test_relay_login_links_the_users_own_mailbox(env: RelayEnv) -> None:
     alice = env.user("alice")
-    env.cli.ok("mailbox", "add", alice, "--owner", alice, "--smtp-host", env.postfix.host,
-               "--smtp-port", str(env.config.relay.upstream_port))
+    env.cli.ok(
+        "mailbox",
+        "add",
+        alice,
+        "--owner",
+        alice,
+        "--smtp-host",
+        env.postfix.host,
+        "--smtp-port",
+        str(env.config.relay.upstream_port),
+    )
     assert env.cli.json("mailbox", "show", alice)["linked"] is False  # the admin cannot link it
     smtp = await env.login(alice)
     await smtp.quit()
@@ -348,7 +360,6 @@ async def test_user_without_crm_access_relays_but_links_nothing(env: RelayEnv) -
     assert env.spool_entries() == [] and env.activities() == []
 
 
-
 async def test_mail_only_to_colleagues_or_excluded_creates_nothing(env: RelayEnv) -> None:
     alice, bob, lawyer = env.user("alice"), env.user("bob"), external("lawyer")
     env.cli.ok("exclude", "add", "@" + lawyer.split("@")[1])
@@ -358,6 +369,7 @@ async def test_mail_only_to_colleagues_or_excluded_creates_nothing(env: RelayEnv
     await smtp.quit()
     await env.delivered(bob)
     await env.delivered(lawyer)
+
     def settled() -> list[SpoolEntry] | None:
         done = [e for e in env.spool_entries() if e.state != "pending"]
         return done if len(done) == 2 else None

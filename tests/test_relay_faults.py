@@ -137,8 +137,9 @@ async def test_crm_database_unavailable_while_sending(
             await env.delivered(second)
             assert len(env.file_copies()) == 2  # the capture copies wait on disk
         await smtp.quit()
-        activities = await eventually(lambda: len(env.activities()) == 2 and env.activities(),
-                                      timeout=40)
+        activities = await eventually(
+            lambda: len(env.activities()) == 2 and env.activities(), timeout=40
+        )
         assert sorted(a.subject for a in activities) == ["One", "Two"]
         assert env.file_copies() == []
         subjects = sorted(a["subject"] for a in env.cli.json("activities", "list"))
@@ -166,8 +167,7 @@ async def test_unusable_spool_directory_falls_back_to_the_database(
 ) -> None:
     blocker = tmp_path / "not-a-directory"
     blocker.write_text("the disk refuses: a file where the spool directory should be")
-    async with running(cli, db_url, tmp_path, postfix, worker=False,
-                       spool_dir=str(blocker)) as env:
+    async with running(cli, db_url, tmp_path, postfix, worker=False, spool_dir=str(blocker)) as env:
         alice, to = env.user("alice"), external("to")
         raw = message(alice, to, "Spool directory unusable")
         smtp = await env.login(alice)
@@ -191,8 +191,9 @@ async def test_fifty_concurrent_clients(
         async def one(i: int) -> str:
             sender = users[i % len(users)]
             smtp = await env.login(sender)
-            _, reply = await smtp.sendmail(sender, [customers[i]],
-                                           message(sender, customers[i], f"Parallel {i}"))
+            _, reply = await smtp.sendmail(
+                sender, [customers[i]], message(sender, customers[i], f"Parallel {i}")
+            )
             await smtp.quit()
             return str(reply)
 
@@ -200,8 +201,9 @@ async def test_fifty_concurrent_clients(
         assert all(r.startswith("2.0.0 Ok: ") and " queued as " in r for r in replies)
         for customer in customers:
             await env.delivered(customer)
-        activities = await eventually(lambda: len(env.activities()) == 50 and env.activities(),
-                                      timeout=60)
+        activities = await eventually(
+            lambda: len(env.activities()) == 50 and env.activities(), timeout=60
+        )
         assert sorted(a.subject for a in activities) == sorted(f"Parallel {i}" for i in range(50))
         # the clients' QUIT returns before the relay's side of the sockets is closed
         assert await eventually(lambda: env.relay.connections == 0)
@@ -246,16 +248,21 @@ def test_clients_that_vanish_are_not_counted_as_open(
             assert in_data.transport is not None
             in_data.transport.write(b"Subject: half a message\r\n\r\nthe first line\r\n")
             await asyncio.sleep(0.2)
-            for transport in (plain[1].transport, tls[1].transport, idle.transport,
-                              in_data.transport):
+            for transport in (
+                plain[1].transport,
+                tls[1].transport,
+                idle.transport,
+                in_data.transport,
+            ):
                 assert transport is not None
                 transport.abort()
             # the relay's side closes a moment after the reset reaches it (not after the idle
             # timeout, five minutes)
             assert await eventually(lambda: env.relay.connections == 0, timeout=10)
             smtp = await env.login(alice)
-            await smtp.sendmail(alice, [customer],
-                                message(alice, customer, "After the vanished ones"))
+            await smtp.sendmail(
+                alice, [customer], message(alice, customer, "After the vanished ones")
+            )
             await smtp.quit()
             await env.delivered(customer)
 
@@ -265,8 +272,15 @@ def test_clients_that_vanish_are_not_counted_as_open(
 async def test_limits_recipients_rate_and_connections(
     cli: Cli, db_url: str, tmp_path: Path, postfix: Postfix
 ) -> None:
-    async with running(cli, db_url, tmp_path, postfix, max_recipients=3,
-                       max_messages_per_minute=2, max_connections=2) as env:
+    async with running(
+        cli,
+        db_url,
+        tmp_path,
+        postfix,
+        max_recipients=3,
+        max_messages_per_minute=2,
+        max_connections=2,
+    ) as env:
         alice = env.user("alice")
         smtp = await env.login(alice)
         await smtp.mail(alice)
@@ -303,13 +317,15 @@ class FakeUpstream:
         self.server: asyncio.Server | None = None
         self.received: list[bytes] = []
 
-    async def handle_EHLO(self, server: Any, session: Session, envelope: Envelope,
-                          hostname: str, responses: list[str]) -> list[str]:
+    async def handle_EHLO(
+        self, server: Any, session: Session, envelope: Envelope, hostname: str, responses: list[str]
+    ) -> list[str]:
         session.host_name = hostname
         return responses[:-1] + ["250-PIPELINING"] * self.pipelining + responses[-1:]
 
-    async def handle_MAIL(self, server: Any, session: Session, envelope: Envelope,
-                          address: str, options: list[str]) -> str:
+    async def handle_MAIL(
+        self, server: Any, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
         self.commands.append(f"MAIL {address}")
         if self.mail_reply:
             return self.mail_reply
@@ -327,9 +343,17 @@ class FakeUpstream:
     async def start(self) -> int:
         loop = asyncio.get_running_loop()
         self.server = await loop.create_server(
-            lambda: SMTP(self, decode_data=True, enable_SMTPUTF8=False, auth_require_tls=False,
-                         authenticator=self.accept, hostname="fake.example", loop=loop),
-            HOST, 0,
+            lambda: SMTP(
+                self,
+                decode_data=True,
+                enable_SMTPUTF8=False,
+                auth_require_tls=False,
+                authenticator=self.accept,
+                hostname="fake.example",
+                loop=loop,
+            ),
+            HOST,
+            0,
         )
         return int(self.server.sockets[0].getsockname()[1])
 
@@ -345,8 +369,9 @@ async def fake() -> AsyncIterator[FakeUpstream]:
     await upstream.stop()
 
 
-async def _fake_env(cli: Cli, db_url: str, tmp: Path, postfix: Postfix,
-                    fake: FakeUpstream) -> contextlib.AbstractAsyncContextManager[RelayEnv]:
+async def _fake_env(
+    cli: Cli, db_url: str, tmp: Path, postfix: Postfix, fake: FakeUpstream
+) -> contextlib.AbstractAsyncContextManager[RelayEnv]:
     port = await fake.start()
     return running(cli, db_url, tmp, postfix, upstream_port=port, upstream_tls="none")
 
@@ -361,8 +386,7 @@ async def test_upstream_without_smtputf8_is_mirrored(
         assert "8bitmime" not in smtp.esmtp_extensions
         reply = await smtp.execute_command(b"MAIL", f"FROM:<{alice}>".encode(), b"SMTPUTF8")
         assert reply.code == 555 and "SMTPUTF8" in reply.message
-        reply = await smtp.execute_command(b"MAIL", f"FROM:<{alice}>".encode(),
-                                           b"BODY=8BITMIME")
+        reply = await smtp.execute_command(b"MAIL", f"FROM:<{alice}>".encode(), b"BODY=8BITMIME")
         assert reply.code == 555
         await smtp.quit()
 
@@ -380,7 +404,8 @@ async def test_upstream_refusing_the_sender_is_heard_at_rcpt(
         with pytest.raises(aiosmtplib.SMTPRecipientsRefused) as caught:
             await smtp.sendmail(alice, [first, second], message(alice, first, "Refused"))
         assert [(r.code, r.message) for r in caught.value.recipients] == [
-            (553, "5.7.1 Sender address rejected by the fake")] * 2
+            (553, "5.7.1 Sender address rejected by the fake")
+        ] * 2
         fake.mail_reply = None  # the same session sends the next message
         errors, _ = await smtp.sendmail(alice, [first], message(alice, first, "Accepted"))
         await smtp.quit()

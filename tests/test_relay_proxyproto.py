@@ -67,8 +67,9 @@ def lb_socket(port: int, header: bytes, source: str = HOST) -> socket.socket:
     return sock
 
 
-async def proxied(env: RelayEnv, header: bytes, *, port: int | None = None,
-                  **options: Any) -> aiosmtplib.SMTP:
+async def proxied(
+    env: RelayEnv, header: bytes, *, port: int | None = None, **options: Any
+) -> aiosmtplib.SMTP:
     """A connected aiosmtplib client behind ``header`` (STARTTLS unless told otherwise)."""
     smtp = env.client(port=None, sock=lb_socket(port or env.port, header), **options)
     await smtp.connect()
@@ -91,12 +92,21 @@ def logged(caplog: pytest.LogCaptureFixture, text: str) -> list[str]:
 
 
 @pytest.fixture
-async def env(cli: Cli, db_url: str, tmp_path: Path, postfix: Postfix,
-              caplog: pytest.LogCaptureFixture) -> AsyncIterator[RelayEnv]:
+async def env(
+    cli: Cli, db_url: str, tmp_path: Path, postfix: Postfix, caplog: pytest.LogCaptureFixture
+) -> AsyncIterator[RelayEnv]:
     caplog.set_level(logging.INFO, logger="proxy")
     caplog.set_level(logging.INFO, logger="mail.log")
-    async with running(cli, db_url, tmp_path, postfix, tls_port=0, proxy_protocol=True,
-                       proxy_trusted=["127.0.0.1/32"], proxy_timeout=1.0) as started:
+    async with running(
+        cli,
+        db_url,
+        tmp_path,
+        postfix,
+        tls_port=0,
+        proxy_protocol=True,
+        proxy_trusted=["127.0.0.1/32"],
+        proxy_timeout=1.0,
+    ) as started:
         yield started
 
 
@@ -145,8 +155,9 @@ async def test_plaintext_auth_follows_the_proxied_address(
 ) -> None:
     caplog.set_level(logging.INFO, logger="proxy")
     caplog.set_level(logging.DEBUG, logger="mail.log")
-    async with running(cli, db_url, tmp_path, postfix, allow_plaintext_auth_on_loopback=True,
-                       proxy_protocol=True) as env:
+    async with running(
+        cli, db_url, tmp_path, postfix, allow_plaintext_auth_on_loopback=True, proxy_protocol=True
+    ) as env:
         alice, customer = env.user("alice"), external()
         remote = await proxied(env, v1("198.51.100.4", 50000), start_tls=False)
         await remote.ehlo()
@@ -236,8 +247,9 @@ async def test_implicit_tls_listener_reads_the_header_before_tls(
         assert logged(caplog, f"relay: client {client} via load balancer 127.0.0.1:")
         assert logged(caplog, f"relay: {client} logged in as {alice}")
 
-    status = replace(env.config, relay=replace(env.config.relay, port=env.relay.ports[0],
-                                               tls_port=tls_port))
+    status = replace(
+        env.config, relay=replace(env.config.relay, port=env.relay.ports[0], tls_port=tls_port)
+    )
     checks = await probe_relay(status)  # the status page's probe sends a v2 LOCAL header
     assert [(c.key, c.status) for c in checks] == [("relay", GREEN), ("relay_tls", GREEN)]
     # a good header, then no TLS at all: the session never starts, so it never counts as open

@@ -84,13 +84,23 @@ async def test_mailcrm_serve_relays_and_captures(
     alice = postfix.add_user(f"alice{uuid.uuid4().hex[:8]}", PASSWORD)
     customer = f"buyer{uuid.uuid4().hex[:8]}@customer.example"
     cli.ok("user", "add", alice, "--name", "Alice")
-    cli.ok("tls", "selfsigned", "--cert", str(tmp_path / "relay.crt"), "--key",
-           str(tmp_path / "relay.key"), "--hostname", HOST)
+    cli.ok(
+        "tls",
+        "selfsigned",
+        "--cert",
+        str(tmp_path / "relay.crt"),
+        "--key",
+        str(tmp_path / "relay.key"),
+        "--hostname",
+        HOST,
+    )
     port = _free_port()
     config = _config(tmp_path, postfix, port)
     proc = subprocess.Popen(
         [sys.executable, "-c", "import cli; cli.main()", "--config", str(config), "serve"],
-        cwd=ROOT, env={**os.environ, **cli.env}, preexec_fn=_low_fd_limit,
+        cwd=ROOT,
+        env={**os.environ, **cli.env},
+        preexec_fn=_low_fd_limit,
     )
     try:
         await _wait_port(port, proc)
@@ -123,12 +133,16 @@ async def test_mailcrm_serve_relays_and_captures(
 def test_mailcrm_serve_logs_json_from_its_first_line(sqlite_cli: Cli, tmp_path: Path) -> None:
     """With MAILCRM_LOG_FORMAT=json every line is JSON, the database's migrations included."""
     config = tmp_path / "quiet.toml"
-    config.write_text("[relay]\nenabled = false\n[poller]\nenabled = false\n"
-                      "[http]\nenabled = false\n")
+    config.write_text(
+        "[relay]\nenabled = false\n[poller]\nenabled = false\n[http]\nenabled = false\n"
+    )
     env = {**os.environ, **sqlite_cli.env, "MAILCRM_LOG_FORMAT": "json"}
     proc = subprocess.Popen(
         [sys.executable, "-c", "import cli; cli.main()", "-v", "--config", str(config), "serve"],
-        cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True,
+        cwd=ROOT,
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         time.sleep(3)

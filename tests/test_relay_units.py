@@ -35,8 +35,9 @@ class PieceReader:
         return self.pieces.pop(0) if self.pieces else b""
 
 
-async def _read(pieces: list[bytes], limit: int | None = None,
-                spill_at: int = 1 << 20) -> tuple[DataResult, bytes, MessageBuffer]:
+async def _read(
+    pieces: list[bytes], limit: int | None = None, spill_at: int = 1 << 20
+) -> tuple[DataResult, bytes, MessageBuffer]:
     reader = PieceReader(pieces)
     buffer = MessageBuffer(spill_at=spill_at)
     result, rest = await read_data(reader, buffer, limit)  # type: ignore[arg-type]
@@ -114,19 +115,36 @@ def test_caps_from_extensions() -> None:
 
 
 def test_ehlo_mirror_drops_what_upstream_lacks() -> None:
-    lines = ["250-relay", "250-SIZE 52428800", "250-8BITMIME", "250-SMTPUTF8",
-             "250-AUTH LOGIN PLAIN", "250 HELP"]
+    lines = [
+        "250-relay",
+        "250-SIZE 52428800",
+        "250-8BITMIME",
+        "250-SMTPUTF8",
+        "250-AUTH LOGIN PLAIN",
+        "250 HELP",
+    ]
     assert mirror(lines, Caps(size=1000), 1000) == [
-        "250-relay", "250-SIZE 1000", "250-AUTH LOGIN PLAIN", "250 HELP"]
+        "250-relay",
+        "250-SIZE 1000",
+        "250-AUTH LOGIN PLAIN",
+        "250 HELP",
+    ]
     assert mirror(lines, Caps(eightbit=True, smtputf8=True), 5) == [
-        "250-relay", "250-SIZE 5", "250-8BITMIME", "250-SMTPUTF8", "250-AUTH LOGIN PLAIN",
-        "250 HELP"]
+        "250-relay",
+        "250-SIZE 5",
+        "250-8BITMIME",
+        "250-SMTPUTF8",
+        "250-AUTH LOGIN PLAIN",
+        "250 HELP",
+    ]
 
 
 def test_mail_options_forward_or_refuse() -> None:
     full = Caps(size=1000, eightbit=True, smtputf8=True)
     assert mail_options(["SIZE=10", "BODY=8BITMIME", "SMTPUTF8"], full) == (
-        ["SIZE=10", "BODY=8BITMIME", "SMTPUTF8"], None)
+        ["SIZE=10", "BODY=8BITMIME", "SMTPUTF8"],
+        None,
+    )
     assert mail_options(["SIZE=2000"], full)[1] is not None
     assert mail_options(["SIZE=10", "BODY=7BIT"], Caps()) == ([], None)
     assert (mail_options(["BODY=8BITMIME"], Caps())[1] or "").startswith("555")
@@ -196,8 +214,11 @@ def test_selfsigned_pair_loads(tmp_path: Path) -> None:
     cert, key = tmp_path / "c.pem", tmp_path / "k.pem"
     write_selfsigned(cert, key, ["mail.example.com", "192.0.2.1"])
     assert key.stat().st_mode & 0o777 == 0o600
-    names = x509.load_pem_x509_certificate(cert.read_bytes()).extensions.get_extension_for_class(
-        x509.SubjectAlternativeName).value
+    names = (
+        x509.load_pem_x509_certificate(cert.read_bytes())
+        .extensions.get_extension_for_class(x509.SubjectAlternativeName)
+        .value
+    )
     assert "mail.example.com" in names.get_values_for_type(x509.DNSName)
     with pytest.raises(ConfigError):
         write_selfsigned(cert, key, ["again"])
@@ -209,8 +230,16 @@ def test_selfsigned_pair_loads(tmp_path: Path) -> None:
 
 def test_cli_tls_selfsigned(sqlite_cli: Cli, tmp_path: Path) -> None:
     cert, key = tmp_path / "relay.crt", tmp_path / "relay.key"
-    out = sqlite_cli.ok("tls", "selfsigned", "--cert", str(cert), "--key", str(key),
-                        "--hostname", "smtp.example.com")
+    out = sqlite_cli.ok(
+        "tls",
+        "selfsigned",
+        "--cert",
+        str(cert),
+        "--key",
+        str(key),
+        "--hostname",
+        "smtp.example.com",
+    )
     assert "smtp.example.com" in out and cert.exists() and key.exists()
     again = sqlite_cli.run("tls", "selfsigned", "--cert", str(cert), "--key", str(key))
     assert again.exit_code == 1 and "--force" in again.stderr

@@ -43,8 +43,19 @@ OWNER = "anna@ourco.example"
 def linked(cli: Cli) -> str:
     """A linked personal mailbox to capture into."""
     cli.ok("user", "add", OWNER)
-    cli.ok("mailbox", "add", OWNER, "--owner", OWNER, "--smtp-host", "smtp.ourco.example",
-           "--imap-host", "imap.ourco.example", "--password-stdin", input="pw\n")
+    cli.ok(
+        "mailbox",
+        "add",
+        OWNER,
+        "--owner",
+        OWNER,
+        "--smtp-host",
+        "smtp.ourco.example",
+        "--imap-host",
+        "imap.ourco.example",
+        "--password-stdin",
+        input="pw\n",
+    )
     return OWNER
 
 
@@ -59,8 +70,9 @@ def _customer() -> str:
 def _states(db: Database) -> list[tuple[str, bool, int]]:
     with db.session() as session:
         rows = session.execute(
-            select(SpoolEntry.state, SpoolEntry.delivered, SpoolEntry.attempts)
-            .order_by(SpoolEntry.id)
+            select(SpoolEntry.state, SpoolEntry.delivered, SpoolEntry.attempts).order_by(
+                SpoolEntry.id
+            )
         )
         return [(s, d, a) for s, d, a in rows]
 
@@ -111,8 +123,9 @@ def test_journal_segments_are_published_and_imported(
     assert _states(db) == [("done", True, 1)] * 4
     with db.session() as session:
         subjects = sorted(session.scalars(select(Activity.subject)))
-    assert subjects == sorted([f"Batch {first}", f"Batch {second}", "Appended later",
-                               "Written by an earlier version"])
+    assert subjects == sorted(
+        [f"Batch {first}", f"Batch {second}", "Appended later", "Written by an earlier version"]
+    )
 
 
 def test_a_segment_is_published_when_full_or_old(tmp_path: Path) -> None:
@@ -198,8 +211,9 @@ def test_hidden_copies_left_by_an_earlier_version_are_purged(db: Database, tmp_p
     assert not old.exists() and new.exists()
 
 
-@pytest.mark.parametrize(("choice", "expected"), [("auto", True), ("files", True),
-                                                   ("database", False)])
+@pytest.mark.parametrize(
+    ("choice", "expected"), [("auto", True), ("files", True), ("database", False)]
+)
 def test_spool_first_setting(db: Database, choice: str, expected: bool) -> None:
     config = Config(relay=RelayConfig(spool_first=choice))
     sqlite = db.engine.dialect.name == "sqlite"
@@ -252,6 +266,7 @@ def test_small_entries_are_captured_together(
     worker = SpoolWorker(db, FileSpool(tmp_path))
     calls: list[int] = []
     many = worker.capturer.capture_many
+
     def counted(items: Any) -> Any:
         calls.append(len(items))
         return many(items)
@@ -290,8 +305,11 @@ def test_undelivered_leftovers_are_purged(db: Database, linked: str, tmp_path: P
     old = spool.enqueue(db, message(OWNER, to, "Old"), _env(to), delivered=False)
     spool.enqueue(db, message(OWNER, to, "In flight"), _env(to), delivered=False)
     with db.session() as session:
-        session.execute(update(SpoolEntry).where(SpoolEntry.id == old).values(
-            created_at=dt.datetime.now(dt.UTC) - dt.timedelta(days=2)))
+        session.execute(
+            update(SpoolEntry)
+            .where(SpoolEntry.id == old)
+            .values(created_at=dt.datetime.now(dt.UTC) - dt.timedelta(days=2))
+        )
     SpoolWorker(db, FileSpool(tmp_path)).purge()
     assert _states(db) == [("pending", False, 0)]
 
@@ -305,9 +323,7 @@ def _slow(capture: Any) -> Any:
 
 
 @pytest.mark.postgres
-def test_several_workers_capture_each_entry_once(
-    db_url: str, linked: str, tmp_path: Path
-) -> None:
+def test_several_workers_capture_each_entry_once(db_url: str, linked: str, tmp_path: Path) -> None:
     if not db_url.startswith("postgresql"):
         pytest.skip("several workers share one PostgreSQL; SQLite has one worker")
     db = Database(db_url)
@@ -370,8 +386,11 @@ def test_serve_gives_the_relay_and_the_worker_one_wakeup() -> None:
     from proxy.serve import COMPONENTS, _load, _shared_for
 
     wakeup = spool.Wakeup()
-    takers = {name for name, target in COMPONENTS
-              if _shared_for(_load(target), {"wakeup": wakeup}) == {"wakeup": wakeup}}
+    takers = {
+        name
+        for name, target in COMPONENTS
+        if _shared_for(_load(target), {"wakeup": wakeup}) == {"wakeup": wakeup}
+    }
     assert takers == {"spool", "relay"}
 
 
@@ -394,8 +413,9 @@ async def test_worker_captures_in_process_when_its_child_keeps_dying(
         return 0, runner._ChildRunner.DIED
 
     monkeypatch.setattr(runner._ChildRunner, "run", dead)
-    config = Config(database_url=db.url,
-                    relay=RelayConfig(spool_dir=str(tmp_path), spool_poll_interval=0.05))
+    config = Config(
+        database_url=db.url, relay=RelayConfig(spool_dir=str(tmp_path), spool_poll_interval=0.05)
+    )
     to = _customer()
     spool.enqueue(db, message(OWNER, to, "Captured anyway"), _env(to))
     stop = asyncio.Event()
@@ -430,7 +450,9 @@ def test_the_capture_process_ends_with_its_parent_even_on_kill_9(
     Database(sqlite_url).dispose()
     parent = subprocess.Popen(
         [sys.executable, "-c", _PARENT, sqlite_url, str(tmp_path / "spool")],
-        cwd=Path(__file__).resolve().parent.parent, stdout=subprocess.PIPE, text=True,
+        cwd=Path(__file__).resolve().parent.parent,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     children: list[int] = []
     try:

@@ -59,11 +59,22 @@ async def chromium(url: str, profile: Path, *args: str) -> bytes:
     """Run headless Chromium on ``url``; its stdout."""
     assert CHROMIUM is not None
     proc = await asyncio.create_subprocess_exec(
-        CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-        "--no-first-run", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--disable-dev-shm-usage", f"--user-data-dir={profile}",
-        "--window-size=1200,900", *args, url,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        f"--user-data-dir={profile}",
+        "--window-size=1200,900",
+        *args,
+        url,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     try:
         out, err = await asyncio.wait_for(proc.communicate(), 120)
@@ -84,12 +95,20 @@ def fill(db: Database) -> None:
         lead = Lead(name="Ann Buyer <&>")
         session.add(lead)
         session.flush()
-        session.add(EntityEmail(address="ann@client.example", entity_type="lead",
-                                entity_id=lead.id))
+        session.add(
+            EntityEmail(address="ann@client.example", entity_type="lead", entity_id=lead.id)
+        )
         box = session.query(Mailbox).filter_by(address=GREEN_BOX).one()
-        session.add(Activity(message_key="k1", thread="k1", direction="incoming",
-                             subject="Prices for 2025", mailbox_id=box.id,
-                             counterparts=["ann@client.example"]))
+        session.add(
+            Activity(
+                message_key="k1",
+                thread="k1",
+                direction="incoming",
+                subject="Prices for 2025",
+                mailbox_id=box.id,
+                counterparts=["ann@client.example"],
+            )
+        )
         session.add(Lead(name="Last week", created_at=now - dt.timedelta(days=8)))
 
 
@@ -110,8 +129,9 @@ async def _signed_in_page(url: str, token: str, shot: Path) -> str:
             await browser.close()
 
 
-async def test_a_red_mailbox_shows_red_with_its_reason(db: Database, db_url: str,
-                                                       tmp_path: Path) -> None:
+async def test_a_red_mailbox_shows_red_with_its_reason(
+    db: Database, db_url: str, tmp_path: Path
+) -> None:
     fill(db)
     shots = Path(os.environ.get("MAILCRM_SCREENSHOT_DIR") or tmp_path)
     shots.mkdir(parents=True, exist_ok=True)

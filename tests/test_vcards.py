@@ -344,7 +344,11 @@ def test_card_with_unmatched_end_is_skipped_and_the_next_one_kept() -> None:
 
 def test_line_endings_bom_and_indent() -> None:
     lines = [
-        "BEGIN:VCARD", "VERSION:3.0", "FN:Ola Nordmann", "EMAIL:ola@nordmann.example", "END:VCARD"
+        "BEGIN:VCARD",
+        "VERSION:3.0",
+        "FN:Ola Nordmann",
+        "EMAIL:ola@nordmann.example",
+        "END:VCARD",
     ]
     bom = b"\xef\xbb\xbf"
     for data in (
@@ -394,8 +398,22 @@ def test_too_many_cards(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_mangled_cards_never_raise() -> None:
     rng = random.Random(20250101)
     samples = [load(p.name) for p in sorted(DATA.glob("*.vcf")) if p.stat().st_size]
-    noise = [b"=", b";", b":", b"\r\n", b"\n ", b"\\", b'"', b"BEGIN:VCARD\n", b"END:VCARD\n",
-             b";CHARSET=x-nope", b";ENCODING=QUOTED-PRINTABLE", b"=\r\n", b"\xff\xfe", b"AGENT:\n"]
+    noise = [
+        b"=",
+        b";",
+        b":",
+        b"\r\n",
+        b"\n ",
+        b"\\",
+        b'"',
+        b"BEGIN:VCARD\n",
+        b"END:VCARD\n",
+        b";CHARSET=x-nope",
+        b";ENCODING=QUOTED-PRINTABLE",
+        b"=\r\n",
+        b"\xff\xfe",
+        b"AGENT:\n",
+    ]
     for _ in range(400):
         data = bytearray(rng.choice(samples))
         for _ in range(rng.randrange(1, 12)):
@@ -538,8 +556,11 @@ def test_other_attachments_are_not_vcards() -> None:
         (b"Content-Type: application/vcard", True),
         (b'Content-Type: application/octet-stream; name="Card.VCF"', True),
         (b'Content-Type: text/plain\r\nContent-Disposition: attachment; filename="me.vcf"', True),
-        (b"Content-Type: text/plain\r\nContent-Disposition: attachment; "
-         b"filename*=utf-8''J%C3%BCrgen.vcf", True),
+        (
+            b"Content-Type: text/plain\r\nContent-Disposition: attachment; "
+            b"filename*=utf-8''J%C3%BCrgen.vcf",
+            True,
+        ),
     ],
 )
 def test_may_contain_vcard_from_top_level_headers(headers: bytes, expected: bool) -> None:
@@ -550,8 +571,7 @@ def test_may_contain_vcard_from_top_level_headers(headers: bytes, expected: bool
 
 def test_may_contain_vcard_on_broken_headers_does_not_raise() -> None:
     raw = (
-        b"Content-Type: ;;;==\x00\xff\r\n"
-        b"Content-Disposition: attachment; filename*=x''%ZZ\r\n\r\n"
+        b"Content-Type: ;;;==\x00\xff\r\nContent-Disposition: attachment; filename*=x''%ZZ\r\n\r\n"
     )
 
     assert isinstance(may_contain_vcard(parse_mail(raw, headersonly=True)), bool)

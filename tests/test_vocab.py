@@ -13,15 +13,28 @@ from crm.vocab import INTERVAL_NAMES, INTERVALS, WINDOWS, Endpoint, is_loopback
 from proxy.imap.client import Endpoint as ImapEndpoint
 
 
-@pytest.mark.parametrize("host", ["127.0.0.1", "127.8.9.10", "::1", "[::1]", "localhost",
-                                  "LocalHost", "localhost.", "localhost.localdomain",
-                                  "::ffff:127.0.0.1"])
+@pytest.mark.parametrize(
+    "host",
+    [
+        "127.0.0.1",
+        "127.8.9.10",
+        "::1",
+        "[::1]",
+        "localhost",
+        "LocalHost",
+        "localhost.",
+        "localhost.localdomain",
+        "::ffff:127.0.0.1",
+    ],
+)
 def test_loopback_hosts(host: str) -> None:
     assert is_loopback(host)
 
 
-@pytest.mark.parametrize("host", ["10.0.0.1", "::ffff:10.0.0.1", "imap.example.com",
-                                  "localhost.example.com", "", "128.0.0.1"])
+@pytest.mark.parametrize(
+    "host",
+    ["10.0.0.1", "::ffff:10.0.0.1", "imap.example.com", "localhost.example.com", "", "128.0.0.1"],
+)
 def test_hosts_beyond_loopback(host: str) -> None:
     assert not is_loopback(host)
 

@@ -23,7 +23,8 @@ async def _wire(script: Script) -> AsyncIterator[Wire]:
     server = await asyncio.start_server(script, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     transport, _ = await asyncio.get_running_loop().create_connection(
-        asyncio.Protocol, "127.0.0.1", port)
+        asyncio.Protocol, "127.0.0.1", port
+    )
     wire = Wire(cast(asyncio.WriteTransport, transport), timeout=2.0)  # uvloop's: no subclass
     transport.set_protocol(wire)
     try:

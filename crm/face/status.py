@@ -53,8 +53,9 @@ def ping(db: Database) -> None:
         conn.execute(text("SELECT 1"))
 
 
-def read_status(db: Database, lease_seconds: float, since: dt.datetime,
-                poller: PollerConfig) -> StatusData:
+def read_status(
+    db: Database, lease_seconds: float, since: dt.datetime, poller: PollerConfig
+) -> StatusData:
     """The database's part of the status page: mailboxes with their schedule (T1) and the node
     holding each, the nodes (alive while seen within two lease periods), and the CRM work
     created since ``since``."""
@@ -75,8 +76,9 @@ def read_status(db: Database, lease_seconds: float, since: dt.datetime,
     return data
 
 
-def _nodes(session: Session, now: dt.datetime, lease: float,
-           owners: dict[int, str]) -> list[NodeState]:
+def _nodes(
+    session: Session, now: dt.datetime, lease: float, owners: dict[int, str]
+) -> list[NodeState]:
     nodes = []
     for node in session.scalars(select(Node).order_by(Node.name)):
         silent = (now - node.last_seen).total_seconds()

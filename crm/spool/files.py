@@ -73,8 +73,11 @@ class FileSpool:
         """Waiting files, oldest first (the ``limit`` oldest)."""
         if not self.directory.is_dir():
             return []
-        names = sorted(e.name for e in os.scandir(self.directory)
-                       if e.name.endswith(".msg") and e.name[:1].isdigit())
+        names = sorted(
+            e.name
+            for e in os.scandir(self.directory)
+            if e.name.endswith(".msg") and e.name[:1].isdigit()
+        )
         return [self.directory / name for name in names[:limit]]
 
     def waiting(self) -> tuple[int, float | None]:
@@ -85,8 +88,10 @@ class FileSpool:
         count, oldest = 0, None
         for entry in os.scandir(self.directory):
             name = entry.name
-            if not ((name.endswith(".msg") and name[:1].isdigit())
-                    or (name.startswith(".") and name.endswith(SEGMENT_SUFFIX))):
+            if not (
+                (name.endswith(".msg") and name[:1].isdigit())
+                or (name.startswith(".") and name.endswith(SEGMENT_SUFFIX))
+            ):
                 continue
             with contextlib.suppress(OSError):
                 found = _count_records(entry.path)
@@ -134,8 +139,11 @@ def _adopt(path: Path) -> bool:
         data = path.read_bytes()
         whole = _whole_length(data)
         if whole < len(data):
-            log.warning("spool segment %s: %d bytes at its end cut short by a crash, dropped",
-                        path, len(data) - whole)
+            log.warning(
+                "spool segment %s: %d bytes at its end cut short by a crash, dropped",
+                path,
+                len(data) - whole,
+            )
             os.truncate(fd, whole)
             os.fsync(fd)
         if whole <= len(MAGIC_BATCH):

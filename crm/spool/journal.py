@@ -87,8 +87,13 @@ class _Segment:
 class Journal:
     """Appends capture copies to the active segment of ``directory``."""
 
-    def __init__(self, directory: Path, *, segment_bytes: int = SEGMENT_BYTES,
-                 segment_age: float = SEGMENT_AGE) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        segment_bytes: int = SEGMENT_BYTES,
+        segment_age: float = SEGMENT_AGE,
+    ) -> None:
         self.directory = directory
         self.segment_bytes = segment_bytes
         self.segment_age = segment_age

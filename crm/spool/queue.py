@@ -135,7 +135,12 @@ def pending(db: Database) -> list[dict[str, Any]]:
             select(SpoolEntry).where(SpoolEntry.state == "pending").order_by(SpoolEntry.id)
         )
         return [
-            {"id": e.id, "mailbox": e.mailbox_address, "delivered": e.delivered,
-             "envelope_to": e.envelope_to, "attempts": e.attempts}
+            {
+                "id": e.id,
+                "mailbox": e.mailbox_address,
+                "delivered": e.delivered,
+                "envelope_to": e.envelope_to,
+                "attempts": e.attempts,
+            }
             for e in rows
         ]

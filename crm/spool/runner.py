@@ -51,7 +51,8 @@ class _ChildRunner:
     async def run(self, purge: bool) -> tuple[int, str | None]:
         if self.pool is None:
             self.pool = ProcessPoolExecutor(
-                1, mp_context=multiprocessing.get_context("spawn"),
+                1,
+                mp_context=multiprocessing.get_context("spawn"),
                 initializer=child_init,
                 initargs=(self.config, logging.getLogger().getEffectiveLevel()),
             )
@@ -126,8 +127,10 @@ async def run_spool_worker(
                     delay = min(delay * 2, poll * 10)
                     deaths += error == _ChildRunner.DIED
                     if deaths >= CHILD_DEATHS:  # cannot run a child here: capture in a thread
-                        log.error("spool worker: the capture process keeps dying; capturing in "
-                                  "this process instead")
+                        log.error(
+                            "spool worker: the capture process keeps dying; capturing in "
+                            "this process instead"
+                        )
                         await runner.close()
                         runner, deaths = _ThreadRunner(config, db), 0
                 if not done:

@@ -56,8 +56,12 @@ RECOVER_EVERY = 10.0  # s between looks for journal segments a crashed relay lef
 CAPTURE_NICE = 19
 IMPORT_FILES, IMPORT_BYTES = 64, 32 * 1024 * 1024  # files moved into the table at once
 COLUMNS = (  # the raw message is read when its turn comes, a large one alone (memory)
-    SpoolEntry.id, SpoolEntry.mailbox_address, SpoolEntry.direction,
-    SpoolEntry.envelope_from, SpoolEntry.envelope_to, SpoolEntry.attempts,
+    SpoolEntry.id,
+    SpoolEntry.mailbox_address,
+    SpoolEntry.direction,
+    SpoolEntry.envelope_from,
+    SpoolEntry.envelope_to,
+    SpoolEntry.attempts,
     func.length(SpoolEntry.raw).label("size"),
 )
 TOGETHER_BYTES = 256 * 1024  # entries up to this size are read and captured a batch at a time
@@ -162,9 +166,14 @@ class SpoolWorker:
             return {}
         raws = self._raws([row.id for row in rows])
         items = [
-            Incoming(raws.get(row.id, b""), row.mailbox_address, Direction(row.direction),
-                     _source(row), envelope_from=row.envelope_from,
-                     envelope_to=tuple(row.envelope_to))
+            Incoming(
+                raws.get(row.id, b""),
+                row.mailbox_address,
+                Direction(row.direction),
+                _source(row),
+                envelope_from=row.envelope_from,
+                envelope_to=tuple(row.envelope_to),
+            )
             for row in rows
         ]
         try:
@@ -208,8 +217,12 @@ class SpoolWorker:
         source = _source(row)
         try:
             result = self.capturer.capture(
-                self._raw(row.id), row.mailbox_address, Direction(row.direction), source=source,
-                envelope_from=row.envelope_from, envelope_to=row.envelope_to,
+                self._raw(row.id),
+                row.mailbox_address,
+                Direction(row.direction),
+                source=source,
+                envelope_from=row.envelope_from,
+                envelope_to=row.envelope_to,
             )
         except SQLAlchemyError:
             raise
@@ -225,8 +238,12 @@ class SpoolWorker:
     @staticmethod
     def _done(row: Row[Any], result: CaptureResult) -> Outcome:
         state = "done" if result.action != "skipped" else "skipped"
-        values = {"attempts": row.attempts + 1, "state": state, "last_error": result.reason,
-                  "raw": b""}
+        values = {
+            "attempts": row.attempts + 1,
+            "state": state,
+            "last_error": result.reason,
+            "raw": b"",
+        }
         return Outcome(result, values)
 
     def _retry(self, row: Row[Any], why: str, limit: int, final: str) -> Outcome:

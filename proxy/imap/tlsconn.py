@@ -53,7 +53,6 @@ def shared_context(ca_file: str | None, insecure: bool) -> ssl.SSLContext:
     return _context(ca_file, insecure, _stamp(ca_file))
 
 
-
 class _SlimSSLProtocol(sslproto.SSLProtocol):
     """asyncio's TLS layer with a :data:`READ_BUFFER` receive buffer."""
 

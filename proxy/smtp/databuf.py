@@ -103,8 +103,12 @@ class MessageBuffer:
                 self.spill_dir.mkdir(parents=True, exist_ok=True)
                 return _unlinked(self.spill_dir)
             except OSError as exc:
-                log.warning("relay: cannot spill to %s (%s), using %s instead", self.spill_dir,
-                            exc, tempfile.gettempdir())
+                log.warning(
+                    "relay: cannot spill to %s (%s), using %s instead",
+                    self.spill_dir,
+                    exc,
+                    tempfile.gettempdir(),
+                )
         return _unlinked(None)
 
     def has_message_id(self) -> bool:
@@ -249,8 +253,7 @@ class _Sink:
         try:
             self.buffer.append(form(data))
         except Exception as exc:  # whatever it is, the data is read to its end
-            log.error("relay: message data not kept, reading it to its end to refuse it: %r",
-                      exc)
+            log.error("relay: message data not kept, reading it to its end to refuse it: %r", exc)
             self.outcome = DataResult.FAILED
             with contextlib.suppress(Exception):
                 self.buffer.close()

@@ -51,8 +51,12 @@ class GroupCommit(Generic[T, R]):
     :class:`DbUnavailable` / :class:`OSError`: then no item of the batch was taken.
     """
 
-    def __init__(self, commit: Callable[[list[T]], Awaitable[Sequence[R]]], where: str,
-                 ready: Callable[[], bool] = lambda: True) -> None:
+    def __init__(
+        self,
+        commit: Callable[[list[T]], Awaitable[Sequence[R]]],
+        where: str,
+        ready: Callable[[], bool] = lambda: True,
+    ) -> None:
         self.commit = commit
         self.where = where
         self.ready = ready
@@ -89,14 +93,22 @@ class GroupCommit(Generic[T, R]):
 class Deliverer:
     """Forwards one message through an upstream session and keeps its capture copy."""
 
-    def __init__(self, db: Database, gate: DbGate, journal: Journal, *, files_first: bool = False,
-                 kick: Callable[[], None] = lambda: None) -> None:
+    def __init__(
+        self,
+        db: Database,
+        gate: DbGate,
+        journal: Journal,
+        *,
+        files_first: bool = False,
+        kick: Callable[[], None] = lambda: None,
+    ) -> None:
         self.journal = journal
         self.files_first = files_first
         self.kick = kick
         self.to_db: GroupCommit[Copy, bool] = GroupCommit(
             lambda items: _all_taken(gate.run(spool.enqueue_many, db, items), items),
-            "database spool", lambda: gate.available,
+            "database spool",
+            lambda: gate.available,
         )
         self.to_files: GroupCommit[Copy, bool] = GroupCommit(
             self._append, f"spool journal in {journal.directory}"
@@ -138,8 +150,12 @@ class Deliverer:
             async with guard:
                 await self._keep(buffer, env)
         except Exception:
-            log.critical("capture copy of a delivered message LOST (mailbox %s, to %s)",
-                         env.mailbox, ", ".join(env.envelope_to), exc_info=True)
+            log.critical(
+                "capture copy of a delivered message LOST (mailbox %s, to %s)",
+                env.mailbox,
+                ", ".join(env.envelope_to),
+                exc_info=True,
+            )
 
     async def _keep(self, buffer: MessageBuffer, env: Envelope) -> None:
         """Make the capture copy durable: in the first store, else in the other one."""
@@ -153,8 +169,11 @@ class Deliverer:
                 if store is self.to_db:
                     self.kick()
                 return
-        log.critical("capture copy of a delivered message LOST (mailbox %s, to %s)",
-                     env.mailbox, ", ".join(env.envelope_to))
+        log.critical(
+            "capture copy of a delivered message LOST (mailbox %s, to %s)",
+            env.mailbox,
+            ", ".join(env.envelope_to),
+        )
 
     async def _append(self, items: list[Copy]) -> list[bool]:
         """One journal append (one fdatasync) for a batch; its segment is published soon."""

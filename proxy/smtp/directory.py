@@ -73,8 +73,9 @@ class Directory:
             senders = frozenset({address}) if address else frozenset()
             # Unknown while the CRM is away: spool for the login's own address; the worker
             # captures it later if that turns out to be a linked mailbox.
-            return LoginView(login=login, mailbox=address, linked=address is not None,
-                             senders=senders)
+            return LoginView(
+                login=login, mailbox=address, linked=address is not None, senders=senders
+            )
         self._cache[key] = view
         return view
 

@@ -30,8 +30,10 @@ log = logging.getLogger(__name__)
 TOO_MANY_CONNECTIONS = "421 4.7.0 Too many connections from your address, try again later"
 LOGIN_TIMEOUT = "421 4.4.2 Error: timeout exceeded (no login in time)"
 THROTTLED = "454 4.7.0 Too many failed logins, try again later"
-PLAINTEXT = ("454 4.7.0 Temporary authentication failure: the upstream server for this login "
-             "is not reached over TLS; ask the administrator")
+PLAINTEXT = (
+    "454 4.7.0 Temporary authentication failure: the upstream server for this login "
+    "is not reached over TLS; ask the administrator"
+)
 
 
 def plaintext_upstream(endpoint: Endpoint) -> bool:
@@ -47,8 +49,10 @@ class Gatekeeper:
         self.open_count = open_count
         self.per_client: dict[str, int] = {}
         self.throttle = LoginThrottle(
-            free=config.auth_failures_before_delay, delay=config.auth_delay,
-            max_delay=config.auth_delay_max, refuse_after=config.auth_failures_before_refusal,
+            free=config.auth_failures_before_delay,
+            delay=config.auth_delay,
+            max_delay=config.auth_delay_max,
+            refuse_after=config.auth_failures_before_refusal,
             refuse_for=config.auth_refusal_seconds,
         )
 
@@ -60,8 +64,7 @@ class Gatekeeper:
         count = self.per_client.get(key, 0)
         limit = self.config.max_connections_per_client
         if limit > 0 and count >= limit:
-            log.warning("relay: connection from %s refused, %d open from there already",
-                        key, count)
+            log.warning("relay: connection from %s refused, %d open from there already", key, count)
             return False
         self.per_client[key] = count + 1
         return True
@@ -77,8 +80,11 @@ class Gatekeeper:
     def login_timeout(self) -> float:
         """Seconds a connection may stay without logging in: shorter while the relay is busy."""
         busy = self.open_count() > self.config.max_connections / 2
-        return float(self.config.unauthenticated_timeout_busy if busy
-                     else self.config.unauthenticated_timeout)
+        return float(
+            self.config.unauthenticated_timeout_busy
+            if busy
+            else self.config.unauthenticated_timeout
+        )
 
     # --- logins ---------------------------------------------------------------------------
 

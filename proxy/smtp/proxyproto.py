@@ -84,11 +84,14 @@ class ProxyPolicy:
             try:
                 networks.append(ipaddress.ip_network(str(text).strip(), strict=False))
             except ValueError as exc:
-                raise ConfigError(f"config: relay.proxy_trusted: {text!r} is not a network"
-                                  ) from exc
+                raise ConfigError(
+                    f"config: relay.proxy_trusted: {text!r} is not a network"
+                ) from exc
         if not networks:
-            raise ConfigError("config: relay.proxy_protocol needs relay.proxy_trusted, the "
-                              "load balancers' networks")
+            raise ConfigError(
+                "config: relay.proxy_protocol needs relay.proxy_trusted, the "
+                "load balancers' networks"
+            )
         if config.proxy_timeout <= 0:
             raise ConfigError("config: relay.proxy_timeout must be above 0 seconds")
         return cls(tuple(networks), float(config.proxy_timeout))

@@ -41,8 +41,12 @@ TLS_HANDSHAKE_TIMEOUT = 60.0
 class PreTLSListener:
     """Listening sockets whose connections send a PROXY header, then speak TLS."""
 
-    def __init__(self, factory: Callable[[], asyncio.BaseProtocol], policy: ProxyPolicy,
-                 context: ssl.SSLContext) -> None:
+    def __init__(
+        self,
+        factory: Callable[[], asyncio.BaseProtocol],
+        policy: ProxyPolicy,
+        context: ssl.SSLContext,
+    ) -> None:
         self.factory = factory
         self.policy = policy
         self.context = context
@@ -52,8 +56,9 @@ class PreTLSListener:
     async def listen(self, host: str, port: int) -> PreTLSListener:
         """Bind every address of ``host`` (as asyncio does) and start accepting."""
         loop = asyncio.get_running_loop()
-        infos = await loop.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
-                                       flags=socket.AI_PASSIVE)
+        infos = await loop.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
         for family, kind, proto, _, address in dict.fromkeys(infos):
             sock = socket.socket(family, kind, proto)
             try:
@@ -102,7 +107,9 @@ class PreTLSListener:
         loop = asyncio.get_running_loop()
         try:
             await loop.connect_accepted_socket(
-                lambda: self._attach(client, balancer), conn, ssl=self.context,
+                lambda: self._attach(client, balancer),
+                conn,
+                ssl=self.context,
                 ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT,
             )
         except OSError as exc:  # TLS handshake failed or the client went away

@@ -84,8 +84,13 @@ class Relay:
         self.directory = Directory(config, db, self.gate)
         self.client = UpstreamClient(config.relay, hostname)
         kick = wakeup.kick if wakeup is not None else (lambda: None)  # no worker here to wake
-        self.deliverer = Deliverer(db, self.gate, Journal(spool_dir(config)),
-                                   files_first=files_first(config, db), kick=kick)
+        self.deliverer = Deliverer(
+            db,
+            self.gate,
+            Journal(spool_dir(config)),
+            files_first=files_first(config, db),
+            kick=kick,
+        )
         self.limiter = RateLimiter(config.relay.max_messages_per_minute)
         self.spill_at = SPILL_AT
         self.spill_dir: Path | None = spool_dir(config) / "tmp"
@@ -157,8 +162,9 @@ class Relay:
             try:
                 self.spill_dir.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
-                log.warning("relay: %s unusable (%s); large messages spill to /tmp", self.spill_dir,
-                            exc)
+                log.warning(
+                    "relay: %s unusable (%s); large messages spill to /tmp", self.spill_dir, exc
+                )
                 self.spill_dir = None
         loop = asyncio.get_running_loop()
         cfg = self.config
@@ -168,14 +174,18 @@ class Relay:
             self.servers.append(await listener.listen(cfg.host, cfg.tls_port))
         elif cfg.tls_port is not None:
             self.servers.append(
-                await loop.create_server(self._protocol, cfg.host, cfg.tls_port,
-                                         ssl=self.tls_context)
+                await loop.create_server(
+                    self._protocol, cfg.host, cfg.tls_port, ssl=self.tls_context
+                )
             )
         log.info("relay listening on %s", ", ".join(f"{cfg.host}:{p}" for p in self.ports))
         company = self.directory.company_endpoint()
         if company is not None and plaintext_upstream(company) and not cfg.allow_plaintext_upstream:
-            log.error("relay: upstream %s has no TLS: logins through it are refused (set "
-                      "relay.upstream_tls, or relay.allow_plaintext_upstream = true)", company)
+            log.error(
+                "relay: upstream %s has no TLS: logins through it are refused (set "
+                "relay.upstream_tls, or relay.allow_plaintext_upstream = true)",
+                company,
+            )
         if company is not None:
             self._warmup = asyncio.create_task(self.default_caps())
 

@@ -66,14 +66,22 @@ def _set_peer(session: Session | None, peer: Peer) -> None:
 class RelaySMTP(SMTP):
     """One client connection; ``handler`` is its own :class:`RelayConnection`."""
 
-    def __init__(self, handler: RelayConnection, *, plaintext_auth_on_loopback: bool,
-                 on_open: Callable[[], None], on_close: Callable[[], None],
-                 gatekeeper: Gatekeeper, proxy: ProxyPolicy | None = None,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self,
+        handler: RelayConnection,
+        *,
+        plaintext_auth_on_loopback: bool,
+        on_open: Callable[[], None],
+        on_close: Callable[[], None],
+        gatekeeper: Gatekeeper,
+        proxy: ProxyPolicy | None = None,
+        **kwargs: Any,
+    ) -> None:
         if proxy is not None:
             kwargs["proxy_protocol_timeout"] = proxy.timeout
-        super().__init__(handler, auth_required=True, auth_require_tls=True,
-                         enable_SMTPUTF8=True, **kwargs)
+        super().__init__(
+            handler, auth_required=True, auth_require_tls=True, enable_SMTPUTF8=True, **kwargs
+        )
         self.relay_handler = handler
         self._plaintext_loopback = plaintext_auth_on_loopback
         # Called when the session starts (after the TLS handshake on the implicit TLS ports)
@@ -133,8 +141,7 @@ class RelaySMTP(SMTP):
             _set_peer(self.session, client)
         if balancer is not None:
             level = logging.DEBUG if client == balancer else logging.INFO  # LOCAL: a check
-            log.log(level, "relay: client %s via load balancer %s", show(client),
-                    show(balancer))
+            log.log(level, "relay: client %s via load balancer %s", show(client), show(balancer))
         hops = [peer for peer in (client, balancer) if peer is not None]
         if self._plaintext_loopback and client and all(is_loopback(h[0]) for h in hops):
             self._auth_require_tls = False  # the whole way to the relay is on loopback
@@ -158,17 +165,20 @@ class RelaySMTP(SMTP):
 
     def _timeout_cb(self) -> None:
         session = self.session
-        if (session is not None and not session.authenticated and not self._awaiting_header
-                and self.transport is not None):
+        if (
+            session is not None
+            and not session.authenticated
+            and not self._awaiting_header
+            and self.transport is not None
+        ):
             log.info("relay: %s dropped: no login within the time allowed", show(self.client))
             with contextlib.suppress(Exception):
-                cast(asyncio.WriteTransport, self.transport).write(
-                    LOGIN_TIMEOUT.encode() + b"\r\n"
-                )
+                cast(asyncio.WriteTransport, self.transport).write(LOGIN_TIMEOUT.encode() + b"\r\n")
         super()._timeout_cb()  # type: ignore[no-untyped-call]
 
-    async def _on_proxy(self, server: SMTP, session: Session, envelope: Envelope,
-                        data: ProxyData) -> bool:
+    async def _on_proxy(
+        self, server: SMTP, session: Session, envelope: Envelope, data: ProxyData
+    ) -> bool:
         """aiosmtpd's ``handle_PROXY`` hook: a well-formed header came; act on it or drop."""
         assert self.proxy is not None and self._balancer is not None
         self._awaiting_header = False
@@ -236,8 +246,11 @@ class RelaySMTP(SMTP):
             self._reset_timeout()  # the long idle timeout from now on
             log.info("relay: %s logged in as %s", show(self.client), session.auth_data)
         else:  # one line per failure: who, as whom and why (where the login got that far)
-            log.warning("relay: failed AUTH from %s%s", show(self.client),
-                        f" as {refusal}" if refusal else "")
+            log.warning(
+                "relay: failed AUTH from %s%s",
+                show(self.client),
+                f" as {refusal}" if refusal else "",
+            )
 
     async def smtp_MAIL(self, arg: str | None) -> None:
         if arg:
@@ -261,8 +274,9 @@ class RelaySMTP(SMTP):
         buffer = self.relay_handler.new_buffer()
         try:
             try:
-                result, rest = await read_data(self._reader, buffer, self.data_size_limit,
-                                               self._reset_timeout)
+                result, rest = await read_data(
+                    self._reader, buffer, self.data_size_limit, self._reset_timeout
+                )
             except BaseException:  # the client went away (or timed out) during DATA
                 await self.relay_handler.abort(started)
                 raise
@@ -274,8 +288,13 @@ class RelaySMTP(SMTP):
         self._set_post_data_state()  # type: ignore[no-untyped-call]
         await self.push(status)
 
-    async def _data_status(self, result: DataResult, envelope: Envelope, buffer: MessageBuffer,
-                           started: asyncio.Task[Reply] | None) -> str:
+    async def _data_status(
+        self,
+        result: DataResult,
+        envelope: Envelope,
+        buffer: MessageBuffer,
+        started: asyncio.Task[Reply] | None,
+    ) -> str:
         """The one reply to a DATA read to its end: the delivery's, or why there was none."""
         if result is DataResult.OK:
             try:

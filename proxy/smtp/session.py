@@ -89,7 +89,11 @@ class RelayConnection:
     # --- greeting and login -------------------------------------------------------------------
 
     async def handle_EHLO(
-        self, server: Any, session: Session, envelope: Envelope, hostname: str,
+        self,
+        server: Any,
+        session: Session,
+        envelope: Envelope,
+        hostname: str,
         responses: list[str],
     ) -> list[str]:
         session.host_name = hostname
@@ -123,20 +127,26 @@ class RelayConnection:
             gate.failed(self.client, login)
             return self._refuse(f"{login}: no upstream server known", NO_UPSTREAM)
         if gate.refuses_upstream(endpoint):
-            return self._refuse(f"{login}: upstream {endpoint} has no TLS, password not sent "
-                                "(relay.allow_plaintext_upstream is off)", PLAINTEXT)
+            return self._refuse(
+                f"{login}: upstream {endpoint} has no TLS, password not sent "
+                "(relay.allow_plaintext_upstream is off)",
+                PLAINTEXT,
+            )
         upstream = UpstreamSession(self.relay.client, endpoint)
         try:
             reply = await upstream.login(login, password)
         except UpstreamUnavailable as exc:
-            return self._refuse(f"{login}: upstream {endpoint} unreachable: {exc}",
-                                AUTH_UNAVAILABLE)
+            return self._refuse(
+                f"{login}: upstream {endpoint} unreachable: {exc}", AUTH_UNAVAILABLE
+            )
         if not reply.ok:
             line = reply.line()
             if reply.code >= 500:
                 gate.failed(self.client, login)
-            return self._refuse(f"{login}: refused by {endpoint}: {line.splitlines()[-1]}",
-                                line if reply.code >= 500 else AUTH_UNAVAILABLE)
+            return self._refuse(
+                f"{login}: refused by {endpoint}: {line.splitlines()[-1]}",
+                line if reply.code >= 500 else AUTH_UNAVAILABLE,
+            )
         gate.succeeded(self.client, login)
         if (missing := self.relay.directory.key_missing(view)) is not None:
             upstream.close()  # the password is right, but could not be kept for the CRM
@@ -165,11 +175,14 @@ class RelayConnection:
         except SecretError as exc:
             return self._refuse(f"{login}: {exc}", KEY_MISSING)
         except UpstreamUnavailable as exc:
-            return self._refuse(f"{login}: upstream {endpoint} unreachable: {exc}",
-                                AUTH_UNAVAILABLE)
+            return self._refuse(
+                f"{login}: upstream {endpoint} unreachable: {exc}", AUTH_UNAVAILABLE
+            )
         if not reply.ok:  # the app password was right: the token is the gateway's affair
-            return self._refuse(f"{login}: token refused by {endpoint}: {reply.line()}",
-                                oauthlogin.TOKEN_UNAVAILABLE)
+            return self._refuse(
+                f"{login}: token refused by {endpoint}: {reply.line()}",
+                oauthlogin.TOKEN_UNAVAILABLE,
+            )
         gate.succeeded(self.client, login)
         self.view, self.upstream, self._password = view, upstream, password
         log.info("relay login %s accepted (app password; XOAUTH2 to %s)", login, endpoint)
@@ -298,8 +311,13 @@ class RelayConnection:
         if view.mailbox and view.linked:
             env = SpoolEnvelope(view.mailbox, envelope.mail_from, list(envelope.rcpt_tos))
         reply = await self.relay.deliverer.deliver(upstream, started, buffer, env)
-        log.info("relay %s -> %s: %s (%d bytes)", envelope.mail_from,
-                 ",".join(envelope.rcpt_tos), reply.line().splitlines()[-1], buffer.total)
+        log.info(
+            "relay %s -> %s: %s (%d bytes)",
+            envelope.mail_from,
+            ",".join(envelope.rcpt_tos),
+            reply.line().splitlines()[-1],
+            buffer.total,
+        )
         return reply.line()
 
     async def abort(self, started: asyncio.Task[Reply] | None = None) -> None:

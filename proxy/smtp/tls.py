@@ -75,7 +75,8 @@ def write_selfsigned(
     for path in (cert_path, key_path):
         path.parent.mkdir(parents=True, exist_ok=True)
     key_bytes = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
     tmp = key_path.with_name(key_path.name + ".tmp")
@@ -160,7 +161,8 @@ def relay_context(config: RelayConfig) -> ssl.SSLContext:
     if not cert_path.exists() or not key_path.exists():
         log.warning(
             "relay: no TLS certificate configured; writing a self-signed one to %s "
-            "(set relay.cert_file and relay.key_file for a real one)", cert_path,
+            "(set relay.cert_file and relay.key_file for a real one)",
+            cert_path,
         )
         write_selfsigned(cert_path, key_path, default_names(config), force=True)
     return server_context(cert_path, key_path)

@@ -52,5 +52,3 @@ class Caps:
             eightbit="8bitmime" in ext,
             smtputf8="smtputf8" in ext,
         )
-
-

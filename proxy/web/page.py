@@ -108,23 +108,40 @@ def _recent(snap: Snapshot) -> str:
         f'<b id="activities-today">{snap.activities_today}</b> activities.</p>'
     )
     leads = [
-        "<tr>" + _cells([e(x["id"]), e(x["name"]), e(x["email"]), e(x["status"]),
-                         e(x["created_at"])]) + "</tr>"
+        "<tr>"
+        + _cells([e(x["id"]), e(x["name"]), e(x["email"]), e(x["status"]), e(x["created_at"])])
+        + "</tr>"
         for x in snap.recent_leads
     ]
     activities = [
-        "<tr>" + _cells([e(a["id"]), e(a["direction"]), e(a["subject"]), e(a["mailbox"]),
-                         e(", ".join(a["counterparts"])), e("yes" if a["completed"] else "no"),
-                         e(a["created_at"])]) + "</tr>"
+        "<tr>"
+        + _cells(
+            [
+                e(a["id"]),
+                e(a["direction"]),
+                e(a["subject"]),
+                e(a["mailbox"]),
+                e(", ".join(a["counterparts"])),
+                e("yes" if a["completed"] else "no"),
+                e(a["created_at"]),
+            ]
+        )
+        + "</tr>"
         for a in snap.recent_activities
     ]
-    return "\n".join([
-        "<h2>CRM, last 24 hours</h2>",
-        counts,
-        _table(["#", "Lead", "Address", "Status", "Created"], leads, "no new leads", "Leads"),
-        _table(["#", "Direction", "Subject", "Mailbox", "Counterparts", "Done", "Created"],
-               activities, "no new activities", "Activities"),
-    ])
+    return "\n".join(
+        [
+            "<h2>CRM, last 24 hours</h2>",
+            counts,
+            _table(["#", "Lead", "Address", "Status", "Created"], leads, "no new leads", "Leads"),
+            _table(
+                ["#", "Direction", "Subject", "Mailbox", "Counterparts", "Done", "Created"],
+                activities,
+                "no new activities",
+                "Activities",
+            ),
+        ]
+    )
 
 
 def _section(title: str, head: list[str], rows: list[str], empty: str) -> str:
@@ -136,8 +153,10 @@ def _table(head: list[str], rows: list[str], empty: str, caption: str = "") -> s
         return f'<p class="none">{e(empty)}</p>'
     cap = f"<caption>{e(caption)}</caption>" if caption else ""
     header = "".join(f"<th>{e(h)}</th>" for h in head)
-    return f"<table>{cap}<thead><tr>{header}</tr></thead><tbody>\n" + "\n".join(rows) + (
-        "\n</tbody></table>"
+    return (
+        f"<table>{cap}<thead><tr>{header}</tr></thead><tbody>\n"
+        + "\n".join(rows)
+        + ("\n</tbody></table>")
     )
 
 

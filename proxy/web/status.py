@@ -83,17 +83,18 @@ async def probe_relay(config: Config) -> list[Check]:
     if not relay.enabled:
         return []
     host, proxy = _loopback_for(relay.host), relay.proxy_protocol
-    checks = [await probe_smtp("SMTP relay (STARTTLS)", host, relay.port, key="relay",
-                               proxy=proxy)]
+    checks = [await probe_smtp("SMTP relay (STARTTLS)", host, relay.port, key="relay", proxy=proxy)]
     if relay.tls_port:
         name = "SMTP relay (implicit TLS)"
-        checks.append(await probe_smtp(name, host, relay.tls_port, tls=True, key="relay_tls",
-                                       proxy=proxy))
+        checks.append(
+            await probe_smtp(name, host, relay.tls_port, tls=True, key="relay_tls", proxy=proxy)
+        )
     return checks
 
 
-async def _connect(host: str, port: int, tls: bool,
-                   proxy: bool) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+async def _connect(
+    host: str, port: int, tls: bool, proxy: bool
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     """With PROXY protocol on, a v2 LOCAL header (a load balancer's check) goes before TLS."""
     ssl_context = None
     if tls:
@@ -114,8 +115,9 @@ async def _connect(host: str, port: int, tls: bool,
     return reader, writer
 
 
-async def probe_smtp(name: str, host: str, port: int, tls: bool = False, key: str = "",
-                     proxy: bool = False) -> Check:
+async def probe_smtp(
+    name: str, host: str, port: int, tls: bool = False, key: str = "", proxy: bool = False
+) -> Check:
     """Connect, read the greeting and say QUIT; green on a 220 greeting."""
     address = f"{host}:{port}"
     try:
@@ -168,9 +170,12 @@ def _read_database(config: Config, db: Database, snap: Snapshot) -> None:
     data = read_status(db, config.cluster.lease_seconds, utcnow() - RECENT, config.poller)
     snap.mailboxes = data.mailboxes
     snap.nodes = [
-        Check(node.name, GREEN if node.alive else RED,
-              f"{'alive' if node.alive else 'no heartbeat'}: last seen {node.silent_s:.0f} s ago, "
-              f"{node.mailboxes} mailboxes")
+        Check(
+            node.name,
+            GREEN if node.alive else RED,
+            f"{'alive' if node.alive else 'no heartbeat'}: last seen {node.silent_s:.0f} s ago, "
+            f"{node.mailboxes} mailboxes",
+        )
         for node in data.nodes
     ]
     snap.leads_today, snap.activities_today = data.leads_today, data.activities_today

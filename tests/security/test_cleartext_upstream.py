@@ -73,14 +73,27 @@ async def listener() -> AsyncIterator[Listener]:
 
 @pytest.mark.parametrize("allowed", [False, True])
 async def test_relay_sends_no_password_in_clear_off_loopback(
-    cli: Cli, db_url: str, tmp_path: Path, postfix: Postfix, listener: Listener,
-    caplog: pytest.LogCaptureFixture, allowed: bool,
+    cli: Cli,
+    db_url: str,
+    tmp_path: Path,
+    postfix: Postfix,
+    listener: Listener,
+    caplog: pytest.LogCaptureFixture,
+    allowed: bool,
 ) -> None:
     caplog.set_level(logging.INFO, logger="proxy")
     host = own_address()
     port = await listener.start(host)
-    async with running(cli, db_url, tmp_path, postfix, upstream_host=host, upstream_port=port,
-                       upstream_tls="none", allow_plaintext_upstream=allowed) as env:
+    async with running(
+        cli,
+        db_url,
+        tmp_path,
+        postfix,
+        upstream_host=host,
+        upstream_port=port,
+        upstream_tls="none",
+        allow_plaintext_upstream=allowed,
+    ) as env:
         alice = env.user("alice")
         smtp = env.client()
         await smtp.connect()
@@ -95,10 +108,13 @@ async def test_relay_sends_no_password_in_clear_off_loopback(
     assert "not reached over TLS" in caught.value.message
     assert auths == []  # what it heard is the relay's capability probe: EHLO, QUIT
     assert [line.split()[0].upper() for line in listener.heard] in ([], [b"EHLO", b"QUIT"])
-    assert any("has no TLS" in r.getMessage() and r.levelno == logging.ERROR
-               for r in caplog.records)  # said at start, for the company's upstream
-    assert any(f"{alice}: upstream {host}:{port} (none) has no TLS" in r.getMessage()
-               for r in caplog.records)
+    assert any(
+        "has no TLS" in r.getMessage() and r.levelno == logging.ERROR for r in caplog.records
+    )  # said at start, for the company's upstream
+    assert any(
+        f"{alice}: upstream {host}:{port} (none) has no TLS" in r.getMessage()
+        for r in caplog.records
+    )
 
 
 def test_mailbox_add_and_set_refuse_plaintext_smtp_off_loopback(
@@ -106,12 +122,30 @@ def test_mailbox_add_and_set_refuse_plaintext_smtp_off_loopback(
 ) -> None:
     cli = sqlite_cli
     cli.ok("user", "add", "ann@example.test")
-    refused = cli.run("mailbox", "add", "ann@example.test", "--owner", "ann@example.test",
-                      "--smtp-host", "smtp.example.test", "--smtp-tls", "none")
+    refused = cli.run(
+        "mailbox",
+        "add",
+        "ann@example.test",
+        "--owner",
+        "ann@example.test",
+        "--smtp-host",
+        "smtp.example.test",
+        "--smtp-tls",
+        "none",
+    )
     assert refused.exit_code != 0 and "in clear" in refused.output
     assert cli.json("mailbox", "list") == []
-    cli.ok("mailbox", "add", "ann@example.test", "--owner", "ann@example.test",
-           "--smtp-host", "smtp.example.test", "--smtp-tls", "starttls")
+    cli.ok(
+        "mailbox",
+        "add",
+        "ann@example.test",
+        "--owner",
+        "ann@example.test",
+        "--smtp-host",
+        "smtp.example.test",
+        "--smtp-tls",
+        "starttls",
+    )
     refused = cli.run("mailbox", "set", "ann@example.test", "--smtp-tls", "none")
     assert refused.exit_code != 0 and "in clear" in refused.output
     assert cli.json("mailbox", "show", "ann@example.test")["connection"]["smtp_tls"] == "starttls"

@@ -46,8 +46,9 @@ def _text(alice: str, to: str, evil: str, size: int) -> bytes:
     return first + commands * ((size - len(first)) // len(commands))
 
 
-async def _send_with_fault(env: RelayEnv, fault: Callable[[], None], size: int = 3 << 20
-                           ) -> tuple[list[str], str, str]:
+async def _send_with_fault(
+    env: RelayEnv, fault: Callable[[], None], size: int = 3 << 20
+) -> tuple[list[str], str, str]:
     """One session: a large message with ``fault`` done after its first half MiB; the replies
     to DATA, NOOP and QUIT (and anything more), alice's recipient and evil."""
     alice, to, evil = env.user("alice"), _external("to"), _external("evil")
@@ -77,13 +78,16 @@ async def _settled(postfix: Postfix, *addresses: str) -> list[int]:
 async def test_spill_directory_removed_during_data_is_made_again(
     sqlite_cli: Cli, sqlite_url: str, tmp_path: Path, postfix: Postfix
 ) -> None:
-    async with running(sqlite_cli, sqlite_url, tmp_path, postfix,
-                       allow_plaintext_auth_on_loopback=True) as env:
+    async with running(
+        sqlite_cli, sqlite_url, tmp_path, postfix, allow_plaintext_auth_on_loopback=True
+    ) as env:
         spill = env.relay.spill_dir
         assert spill is not None and spill.is_dir()
         replies, to, evil = await _send_with_fault(env, lambda: shutil.rmtree(spill))
         assert replies[0].startswith("250 2.0.0 Ok") and [r[:3] for r in replies[1:]] == [
-            "250", "221"], replies
+            "250",
+            "221",
+        ], replies
         assert spill.is_dir()
         assert await _settled(postfix, to, evil) == [1, 0]
 
@@ -93,8 +97,14 @@ async def test_spool_directory_turned_file_during_data_still_delivers(
 ) -> None:
     """Relay first, capture second: the spill goes to the system temp dir, the capture copy to
     the database spool; the client gets the upstream's 250 once, and the copy is kept."""
-    async with running(sqlite_cli, sqlite_url, tmp_path, postfix, worker=False,
-                       allow_plaintext_auth_on_loopback=True) as env:
+    async with running(
+        sqlite_cli,
+        sqlite_url,
+        tmp_path,
+        postfix,
+        worker=False,
+        allow_plaintext_auth_on_loopback=True,
+    ) as env:
         spool = spool_dir(env.config)
 
         def turn_into_file() -> None:
@@ -103,7 +113,9 @@ async def test_spool_directory_turned_file_during_data_still_delivers(
 
         replies, to, evil = await _send_with_fault(env, turn_into_file)
         assert replies[0].startswith("250 2.0.0 Ok") and [r[:3] for r in replies[1:]] == [
-            "250", "221"], replies
+            "250",
+            "221",
+        ], replies
         assert await _settled(postfix, to, evil) == [1, 0]
         [entry] = env.spool_entries()  # the capture copy, in the database instead
         assert entry.delivered and entry.envelope_to == [to] and b"Subject: large" in entry.raw
@@ -124,12 +136,15 @@ def disk_refusing(limit: int) -> Iterator[None]:
 async def test_disk_refusing_the_spill_file_gets_one_451_and_no_commands_run(
     sqlite_cli: Cli, sqlite_url: str, tmp_path: Path, postfix: Postfix
 ) -> None:
-    async with running(sqlite_cli, sqlite_url, tmp_path, postfix,
-                       allow_plaintext_auth_on_loopback=True) as env:
+    async with running(
+        sqlite_cli, sqlite_url, tmp_path, postfix, allow_plaintext_auth_on_loopback=True
+    ) as env:
         with disk_refusing(1536 * 1024):
             replies, to, evil = await _send_with_fault(env, lambda: None)
         assert replies[0].startswith("451 4.3.0") and [r[:3] for r in replies[1:]] == [
-            "250", "221"], replies
+            "250",
+            "221",
+        ], replies
         assert await _settled(postfix, to, evil) == [0, 0]
         # the session to the upstream was ended cleanly: the next message goes through
         alice, other = env.user("alice"), _external("to")
@@ -166,7 +181,12 @@ class _Pieces:
 
 @pytest.mark.parametrize("error", [OSError(28, "No space left on device"), RuntimeError("bug")])
 async def test_read_data_reads_to_the_end_after_the_buffer_fails(error: Exception) -> None:
-    pieces = [b"Subject: x\r\n\r\n", b"line\r\n", b"RCPT TO:<evil@x>\r\n", b"QUIT\r\n",
-              b"more\r\n.\r\nNOOP\r\n"]
+    pieces = [
+        b"Subject: x\r\n\r\n",
+        b"line\r\n",
+        b"RCPT TO:<evil@x>\r\n",
+        b"QUIT\r\n",
+        b"more\r\n.\r\nNOOP\r\n",
+    ]
     result, rest = await read_data(_Pieces(pieces), _Refusing(error), None)  # type: ignore[arg-type]
     assert result is DataResult.FAILED and rest == b"NOOP\r\n"

@@ -55,9 +55,16 @@ async def send_from_other(env: RelayEnv, user: str, subject: str) -> float:
 async def test_idle_flood_from_one_address_locks_nobody_else_out(
     cli: Cli, db_url: str, tmp_path: Path, postfix: Postfix
 ) -> None:
-    async with running(cli, db_url, tmp_path, postfix, max_connections=200,
-                       max_connections_per_client=20, unauthenticated_timeout=3.0,
-                       unauthenticated_timeout_busy=1.0) as env:
+    async with running(
+        cli,
+        db_url,
+        tmp_path,
+        postfix,
+        max_connections=200,
+        max_connections_per_client=20,
+        unauthenticated_timeout=3.0,
+        unauthenticated_timeout_busy=1.0,
+    ) as env:
         alice = env.user("alice")
         idlers = [await idler(env.port) for _ in range(210)]
         firsts = [line[:4] for _, _, line in idlers]
@@ -81,9 +88,17 @@ async def test_brute_force_is_throttled_before_the_upstream(
     cli: Cli, db_url: str, tmp_path: Path, postfix: Postfix, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="proxy")
-    async with running(cli, db_url, tmp_path, postfix, auth_failures_before_delay=3,
-                       auth_delay=1.0, auth_delay_max=2.0, auth_failures_before_refusal=6,
-                       auth_refusal_seconds=60.0) as env:
+    async with running(
+        cli,
+        db_url,
+        tmp_path,
+        postfix,
+        auth_failures_before_delay=3,
+        auth_delay=1.0,
+        auth_delay_max=2.0,
+        auth_failures_before_refusal=6,
+        auth_refusal_seconds=60.0,
+    ) as env:
         alice, bob = env.user("alice"), env.user("bob")
         guesser = await env.login(bob)  # a logged-in session may AUTH no more: a fresh one
         await guesser.quit()
@@ -115,8 +130,11 @@ async def test_brute_force_is_throttled_before_the_upstream(
         # Dovecot was asked for alice's password for 6 attempts, not 15 (each twice: the relay's
         # upstream client tries PLAIN, then LOGIN); the right one is refused too while the
         # refusal lasts (from any address), and never reaches the upstream.
-        mismatches = [line for line in env.dovecot.log().splitlines()
-                      if alice.lower() in line.lower() and "mismatch" in line.lower()]
+        mismatches = [
+            line
+            for line in env.dovecot.log().splitlines()
+            if alice.lower() in line.lower() and "mismatch" in line.lower()
+        ]
         assert 6 <= len(mismatches) <= 2 * 6, mismatches
         other = env.client(source_address=(OTHER, 0))
         await other.connect()
@@ -125,17 +143,26 @@ async def test_brute_force_is_throttled_before_the_upstream(
         assert caught.value.code == 454 and caught.value.message.startswith("4.7.0")
         await other.quit()
         await guesser.quit()
-        refusals = [r.getMessage() for r in caplog.records
-                    if "too many failed logins" in r.getMessage()]
+        refusals = [
+            r.getMessage() for r in caplog.records if "too many failed logins" in r.getMessage()
+        ]
         assert refusals and all(line.startswith("relay: failed AUTH from ") for line in refusals)
 
 
 async def test_guessing_many_logins_from_one_address_is_throttled(
     cli: Cli, db_url: str, tmp_path: Path, postfix: Postfix
 ) -> None:
-    async with running(cli, db_url, tmp_path, postfix, auth_failures_before_delay=2,
-                       auth_delay=0.1, auth_delay_max=0.1, auth_failures_before_refusal=4,
-                       auth_refusal_seconds=60.0) as env:
+    async with running(
+        cli,
+        db_url,
+        tmp_path,
+        postfix,
+        auth_failures_before_delay=2,
+        auth_delay=0.1,
+        auth_delay_max=0.1,
+        auth_failures_before_refusal=4,
+        auth_refusal_seconds=60.0,
+    ) as env:
         bob = env.user("bob")
         smtp = env.client()
         await smtp.connect()
@@ -155,8 +182,15 @@ async def test_proxy_unknown_client_is_not_loopback(
     """A load balancer on loopback that does not know the client (PROXY v1 UNKNOWN) does not
     make the client a loopback one: plaintext AUTH stays refused."""
     caplog.set_level(logging.INFO, logger="proxy")
-    async with running(cli, db_url, tmp_path, postfix, allow_plaintext_auth_on_loopback=True,
-                       proxy_protocol=True, proxy_trusted=["127.0.0.1/32"]) as env:
+    async with running(
+        cli,
+        db_url,
+        tmp_path,
+        postfix,
+        allow_plaintext_auth_on_loopback=True,
+        proxy_protocol=True,
+        proxy_trusted=["127.0.0.1/32"],
+    ) as env:
         alice = env.user("alice")
         sock = socket.create_connection((HOST, env.port))
         sock.sendall(b"PROXY UNKNOWN\r\n")
@@ -168,5 +202,7 @@ async def test_proxy_unknown_client_is_not_loopback(
         reply = await smtp.execute_command(b"AUTH", b"PLAIN", token)
         assert reply.code == 538 and "5.7.11" in reply.message
         await smtp.quit()
-        assert any(r.getMessage().startswith("relay: client unknown via load balancer")
-                   for r in caplog.records)
+        assert any(
+            r.getMessage().startswith("relay: client unknown via load balancer")
+            for r in caplog.records
+        )

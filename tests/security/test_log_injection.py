@@ -49,8 +49,9 @@ async def raw(smtp: aiosmtplib.SMTP, line: str) -> aiosmtplib.SMTPResponse:
 
 async def hostile_client(port: int, ca: Path, user: str) -> None:
     context = ssl.create_default_context(cafile=str(ca))
-    smtp = aiosmtplib.SMTP(hostname=HOST, port=port, start_tls=True, tls_context=context,
-                           timeout=60)
+    smtp = aiosmtplib.SMTP(
+        hostname=HOST, port=port, start_tls=True, tls_context=context, timeout=60
+    )
     await smtp.connect()
     assert (await raw(smtp, f"EHLO {ON_A_LINE}.example")).code == 250
     reply = await smtp.execute_command(b"AUTH", b"LOGIN")
@@ -69,16 +70,27 @@ async def hostile_client(port: int, ca: Path, user: str) -> None:
     await smtp.quit()
 
 
-def serve_log(cli: Cli, tmp: Path, postfix: Postfix,
-              fmt: str) -> tuple[Path, subprocess.Popen[bytes], int]:
+def serve_log(
+    cli: Cli, tmp: Path, postfix: Postfix, fmt: str
+) -> tuple[Path, subprocess.Popen[bytes], int]:
     port = _free_port()
     config = _config(tmp, postfix, port)
     log = tmp / "serve.log"
     env = {**os.environ, **cli.env, "MAILCRM_LOG_FORMAT": fmt, "PYTHONIOENCODING": "utf-8"}
     with log.open("wb") as sink:
         proc = subprocess.Popen(
-            [sys.executable, "-c", "import cli; cli.main()", "-v", "--config", str(config),
-             "serve"], cwd=ROOT, env=env, stderr=sink,
+            [
+                sys.executable,
+                "-c",
+                "import cli; cli.main()",
+                "-v",
+                "--config",
+                str(config),
+                "serve",
+            ],
+            cwd=ROOT,
+            env=env,
+            stderr=sink,
         )
     return log, proc, port
 
@@ -90,8 +102,16 @@ async def test_hostile_values_forge_no_log_line(
     cli = sqlite_cli
     alice = postfix.add_user(f"alice{uuid.uuid4().hex[:8]}", PASSWORD)
     cli.ok("user", "add", alice)
-    cli.ok("tls", "selfsigned", "--cert", str(tmp_path / "relay.crt"), "--key",
-           str(tmp_path / "relay.key"), "--hostname", HOST)
+    cli.ok(
+        "tls",
+        "selfsigned",
+        "--cert",
+        str(tmp_path / "relay.crt"),
+        "--key",
+        str(tmp_path / "relay.key"),
+        "--hostname",
+        HOST,
+    )
     log, proc, port = serve_log(cli, tmp_path, postfix, fmt)
     try:
         await _wait_port(port, proc)

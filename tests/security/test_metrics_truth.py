@@ -54,8 +54,7 @@ def counters(body: str) -> dict[str, float]:
         "relayed": sample(body, "mailcrm_messages_relayed_total") or 0.0,
         "captured": sample(body, "mailcrm_messages_captured_total") or 0.0,
         "duplicate": sample(body, "mailcrm_messages_duplicate_total") or 0.0,
-        "employees": sample(body, "mailcrm_messages_skipped_total", reason="only_employees")
-        or 0.0,
+        "employees": sample(body, "mailcrm_messages_skipped_total", reason="only_employees") or 0.0,
     }
 
 
@@ -96,8 +95,10 @@ async def test_counters_match_what_was_relayed_and_captured(
 async def test_spool_depth_counts_the_journal_waiting(
     sqlite_cli: Cli, sqlite_url: str, tmp_path: Path, postfix: Postfix
 ) -> None:
-    async with running(sqlite_cli, sqlite_url, tmp_path, postfix, worker=False) as env, \
-            http_for(env) as get:
+    async with (
+        running(sqlite_cli, sqlite_url, tmp_path, postfix, worker=False) as env,
+        http_for(env) as get,
+    ):
         alice = env.user("alice")
         smtp = await env.login(alice)
         for i in range(3):
@@ -172,8 +173,9 @@ async def test_healthz_is_503_when_the_sqlite_file_is_read_only(sqlite_url: str)
 
 @pytest.mark.postgres
 async def test_metrics_answer_while_postgresql_is_unreachable() -> None:
-    down = Database("postgresql+psycopg://postgres@127.0.0.1:1/test?connect_timeout=2",
-                    migrate=False)
+    down = Database(
+        "postgresql+psycopg://postgres@127.0.0.1:1/test?connect_timeout=2", migrate=False
+    )
     async for get in start_http(node_config("unused"), down):
         status, body = await get("/metrics")
     assert status == 200

@@ -48,7 +48,10 @@ def umask_022() -> Iterator[None]:
 
 @pytest.mark.servers
 async def test_relay_without_the_shared_key_refuses_crm_logins_and_makes_no_key(
-    sqlite_cli: Cli, sqlite_url: str, tmp_path: Path, postfix: Postfix,
+    sqlite_cli: Cli,
+    sqlite_url: str,
+    tmp_path: Path,
+    postfix: Postfix,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     key = tmp_path / "keys" / "secret.key"
@@ -65,8 +68,9 @@ async def test_relay_without_the_shared_key_refuses_crm_logins_and_makes_no_key(
         assert env.cli.json("mailbox", "list") == []  # nothing sealed, nothing linked
         assert f"no secret key: set MAILCRM_SECRET_KEY or create {key}" in caplog.text
         smtp = await env.login(outsider)  # no CRM access: nothing to seal, mail goes on
-        errors, _ = await smtp.sendmail(outsider, [customer := external_address()],
-                                        message(outsider, customer, "Hello"))
+        errors, _ = await smtp.sendmail(
+            outsider, [customer := external_address()], message(outsider, customer, "Hello")
+        )
         await smtp.quit()
         assert errors == {}
         await env.delivered(customer)
@@ -111,8 +115,9 @@ def test_the_cli_default_database_is_private(tmp_path: Path, umask_022: None) ->
 
 
 def test_db_option_with_a_password_warns(sqlite_cli: Cli, sqlite_url: str) -> None:
-    result = sqlite_cli.run("--db", "postgresql+psycopg://crm:hunter2@127.0.0.1:1/crm",
-                            "user", "list")
+    result = sqlite_cli.run(
+        "--db", "postgresql+psycopg://crm:hunter2@127.0.0.1:1/crm", "user", "list"
+    )
     assert "password in --db is visible" in result.stderr
     assert "MAILCRM_DATABASE_URL" in result.stderr
     quiet = sqlite_cli.run("--db", sqlite_url, "user", "list")
@@ -121,9 +126,10 @@ def test_db_option_with_a_password_warns(sqlite_cli: Cli, sqlite_url: str) -> No
 
 async def _status(port: int, path: str, host: str | None) -> int:
     headers = {"Host": host} if host is not None else {}
-    async with aiohttp.ClientSession() as session, session.get(
-        f"http://127.0.0.1:{port}{path}", headers=headers
-    ) as response:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"http://127.0.0.1:{port}{path}", headers=headers) as response,
+    ):
         return response.status
 
 
@@ -133,10 +139,22 @@ async def test_http_answers_only_for_its_own_host_names(db: Database, db_url: st
     port = config.http.port
     async for _ in start_http(config, db):
         for path in ("/", "/status.json", "/healthz", "/metrics"):
-            for host in ("rebind.attacker.example", f"rebind.attacker.example:{port}",
-                         "10.9.8.7", "status.ourco.example:80", "crm.ourco.example.evil"):
+            for host in (
+                "rebind.attacker.example",
+                f"rebind.attacker.example:{port}",
+                "10.9.8.7",
+                "status.ourco.example:80",
+                "crm.ourco.example.evil",
+            ):
                 assert await _status(port, path, host) == 421, (path, host)
-            for host in (f"127.0.0.1:{port}", "127.0.0.1", "localhost:8026", f"[::1]:{port}",
-                         "LOCALHOST", "crm.ourco.example", "crm.ourco.example:443",
-                         "status.ourco.example:8443"):
+            for host in (
+                f"127.0.0.1:{port}",
+                "127.0.0.1",
+                "localhost:8026",
+                f"[::1]:{port}",
+                "LOCALHOST",
+                "crm.ourco.example",
+                "crm.ourco.example:443",
+                "status.ourco.example:8443",
+            ):
                 assert await _status(port, path, host) == 200, (path, host)

@@ -43,14 +43,25 @@ class Variant:
 
 
 _ENDS = {
-    "crlf-dot-lf": b"\r\n.\n", "lf-dot-crlf": b"\n.\r\n", "lf-dot-lf": b"\n.\n",
-    "cr-dot-cr": b"\r.\r", "crlf-dot-cr": b"\r\n.\r", "cr-dot-crlf": b"\r.\r\n",
-    "lf-dot-cr": b"\n.\r", "cr-dot-lf": b"\r.\n", "crlf-nul-dot-crlf": b"\r\n\x00.\r\n",
-    "crlf-dot-nul-crlf": b"\r\n.\x00\r\n", "crlf-dot-cr-crlf": b"\r\n.\r\r\n",
-    "crlf-dot-lf-crlf": b"\r\n.\n\r\n", "crlf-cr-dot-crlf": b"\r\n\r.\r\n",
-    "lf-lf-dot-lf-lf": b"\n\n.\n\n", "crlf-stuffed-dot-crlf": b"\r\n..\r\n",
-    "crlf-space-dot-crlf": b"\r\n .\r\n", "crlf-dot-space-crlf": b"\r\n. \r\n",
-    "lf-cr-dot-lf-cr": b"\n\r.\n\r", "crlf-dot-dot-lf": b"\r\n..\n",
+    "crlf-dot-lf": b"\r\n.\n",
+    "lf-dot-crlf": b"\n.\r\n",
+    "lf-dot-lf": b"\n.\n",
+    "cr-dot-cr": b"\r.\r",
+    "crlf-dot-cr": b"\r\n.\r",
+    "cr-dot-crlf": b"\r.\r\n",
+    "lf-dot-cr": b"\n.\r",
+    "cr-dot-lf": b"\r.\n",
+    "crlf-nul-dot-crlf": b"\r\n\x00.\r\n",
+    "crlf-dot-nul-crlf": b"\r\n.\x00\r\n",
+    "crlf-dot-cr-crlf": b"\r\n.\r\r\n",
+    "crlf-dot-lf-crlf": b"\r\n.\n\r\n",
+    "crlf-cr-dot-crlf": b"\r\n\r.\r\n",
+    "lf-lf-dot-lf-lf": b"\n\n.\n\n",
+    "crlf-stuffed-dot-crlf": b"\r\n..\r\n",
+    "crlf-space-dot-crlf": b"\r\n .\r\n",
+    "crlf-dot-space-crlf": b"\r\n. \r\n",
+    "lf-cr-dot-lf-cr": b"\n\r.\n\r",
+    "crlf-dot-dot-lf": b"\r\n..\n",
     "crlf-nul-lf-dot-lf": b"\r\n\x00\n.\n",
 }
 VARIANTS: list[Variant] = [Variant(name, end) for name, end in _ENDS.items()]
@@ -84,11 +95,15 @@ class Attempt:
 
 
 def _payload(variant: Variant, alice: str, to: str, bob: str, smuggled_to: str) -> list[bytes]:
-    head = (f"From: {alice}\r\nTo: {to}\r\nSubject: variant {variant.id}\r\n\r\n"
-            "first line of alice's message\r\n").encode()
+    head = (
+        f"From: {alice}\r\nTo: {to}\r\nSubject: variant {variant.id}\r\n\r\n"
+        "first line of alice's message\r\n"
+    ).encode()
     text = head + b"x" * max(variant.pad - len(head), 0)
-    smuggled = (f"MAIL FROM:<{bob}>\r\nRCPT TO:<{smuggled_to}>\r\nDATA\r\nFrom: {bob}\r\n"
-                f"To: {smuggled_to}\r\nSubject: smuggled\r\n\r\nsmuggled text\r\n").encode()
+    smuggled = (
+        f"MAIL FROM:<{bob}>\r\nRCPT TO:<{smuggled_to}>\r\nDATA\r\nFrom: {bob}\r\n"
+        f"To: {smuggled_to}\r\nSubject: smuggled\r\n\r\nsmuggled text\r\n"
+    ).encode()
     if variant.lf:
         smuggled = smuggled.replace(b"\r\n", b"\n") + b"\r\n"
     data = text + variant.fake_end + smuggled + b".\r\n"
@@ -122,8 +137,12 @@ def _judge(attempt: Attempt, postfix: Postfix, alice: str, log: str) -> str | No
     if postfix.delivered(attempt.smuggled_to) or attempt.bob in log:
         return "Postfix took bob's smuggled transaction"
     replies = attempt.replies
-    if (len(replies) != 3 or not re.match(r"250 2\.0\.0 Ok: .*queued as ", replies[0])
-            or not replies[1].startswith("250 ") or not replies[2].startswith("221 ")):
+    if (
+        len(replies) != 3
+        or not re.match(r"250 2\.0\.0 Ok: .*queued as ", replies[0])
+        or not replies[1].startswith("250 ")
+        or not replies[2].startswith("221 ")
+    ):
         return f"client was told {replies!r}"
     got = postfix.delivered(attempt.to)
     if len(got) != 1:
@@ -137,18 +156,24 @@ def _judge(attempt: Attempt, postfix: Postfix, alice: str, log: str) -> str | No
 async def test_smuggling_matrix_through_the_relay_to_postfix(
     sqlite_cli: Cli, sqlite_url: str, tmp_path: Path, postfix: Postfix
 ) -> None:
-    async with running(sqlite_cli, sqlite_url, tmp_path, postfix,
-                       allow_plaintext_auth_on_loopback=True) as env:
+    async with running(
+        sqlite_cli, sqlite_url, tmp_path, postfix, allow_plaintext_auth_on_loopback=True
+    ) as env:
         alice = env.user("alice")
         attempts = [await _attempt(env, alice, variant) for variant in VARIANTS]
         for attempt in attempts:
             await eventually(lambda a=attempt: postfix.delivered(a.to), timeout=30)  # type: ignore[misc]
         await asyncio.sleep(1.0)  # time for anything smuggled to arrive too
         log = postfix.log()
-        failures = {a.variant.id: why for a in attempts
-                    if (why := _judge(a, postfix, alice, log)) is not None}
-    summary = (f"smuggling matrix: {len(VARIANTS)} variants tried through the relay to Postfix, "
-               f"{len(VARIANTS) - len(failures)} held, {len(failures)} failed")
+        failures = {
+            a.variant.id: why
+            for a in attempts
+            if (why := _judge(a, postfix, alice, log)) is not None
+        }
+    summary = (
+        f"smuggling matrix: {len(VARIANTS)} variants tried through the relay to Postfix, "
+        f"{len(VARIANTS) - len(failures)} held, {len(failures)} failed"
+    )
     print(summary)
     assert not failures, f"{summary}: {failures}"
 
@@ -158,20 +183,30 @@ async def test_pipelined_commands_after_the_real_end_are_the_clients_own(
     sqlite_cli: Cli, sqlite_url: str, tmp_path: Path, postfix: Postfix
 ) -> None:
     """Commands after the real end are commands, of alice's session: bob's sender is refused."""
-    async with running(sqlite_cli, sqlite_url, tmp_path, postfix,
-                       allow_plaintext_auth_on_loopback=True) as env:
-        alice, to, bob, smuggled_to = env.user("alice"), _external("to"), _external("bob"), \
-            _external("smuggled")
+    async with running(
+        sqlite_cli, sqlite_url, tmp_path, postfix, allow_plaintext_auth_on_loopback=True
+    ) as env:
+        alice, to, bob, smuggled_to = (
+            env.user("alice"),
+            _external("to"),
+            _external("bob"),
+            _external("smuggled"),
+        )
         client = await RawSMTP.login(HOST, env.port, alice, PASSWORD)
         await client.write(f"MAIL FROM:<{alice}>\r\nRCPT TO:<{to}>\r\nDATA\r\n".encode())
         assert [r[:3] for r in await client.replies(3)] == ["250", "250", "354"]
-        await client.write(f"Subject: real\r\n\r\ntext\r\n.\r\nMAIL FROM:<{bob}>\r\n"
-                           f"RCPT TO:<{smuggled_to}>\r\nDATA\r\nQUIT\r\n".encode())
+        await client.write(
+            f"Subject: real\r\n\r\ntext\r\n.\r\nMAIL FROM:<{bob}>\r\n"
+            f"RCPT TO:<{smuggled_to}>\r\nDATA\r\nQUIT\r\n".encode()
+        )
         replies = await client.replies(5)
         await client.close()
         assert re.match(r"250 2\.0\.0 Ok: .*queued as ", replies[0])
         assert replies[1].startswith("553 5.7.1") and [r[:3] for r in replies[2:]] == [
-            "503", "503", "221"]
+            "503",
+            "503",
+            "221",
+        ]
         assert len(await env.delivered(to)) == 1
         await asyncio.sleep(0.5)
         assert postfix.delivered(smuggled_to) == [] and bob not in postfix.log()
@@ -182,8 +217,9 @@ async def test_relay_offers_no_chunking_to_clients(
     sqlite_cli: Cli, sqlite_url: str, tmp_path: Path, postfix: Postfix
 ) -> None:
     """No BDAT from clients (aiosmtpd has none): the only way in is DATA, read as above."""
-    async with running(sqlite_cli, sqlite_url, tmp_path, postfix,
-                       allow_plaintext_auth_on_loopback=True) as env:
+    async with running(
+        sqlite_cli, sqlite_url, tmp_path, postfix, allow_plaintext_auth_on_loopback=True
+    ) as env:
         alice, to = env.user("alice"), _external("to")
         client = await RawSMTP.login(HOST, env.port, alice, PASSWORD)
         ehlo = await client.command(b"EHLO again.example")
@@ -216,8 +252,10 @@ def reference(stream: bytes) -> tuple[bytes, bytes]:
     end = whole.index(b"\r\n.\r\n")
     text, rest = whole[2 : end + 2], whole[end + 5 :]
     lines = re.split(rb"\r\n|\r|\n", text)[:-1] if text else []
-    raw = b"".join((line[1:] if line.startswith(b".") else line).replace(b"\0", b"") + b"\r\n"
-                   for line in lines)
+    raw = b"".join(
+        (line[1:] if line.startswith(b".") else line).replace(b"\0", b"") + b"\r\n"
+        for line in lines
+    )
     return raw, rest
 
 
@@ -228,12 +266,29 @@ def _canonical(wire: bytes) -> bool:
     return b"\0" not in wire and b"\r\n.\r\n" not in b"\r\n" + wire
 
 
-_TOKENS = [b"\r", b"\n", b"\r\n", b".", b"..", b"\x00", b"a", b"Subject: x", b" ", b"\r\n.\n",
-           b"\n.\r\n", b"\n.\n", b"\r.\r", b"MAIL FROM:<bob@x>", b"\r\n..\r\n", b"\r\n.\r"]
+_TOKENS = [
+    b"\r",
+    b"\n",
+    b"\r\n",
+    b".",
+    b"..",
+    b"\x00",
+    b"a",
+    b"Subject: x",
+    b" ",
+    b"\r\n.\n",
+    b"\n.\r\n",
+    b"\n.\n",
+    b"\r.\r",
+    b"MAIL FROM:<bob@x>",
+    b"\r\n..\r\n",
+    b"\r\n.\r",
+]
 
 
-async def _read(pieces: list[bytes], spill_at: int, tmp: Path) -> tuple[DataResult, bytes, bytes,
-                                                                         bytes]:
+async def _read(
+    pieces: list[bytes], spill_at: int, tmp: Path
+) -> tuple[DataResult, bytes, bytes, bytes]:
     buffer = MessageBuffer(spill_at=spill_at, spill_dir=tmp)
     reader = PieceReader(pieces)
     try:

@@ -15,8 +15,9 @@ class Clock:
 
 def test_delays_grow_then_refusal_ends_and_success_forgives_the_login() -> None:
     clock = Clock()
-    throttle = LoginThrottle(free=2, delay=1.0, max_delay=4.0, refuse_after=6, refuse_for=60,
-                             clock=clock)
+    throttle = LoginThrottle(
+        free=2, delay=1.0, max_delay=4.0, refuse_after=6, refuse_for=60, clock=clock
+    )
     seen = []
     for _ in range(6):
         seen.append(throttle.check("192.0.2.1", "Ann"))
