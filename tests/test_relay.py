@@ -186,12 +186,30 @@ async def test_wrong_password_gets_535(env: RelayEnv, caplog: pytest.LogCaptureF
         for r in caplog.records
         if alice in r.getMessage() or nobody in r.getMessage()
     ]
-    # one line per refused AUTH command (aiosmtplib tries PLAIN, then LOGIN): client, login, why
+    # one line per refused AUTH command: client, login, why
     assert lines and all(line.startswith("relay: failed AUTH from 127.0.0.1:") for line in lines)
     for who in (alice, nobody):
         mine = [line for line in lines if who in line]
         assert mine and all(f" as {who}: refused by " in line and ": 535 " in line for line in mine)
     assert not any("not the password" in r.getMessage() for r in caplog.records)
+
+
+async def test_one_wrong_password_is_one_failed_login_upstream(env: RelayEnv) -> None:
+    """The relay checks a password with one mechanism: aiosmtplib's login() went on to LOGIN
+    after PLAIN's 535, so the upstream counted every wrong try twice against the user."""
+    alice = env.user("alice")
+    before = env.postfix.log().count("authentication failed")
+    smtp = env.client()
+    await smtp.connect()
+    await smtp.ehlo()
+    with pytest.raises(aiosmtplib.SMTPAuthenticationError) as caught:
+        await smtp.auth_plain(alice, "not the password")  # one AUTH command from the client
+    await smtp.quit()
+    assert caught.value.code == 535
+    failed = await eventually(
+        lambda: env.postfix.log().count("authentication failed") - before or None
+    )
+    assert failed == 1, env.postfix.log()[-2000:]
 
 
 async def test_no_auth_gets_530(env: RelayEnv) -> None:

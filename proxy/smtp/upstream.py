@@ -24,7 +24,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable
 
 import aiosmtplib
-from aiosmtplib import SMTPException, SMTPResponseException
+from aiosmtplib import SMTPAuthenticationError, SMTPException, SMTPResponse, SMTPResponseException
 
 from crm.config import RelayConfig
 from crm.errors import UpstreamError
@@ -147,7 +147,7 @@ class UpstreamSession:
             if token is not None:
                 response = await self.smtp.auth_xoauth2(username, token)
             else:
-                response = await self.smtp.login(username, password)
+                response = await self._password_login(username, password)
             self.wire = Wire.take_over(self.smtp, self.client.timeout)
         except SMTPResponseException as exc:
             self.close()
@@ -156,6 +156,27 @@ class UpstreamSession:
             self.close()
             raise UpstreamUnavailable(f"{self.endpoint}: {exc}") from exc
         return Reply(response.code, response.message)
+
+    async def _password_login(self, username: str, password: str) -> SMTPResponse:
+        """AUTH with the mechanisms the upstream offers, in aiosmtplib's order, but stop at the
+        first 535: a wrong password is one failed login upstream, not one per mechanism (the
+        upstream's own brute-force counter would count a client's one try two or three times).
+        Another refusal (504: a mechanism offered but not really supported) tries the next."""
+        methods = self.smtp.supported_auth_methods
+        if not methods:
+            return await self.smtp.login(username, password)  # its clear "no AUTH" error
+        refused: SMTPAuthenticationError | None = None
+        for name in methods:
+            try:
+                method = getattr(self.smtp, f"auth_{name.replace('-', '')}")
+                response: SMTPResponse = await method(username, password)
+                return response
+            except SMTPAuthenticationError as exc:
+                if exc.code == 535:
+                    raise
+                refused = exc
+        assert refused is not None
+        raise refused
 
     async def mail(self, sender: str, options: list[str], utf8: bool) -> Reply:
         """MAIL FROM with the options the upstream understands (held for the first RCPT when
