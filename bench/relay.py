@@ -9,8 +9,10 @@ It prints figures and judges nothing (no assertions, no exit status for a missed
 1. Throughput and latency, 5 KB messages over 16 concurrent connections, each logged in once
    and sending in a loop: directly to Postfix, then through the relay (capture on: every message
    is spooled and captured by the worker), alternating for ``--rounds`` rounds; messages/s, p50
-   and p99 of each message's send time, the relay/direct throughput ratio (target >= 0.7) and the
-   added p50/p99 latency (target: p50 < 10 ms), and how long the capture worker lagged behind.
+   and p99 of each message's send time, the relay/direct throughput ratio (target >= 0.85, issue
+   19) and the added p50/p99 latency at half load (targets: p50 < 3 ms, p99 < 10 ms), and how long
+   the capture worker lagged behind. Every message carries the current date (``Date:`` made when it
+   is sent), so capture files it as today's mail.
    Throughput counts a message once its work is done: each phase's messages over its sending
    time plus the time until Postfix delivered all of them (for the relay: and the worker captured
    all of them). Postfix accepts faster than its delivery agents deliver, so when a direct phase
@@ -263,7 +265,8 @@ def throughput(
     direct_lat, relay_lat = paced_lat["direct"], paced_lat["relay"]
     print(
         f"  added latency: p50 {pct(relay_lat, 0.5) - pct(direct_lat, 0.5):+.2f} ms "
-        f"(target < 10 ms), p99 {pct(relay_lat, 0.99) - pct(direct_lat, 0.99):+.2f} ms"
+        f"(target < 3 ms), p99 {pct(relay_lat, 0.99) - pct(direct_lat, 0.99):+.2f} ms "
+        "(target < 10 ms)"
     )
     lag = max(lag, wait_captured(db_url, sent))
     captured = activities(db_url)
@@ -291,7 +294,7 @@ def summarize(
     show("relay", relay_rate, relay_lat)
     direct_done, relay_done = (statistics.median(drained[k]) for k in ("direct", "relay"))
     print(
-        f"  throughput relay/direct: {relay_done / direct_done:.2f}  (target >= 0.7): "
+        f"  throughput relay/direct: {relay_done / direct_done:.2f}  (target >= 0.85): "
         f"messages delivered (and captured) per second, direct {direct_done:.1f}, relay "
         f"{relay_done:.1f} (each phase's messages over its sending time plus the time until "
         f"Postfix's queue was empty and, for the relay, every message captured)"

@@ -4,6 +4,7 @@ Docker engine is needed), the Dockerfile's essentials, and the systemd unit by s
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -52,6 +53,33 @@ def test_compose_runs_two_nodes_and_postgres() -> None:
     assert "MAILCRM_NODE_NAME: mailcrm-1" in resolved and "MAILCRM_NODE_NAME: mailcrm-2" in resolved
     assert "service_completed_successfully" in resolved  # nodes wait for the migration
     assert "not-a-real-password@postgres:5432/mailcrm" in resolved
+
+
+@needs_compose
+def test_compose_nodes_may_hold_10000_mailboxes_open() -> None:
+    """A node keeps a socket per linked mailbox: both nodes get an open files limit far above
+    10,000, soft and hard (issue 19), read from docker-compose's resolved config."""
+    result = compose("config")
+    assert result.returncode == 0, result.stderr
+    blocks = re.findall(r"^  (\S+):\n((?:    .*\n)*)", result.stdout, re.M)
+    services = {name: block for name, block in blocks}
+    for name in ("mailcrm-1", "mailcrm-2"):
+        limits = re.search(
+            r"^    ulimits:\n      nofile:\n        hard: (\d+)\n        soft: (\d+)$",
+            services[name],
+            re.M,
+        )
+        assert limits is not None, services[name]
+        assert min(int(limits[1]), int(limits[2])) >= 16384, limits.group(0)
+    assert "ulimits" not in services["postgres"]
+
+
+def test_systemd_unit_lifts_the_open_files_limit() -> None:
+    unit = (ROOT / "deploy" / "mailcrm.service").read_text(encoding="utf-8")
+    limits = [
+        line.split("=", 1)[1] for line in unit.splitlines() if line.startswith("LimitNOFILE=")
+    ]
+    assert limits and int(limits[-1].split(":")[0]) >= 16384, limits
 
 
 @needs_compose
