@@ -36,6 +36,9 @@ WAIT_S = 300.0
 
 
 def _options(**o: Any) -> face.ProviderOptions:
+    """The command's options (its locals: the provider's ``name`` aside) as ProviderOptions."""
+    o.pop("name")
+    o["scopes"] = o.pop("scope")
     secret = None
     if o.pop("client_secret_stdin"):
         secret = sys.stdin.readline().strip()
@@ -55,14 +58,7 @@ def provider_add(
     scope: Scopes = None,
 ) -> None:
     """Add a provider (google and microsoft know their endpoints: give --client-id)."""
-    options = _options(
-        authorize_url=authorize_url,
-        token_url=token_url,
-        device_url=device_url,
-        client_id=client_id,
-        client_secret_stdin=client_secret_stdin,
-        scopes=scope,
-    )
+    options = _options(**locals())
     face.provider_add(STATE.db, STATE.secrets(), name, options)
     typer.echo(f"provider {name.strip().lower()} added")
 
@@ -78,14 +74,7 @@ def provider_set(
     scope: Scopes = None,
 ) -> None:
     """Change a provider's endpoints, client id, secret or scopes."""
-    options = _options(
-        authorize_url=authorize_url,
-        token_url=token_url,
-        device_url=device_url,
-        client_id=client_id,
-        client_secret_stdin=client_secret_stdin,
-        scopes=scope,
-    )
+    options = _options(**locals())
     face.provider_set(STATE.db, STATE.secrets(), name, options)
     typer.echo(f"provider {name.strip().lower()} updated")
 

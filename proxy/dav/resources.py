@@ -34,7 +34,22 @@ def home(viewer: Any) -> str:
     return f"/users/{viewer.user_id}/"
 
 
-class Item(webdav.Resource):
+class Undated:
+    """What no CRM resource has: a creation date, a modification date, a content language
+    (xandikos answers a property whose getter raises KeyError as not found). First among the
+    bases, so it stands before xandikos' own getters."""
+
+    def get_creationdate(self) -> dt.datetime:
+        raise KeyError
+
+    def get_last_modified(self) -> dt.datetime:
+        raise KeyError
+
+    def get_content_language(self) -> str:
+        raise KeyError
+
+
+class Item(Undated, webdav.Resource):
     """One card or task, rendered when first asked."""
 
     def __init__(self, content_type: str, name: str, body: bytes, book: Any = None) -> None:
@@ -52,16 +67,7 @@ class Item(webdav.Resource):
     async def get_content_length(self) -> int:
         return len(self.body)
 
-    def get_content_language(self) -> str:
-        raise KeyError
-
     def get_displayname(self) -> str:
-        raise KeyError
-
-    def get_last_modified(self) -> dt.datetime:
-        raise KeyError
-
-    def get_creationdate(self) -> dt.datetime:
         raise KeyError
 
     def get_owner(self) -> str:
@@ -80,7 +86,7 @@ class Item(webdav.Resource):
         return ICalendarFile([self.body], self.content_type)
 
 
-class Tracked(webdav.Collection):
+class Tracked(Undated, webdav.Collection):
     """A collection whose tag and sync token are the newest change of its kinds."""
 
     kinds: tuple[str, ...] = ()
@@ -101,15 +107,6 @@ class Tracked(webdav.Collection):
 
     def get_owner(self) -> str:
         return "/dav" + home(CURRENT.get().viewer)
-
-    def get_creationdate(self) -> dt.datetime:
-        raise KeyError
-
-    def get_last_modified(self) -> dt.datetime:
-        raise KeyError
-
-    def get_content_language(self) -> str:
-        raise KeyError
 
     def get_comment(self) -> str:
         raise KeyError

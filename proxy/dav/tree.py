@@ -4,16 +4,15 @@ home sets) and the backend mapping a path to a resource; the collections are
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Any
 
 from xandikos import webdav
 
 from .context import CURRENT
-from .resources import AddressBook, TaskList, home
+from .resources import AddressBook, TaskList, Undated, home
 
 
-class Home(webdav.Principal):
+class Home(Undated, webdav.Principal):
     """The signed-in user's principal, which is also both home sets."""
 
     resource_types = [  # noqa: RUF012 (xandikos declares it an instance attribute)
@@ -52,20 +51,11 @@ class Home(webdav.Principal):
     def get_owner(self) -> str:
         return self.path
 
-    def get_creationdate(self) -> dt.datetime:
-        raise KeyError
-
-    def get_last_modified(self) -> dt.datetime:
-        raise KeyError
-
-    def get_content_language(self) -> str:
-        raise KeyError
-
     def get_etag(self) -> Any:
         raise KeyError
 
 
-class Root(webdav.Collection):
+class Root(Undated, webdav.Collection):
     """``/dav/``: points at the user's principal."""
 
     resource_types = [webdav.COLLECTION_RESOURCE_TYPE]  # noqa: RUF012 (an instance attribute in xandikos)
@@ -77,15 +67,6 @@ class Root(webdav.Collection):
         return "mailcrm"
 
     def get_owner(self) -> str:
-        raise KeyError
-
-    def get_creationdate(self) -> dt.datetime:
-        raise KeyError
-
-    def get_last_modified(self) -> dt.datetime:
-        raise KeyError
-
-    def get_content_language(self) -> str:
         raise KeyError
 
     def get_ctag(self) -> str:
