@@ -20,6 +20,8 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from crm.config import RelayConfig
+
 MAX_KEYS = 10_000
 FORGET_AFTER = 900.0
 
@@ -76,6 +78,17 @@ class LoginThrottle:
         self.forget_after, self.max_keys = forget_after, max_keys
         self.clock = clock
         self._records: OrderedDict[tuple[str, str], _Record] = OrderedDict()
+
+    @classmethod
+    def for_relay(cls, relay: RelayConfig) -> LoginThrottle:
+        """The relay's throttling (``[relay] auth_*``), for the relay and every sign-in."""
+        return cls(
+            free=relay.auth_failures_before_delay,
+            delay=relay.auth_delay,
+            max_delay=relay.auth_delay_max,
+            refuse_after=relay.auth_failures_before_refusal,
+            refuse_for=relay.auth_refusal_seconds,
+        )
 
     @staticmethod
     def _keys(client: str | None, login: str | None) -> list[tuple[str, str]]:

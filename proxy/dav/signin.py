@@ -1,7 +1,7 @@
 """HTTP Basic sign-in for DAV with the relay's credentials: the user's mail address and mail
 password, checked by logging in to the user's upstream SMTP server (as the relay's AUTH does),
-remembered for ``CACHE_SECONDS`` (clients send many requests), throttled by the relay's
-:class:`~proxy.throttle.LoginThrottle`. A sign-in counts as the owner being active (T1)."""
+remembered for ``CACHE_SECONDS`` (clients send many requests), throttled as the relay is
+(:class:`proxy.signin.PasswordCheck`). A sign-in counts as the owner being active (T1)."""
 
 from __future__ import annotations
 
@@ -10,22 +10,20 @@ import base64
 import binascii
 import hashlib
 import logging
-import socket
 import time
 from typing import Any
 
 from crm.config import Config
 from crm.face import Database
 from crm.face import dav as face
-from crm.vocab import Endpoint
 
-from ..smtp.upstream import UpstreamClient, UpstreamSession, UpstreamUnavailable
-from ..throttle import LoginThrottle
+from ..signin import PLAINTEXT, THROTTLED, UNAVAILABLE, PasswordCheck, SignInFailed
 
 log = logging.getLogger("proxy.dav")
 CACHE_SECONDS = 120.0
 MAX_CACHE = 10_000
 MAX_CREDENTIALS = 2048  # characters of a Basic header
+STATUS = {THROTTLED: 429, PLAINTEXT: 503, UNAVAILABLE: 503}  # else 401: wrong credentials
 
 
 class Refused(Exception):
@@ -54,21 +52,10 @@ def credentials(header: str | None) -> tuple[str, str] | None:
 class SignIn:
     """Checks Basic credentials; the viewer (:func:`crm.face.dav.signed_in`) on success."""
 
-    def __init__(self, config: Config, db: Database, throttle: LoginThrottle | None = None) -> None:
-        self.config, self.db = config, db
-        self.throttle = throttle or LoginThrottle()
-        self.client = UpstreamClient(config.relay, socket.gethostname())
+    def __init__(self, config: Config, db: Database) -> None:
+        self.db = db
+        self.passwords = PasswordCheck(config, db, "dav")
         self._cache: dict[tuple[str, bytes], tuple[float, str]] = {}
-
-    def _endpoint(self, view: face.LoginView) -> Endpoint | None:
-        if view.smtp is not None:
-            return Endpoint(*view.smtp)
-        relay = self.config.relay
-        return (
-            Endpoint(relay.upstream_host, relay.upstream_port, relay.upstream_tls)
-            if relay.upstream_host
-            else None
-        )
 
     async def viewer(self, client: str | None, header: str | None) -> Any:
         found = credentials(header)
@@ -90,28 +77,10 @@ class SignIn:
         return viewer
 
     async def _check(self, client: str | None, login: str, password: str) -> str:
-        verdict = self.throttle.check(client, login)
-        if verdict.refused:
-            raise Refused(429, "too many failed sign-ins; try later", verdict.retry_after)
-        if verdict.delay:
-            await asyncio.sleep(verdict.delay)
-        view = await asyncio.to_thread(face.login_view, self.db, login)
-        endpoint = self._endpoint(view)
-        if view.user_email is None or endpoint is None:
-            self.throttle.failed(client, login)
-            raise Refused(401, "unknown user")
-        session = UpstreamSession(self.client, endpoint)
         try:
-            reply = await session.login(login, password)
-        except UpstreamUnavailable as exc:
-            raise Refused(503, f"the mail server cannot check passwords now: {exc}") from exc
-        finally:
-            session.close()
-        if not reply.ok:
-            if reply.code >= 500:
-                self.throttle.failed(client, login)
-                raise Refused(401, "wrong address or password")
-            raise Refused(503, "the mail server cannot check passwords now")
-        self.throttle.succeeded(client, login)
-        log.info("dav sign-in of %s accepted by %s", login[:100], endpoint)
+            view = await self.passwords.check(client, login, password)
+        except SignInFailed as failed:
+            status = STATUS.get(failed.kind, 401)
+            raise Refused(status, str(failed), failed.retry_after) from failed
+        assert view.user_email is not None
         return view.user_email

@@ -48,13 +48,7 @@ class Gatekeeper:
         self.config = config
         self.open_count = open_count
         self.per_client: dict[str, int] = {}
-        self.throttle = LoginThrottle(
-            free=config.auth_failures_before_delay,
-            delay=config.auth_delay,
-            max_delay=config.auth_delay_max,
-            refuse_after=config.auth_failures_before_refusal,
-            refuse_for=config.auth_refusal_seconds,
-        )
+        self.throttle = LoginThrottle.for_relay(config)
 
     # --- connections ----------------------------------------------------------------------
 
