@@ -154,3 +154,26 @@ async def test_refresh_between_sends_and_revocation_454(
         assert shown["status"] == "red"
         reason = f"re-authorize: mailcrm mailbox authorize {address}"
         assert shown["status_reason"].startswith(reason)
+
+
+async def test_web_and_dav_sign_in_take_the_app_password_as_the_relay_does(
+    cli: Cli, db_url: str, tmp_path: Path, oauth_postfix: Postfix, server: TestProvider
+) -> None:
+    """An OAuth2 mailbox's owner has no mail password: the web CRM and DAV (proxy.signin) accept
+    the app password the relay accepts, and a wrong one is refused and counted."""
+    from proxy.signin import THROTTLED, WRONG, PasswordCheck, SignInFailed
+    from proxy.throttle import LoginThrottle
+
+    async with running(cli, db_url, tmp_path, oauth_postfix) as env:
+        address, password = oauth_mailbox(env, server)
+        check = PasswordCheck(env.config, env.db, "web")
+        view = await check.check("192.0.2.7", address, password, crm_only=True)
+        assert view.user_email == address
+        # a throttle refusing after one failure shows the wrong try was counted
+        check.throttle = LoginThrottle(free=0, delay=0.0, max_delay=0.0, refuse_after=1)
+        with pytest.raises(SignInFailed) as refused:
+            await check.check("192.0.2.7", address, "not the app password")
+        assert refused.value.kind == WRONG
+        with pytest.raises(SignInFailed) as refused:
+            await check.check("192.0.2.7", address, password)
+        assert refused.value.kind == THROTTLED
