@@ -131,10 +131,13 @@ def serve(env: MailEnv, tmp_path: Path) -> Iterator[Path]:
             proc.wait()
 
 
-def serving(env: MailEnv, count: int) -> None:
+def serving(env: MailEnv, count: int, log: Path) -> None:
     """Wait until the serve node holds the mailbox and has captured ``count`` messages."""
-    wait_for(lambda: owners(env).get(mailbox_id(env)) == SERVE, what="the serve node's lease")
-    wait_for(lambda: env.count() == count, what=f"{count} captured by the serve node")
+    try:
+        wait_for(lambda: owners(env).get(mailbox_id(env)) == SERVE, what="the serve node's lease")
+        wait_for(lambda: env.count() == count, what=f"{count} captured by the serve node")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\nthe serve node's log:\n{log.read_text()[-4000:]}") from None
 
 
 def test_the_serve_node_hands_over_and_takes_back(
@@ -144,7 +147,7 @@ def test_the_serve_node_hands_over_and_takes_back(
     fill(env, 200, days_ago=40)  # outside the serve node's 3d window: the import's
     fill(env, 20)
     record_lease_history(env)
-    serving(env, 20)
+    serving(env, 20, serve)
     out, err = tmp_path / "out", tmp_path / "err"
     job = spawn(env, "mailbox", "import", env.address, "--since", "all", "--json", out=out, err=err)
     try:
@@ -175,7 +178,7 @@ def test_a_killed_import_gives_the_mailbox_back(env: MailEnv, serve: Path, tmp_p
     env.link()
     fill(env, 1200, days_ago=40)
     fill(env, 10)
-    serving(env, 10)
+    serving(env, 10, serve)
     out, err = tmp_path / "out", tmp_path / "err"
     job = spawn(env, "mailbox", "import", env.address, "--since", "all", out=out, err=err)
     try:

@@ -4,6 +4,9 @@ SQLite and PostgreSQL, and ``mailcrm db upgrade`` migrates a fresh database.
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 from alembic import command
@@ -66,3 +69,25 @@ def test_db_upgrade_on_a_fresh_database(cli: Cli, db_url: str) -> None:
     finally:
         database.dispose()
     assert cli.json("user", "list") == []
+
+
+def test_processes_starting_together_on_a_new_database_all_open_it(db_url: str) -> None:
+    """Several nodes (or CLI calls) reaching a new database at once: one migrates, the others
+    wait for it and find the schema current; none fails (before, most runs lost one or more to
+    "table already exists" or Alembic's "expected to match one row")."""
+    code = "import sys; from crm.store.db import Database; Database(sys.argv[1]).dispose()"
+    root = Path(__file__).parent.parent
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, db_url], cwd=root, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(4)
+    ]
+    errors = [proc.communicate(timeout=120)[1] for proc in procs]
+    assert [proc.returncode for proc in procs] == [0, 0, 0, 0], errors
+    database = Database(db_url, migrate=False)
+    try:
+        assert database.current_revisions() == database.head_revisions()
+        assert schema_differences(database) == []
+    finally:
+        database.dispose()

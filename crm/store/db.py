@@ -8,8 +8,10 @@ creates engines or runs DDL.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -33,6 +35,9 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 
 
 BUSY_TIMEOUT_MS = 30000
+# PostgreSQL advisory lock key held while migrating: nodes started together on a new database
+# take turns instead of running the same migrations at once (one of them would fail).
+MIGRATION_LOCK_KEY = zlib.crc32(b"mailcrm migrations")
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -112,19 +117,62 @@ class Database:
         return set(ScriptDirectory.from_config(alembic_config(self.engine)).get_heads())
 
     def upgrade_if_needed(self) -> bool:
-        """Migrate to the newest schema when behind; True when something was done."""
+        """Migrate to the newest schema when behind; True when something was done.
+
+        Processes that find the schema behind at the same moment (several nodes or CLI calls
+        on a new database) migrate one at a time: each looks again once it holds the lock, so
+        only the first one migrates and the others find the schema current.
+        """
         try:
             if self.current_revisions() == self.head_revisions():
                 return False
+            with self._migration_lock():
+                if self.current_revisions() == self.head_revisions():
+                    return False
+                self._upgrade()
         except OperationalError as exc:
             raise MailcrmError(f"cannot open database {self.safe_url}: {exc.orig}") from exc
-        self.upgrade()
         return True
 
     def upgrade(self) -> None:
-        """Run every pending Alembic migration."""
+        """Run every pending Alembic migration (one process at a time)."""
+        with self._migration_lock():
+            self._upgrade()
+
+    def _upgrade(self) -> None:
         log.info("migrating database %s", self.safe_url)
         command.upgrade(alembic_config(self.engine), "heads")
+
+    @contextmanager
+    def _migration_lock(self) -> Iterator[None]:
+        """Hold the lock that lets one process at a time migrate this database.
+
+        PostgreSQL: a session advisory lock on a connection of its own. SQLite file: an
+        exclusive ``flock`` on a file beside the database (never on the database file itself:
+        closing another descriptor of it would drop SQLite's own locks). In-memory SQLite
+        belongs to one process and needs none.
+        """
+        if self.engine.dialect.name == "postgresql":
+            with self.engine.connect() as conn:
+                conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+                try:
+                    yield
+                finally:
+                    conn.execute(
+                        text("SELECT pg_advisory_unlock(:key)"), {"key": MIGRATION_LOCK_KEY}
+                    )
+                    conn.commit()
+            return
+        database = self.engine.url.database
+        if not database or database == ":memory:" or self.engine.url.query.get("mode"):
+            yield
+            return
+        fd = os.open(f"{database}-migrate.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
 
     def check_writable(self, wait: float) -> None:
         """Raise unless the database takes a write now (for health checks; nothing is kept).
