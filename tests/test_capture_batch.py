@@ -15,13 +15,15 @@ from cryptography.fernet import Fernet
 from sqlalchemy import func, select
 from sqlalchemy.exc import DataError
 
+import crm.capture.batch
 import crm.capture.path
 import crm.mail.message
+from crm.capture.batch import Batch
 from crm.capture.path import Capturer, Incoming, Location
 from crm.capture.records import apply_decision
 from crm.face import admin
 from crm.store.db import Database
-from crm.store.lookups import existing_activity
+from crm.store.lookups import existing_activities, existing_activity
 from crm.store.models import Activity, Direction, MessageLocation
 from crm.store.secrets import SecretBox
 from tests.pollerkit import message
@@ -42,6 +44,51 @@ def _batch(*subjects: str) -> list[Incoming]:
         )
         for n, subject in enumerate(subjects, start=1)
     ]
+
+
+def stale_reads(monkeypatch: pytest.MonkeyPatch, key: str | None, times: int) -> list[int]:
+    """The next ``times`` reads of whether ``key`` is captured answer no (as if made before
+    another writer committed it): the straight batch's read for all its messages
+    (:mod:`crm.capture.batch`) and a message's own (a savepoint each); the reads left."""
+    left = [1] * times
+
+    def one(conn: Any, wanted: str) -> list[int]:
+        if left and wanted == key:
+            left.pop()
+            return []
+        return existing_activity(conn, wanted)
+
+    def many(conn: Any, keys: Any) -> dict[str, list[int]]:
+        found = existing_activities(conn, keys)
+        if left and key in found:
+            left.pop()
+            del found[key]
+        return found
+
+    monkeypatch.setattr(crm.capture.path, "_existing_activity", one)
+    monkeypatch.setattr(crm.capture.batch, "existing_activities", many)
+    return left
+
+
+def fail_in_batch(monkeypatch: pytest.MonkeyPatch, subject: str, error: Exception) -> None:
+    """The message ``subject`` fails once written: in a straight batch when the batch writes
+    its activities (the database refuses one of them), in a savepoint run as its own."""
+    real_flush = Batch.flush
+
+    def flush(batch: Batch) -> None:
+        doomed = any(p.row["subject"] == subject for p in batch._pending.values())
+        real_flush(batch)
+        if doomed:
+            raise error
+
+    def apply(conn: Any, msg: Any, *args: Any, **kwargs: Any) -> Any:
+        made = apply_decision(conn, msg, *args, **kwargs)  # its lead and activity are written...
+        if msg.subject == subject:  # ... then it fails
+            raise error
+        return made
+
+    monkeypatch.setattr(Batch, "flush", flush)
+    monkeypatch.setattr(crm.capture.path, "apply_decision", apply)
 
 
 def _locations(db: Database) -> dict[int, int | None]:
@@ -76,13 +123,9 @@ def test_the_round_robin_goes_on_through_a_batch_and_after_it(db: Database) -> N
 def test_a_refused_message_rolls_back_only_itself(
     capturer: Capturer, db: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def refuse_two(conn: Any, msg: Any, *args: Any, **kwargs: Any) -> Any:
-        made = apply_decision(conn, msg, *args, **kwargs)  # its lead and activity are written...
-        if msg.subject == "two":  # ... then the database refuses a value
-            raise DataError("INSERT ...", {}, Exception("value too long for type"))
-        return made
-
-    monkeypatch.setattr(crm.capture.path, "apply_decision", refuse_two)
+    fail_in_batch(
+        monkeypatch, "two", DataError("INSERT ...", {}, Exception("value too long for type"))
+    )
     results = capturer.capture_many(_batch("one", "two", "three"))
     assert [r.action for r in results] == ["captured", "skipped", "captured"]
     assert results[1].reason == "cannot store: value too long for type"
@@ -102,20 +145,14 @@ def test_a_race_in_a_batch_is_captured_again_with_its_location(
     batch = _batch("one", "two", "three")
     other = Capturer(db).capture(batch[1].raw, SALES, IN)  # another writer committed "two"...
     assert other.action == "captured"
-    stale = [1, 2]  # ... after this batch had looked for it: straight through, then in a savepoint
-
-    def read_too_early(conn: Any, key: str) -> list[int]:
-        if stale and key == other.message_key:
-            stale.pop()
-            return []
-        return existing_activity(conn, key)
-
-    monkeypatch.setattr(crm.capture.path, "_existing_activity", read_too_early)
+    # ... after this batch had looked for it: straight through, then in a savepoint
+    stale = stale_reads(monkeypatch, other.message_key, 2)
     caplog.set_level(logging.INFO, "crm.capture")
     results = capturer.capture_many(batch)
     assert "capture of a batch of 3 again, a savepoint each" in caplog.text
     assert "raced with another writer (try 1)" in caplog.text
     assert [r.action for r in results] == ["captured", "duplicate", "captured"]
+    assert not stale
     assert results[1].activities == other.activities
     assert _locations(db)[2] == other.activities[0]
     assert len(crm_state(db)["activities"]) == 3
@@ -125,17 +162,12 @@ def test_a_race_in_a_batch_is_captured_again_with_its_location(
 def test_any_other_error_rolls_the_whole_batch_back(
     capturer: Capturer, db: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def fail_on_two(conn: Any, msg: Any, *args: Any, **kwargs: Any) -> Any:
-        if msg.subject == "two":
-            raise OSError("disk full")
-        return apply_decision(conn, msg, *args, **kwargs)
-
-    monkeypatch.setattr(crm.capture.path, "apply_decision", fail_on_two)
+    fail_in_batch(monkeypatch, "two", OSError("disk full"))
     with pytest.raises(OSError):
         capturer.capture_many(_batch("one", "two", "three"))
     assert crm_state(db) == {"leads": [], "contacts": [], "companies": [], "activities": []}
     assert _locations(db) == {}
-    monkeypatch.setattr(crm.capture.path, "apply_decision", apply_decision)
+    monkeypatch.undo()
     assert [r.action for r in capturer.capture_many(_batch("one", "two"))] == ["captured"] * 2
     with db.session() as s:
         assert len(s.scalars(select(Activity.id)).all()) == 2

@@ -223,18 +223,17 @@ def test_a_duplicate_that_raced_is_captured_again_for_its_location(
     location, captures the rest of the batch, and only then moves the checkpoint."""
     from cryptography.fernet import Fernet
 
-    import crm.capture.path
     from crm.capture.path import Capturer
     from crm.face import admin
     from crm.mailboxes import sync
     from crm.store.db import Database
-    from crm.store.lookups import existing_activity
     from crm.store.models import Direction
     from crm.store.secrets import SecretBox
     from proxy.imap.importer import store_batch
     from proxy.imap.parse import FetchRecord
     from proxy.imap.plan import FolderPlan
     from tests.pollerkit import message
+    from tests.test_capture_batch import stale_reads
 
     db = Database(sqlite_url)
     with db.session() as s:
@@ -245,15 +244,7 @@ def test_a_duplicate_that_raced_is_captured_again_for_its_location(
         box_id = box.id
     raw = message("Ann <ann@acme.example>", "me@example.com", "hello")
     other = Capturer(db).capture(raw, "me@example.com", Direction.INCOMING)  # the relay, say
-    early = [True]
-
-    def looked_before_the_other_commit(conn: object, key: str) -> list[int]:
-        if early and key == other.message_key:
-            early.clear()
-            return []
-        return existing_activity(conn, key)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(crm.capture.path, "_existing_activity", looked_before_the_other_commit)
+    early = stale_reads(monkeypatch, other.message_key, 1)  # looked before the other's commit
     later = message("Bo <bo@beta.example>", "me@example.com", "hi")
     records = [FetchRecord(seq=1, uid=7, body=raw), FetchRecord(seq=2, uid=8, body=later)]
     plan = _plan(id=box_id, address="me@example.com", since="all")

@@ -3,7 +3,8 @@
 ``Capturer.capture`` parses the headers, gathers the context the rules need with a few indexed
 queries, asks the pure pipeline (:mod:`crm.capture.pipeline`) for a decision and applies it in one
 transaction. ``Capturer.capture_many`` does the same for a batch (the poller's fetched chunk) in
-one transaction, so a batch costs one commit; should a message fail, the batch is done again with
+one transaction, so a batch costs one commit, with its reads and most of its writes made once for
+all its messages (:mod:`crm.capture.batch`); should a message fail, the batch is done again with
 a SAVEPOINT per message, and that message rolls back alone. A message that cannot be captured is
 skipped with a logged reason; nothing here raises for bad mail: any error while capturing one
 message (a parser's RecursionError, a bug) rolls that message back and skips it (``capture
@@ -19,9 +20,10 @@ when it sees the other writer's rows (a duplicate, or a known sender) and record
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import replace
 
 from sqlalchemy import Connection
 from sqlalchemy.exc import DataError, IntegrityError, OperationalError, SQLAlchemyError
@@ -46,64 +48,22 @@ from crm.store.lookups import existing_activity as _existing_activity
 from crm.store.models import utcnow
 from crm.vocab import Direction
 
+from .batch import Batch
+from .items import CaptureResult as CaptureResult
+from .items import Incoming as Incoming
+from .items import Location as Location
 from .pipeline import Context, MailboxView, decide
-from .records import CreatedRecords, apply_decision, record_location, remember_alias
+from .records import (
+    apply_decision,
+    location_row,
+    record_location,
+    remember_alias,
+)
 
 log = logging.getLogger("crm.capture")  # its name before the move (issue 17)
 CACHE_SECONDS = 5.0
 SQLITE_BATCH = 16  # SQLite has one writer: a batch holds the lock that long, keep it short
 _NOT_THE_MESSAGE = (SQLAlchemyError, OSError, MailcrmError)  # the database's, the system's, ours
-
-
-@dataclass(frozen=True)
-class Location:
-    """Where the poller found the message: for read-state and deletion sync (C10, C11)."""
-
-    folder: str
-    uidvalidity: int
-    uid: int
-
-
-@dataclass(frozen=True)
-class Incoming:
-    """One message to capture, with what its caller knows about it."""
-
-    raw: bytes
-    mailbox: str
-    direction: Direction
-    source: str = ""
-    seen: bool = False
-    envelope_from: str | None = None
-    envelope_to: tuple[str, ...] = ()
-    location: Location | None = None
-    history: bool = False  # found in the mailbox at linking: the import window applies (C12)
-    #: The message parsed ahead by :meth:`Capturer.prepare` (None: parsed when captured).
-    parsed: ParsedMessage | None = field(default=None, compare=False, repr=False)
-
-
-@dataclass
-class CaptureResult:
-    """What capturing one message did; the ``capture --json`` fields."""
-
-    source: str
-    action: str
-    reason: str | None = None
-    activities: list[int] = field(default_factory=list)
-    created: CreatedRecords = field(default_factory=CreatedRecords)
-    message_key: str | None = None
-    vcards_skipped: int = 0  # vCards not read: over the per-message limits
-
-    def as_json(self) -> dict[str, object]:
-        """The stable JSON shape of docs/CLI.md."""
-        return {
-            "source": self.source,
-            "action": self.action,
-            "reason": self.reason,
-            "activities": self.activities,
-            "created": self.created.as_json(),
-            "message_key": self.message_key,
-            "vcards_skipped": self.vcards_skipped,
-        }
 
 
 _Run = Callable[[ParsedMessage, Incoming], CaptureResult]
@@ -125,6 +85,20 @@ def _first_line(exc: BaseException) -> str:
 
 class _Redo(Exception):
     """A batch run straight through met a race or a refused value: run it again, saved."""
+
+
+@contextlib.contextmanager
+def _redone(what: str) -> Iterator[None]:
+    """A straight run's race, refused value or error of a message (which may have written
+    half) becomes :class:`_Redo`; the database's and the system's errors propagate."""
+    try:
+        yield
+    except (IntegrityError, DataError) as exc:
+        raise _Redo(f"{what}: {type(exc).__name__}") from exc
+    except _NOT_THE_MESSAGE:
+        raise
+    except Exception as exc:
+        raise _Redo(f"{what}: {type(exc).__name__}") from exc
 
 
 class Capturer:
@@ -244,22 +218,25 @@ class Capturer:
                 conn.exec_driver_sql("BEGIN IMMEDIATE")  # pysqlite would only begin at a write
 
             views = self._lock_mailboxes(conn, items)  # the rows are ours until the commit
+            batch = None if saved else Batch(conn)
+            if batch is not None:
+                batch.gather(
+                    [i.parsed for i in items if i.parsed is not None],
+                    _addresses(e for i in items for e in i.envelope_to),
+                )
 
             def straight(msg: ParsedMessage, item: Incoming) -> CaptureResult:
-                try:
-                    return self._capture_parsed(conn, msg, item, views)
-                except (IntegrityError, DataError) as exc:
-                    raise _Redo(f"{item.source or msg.key}: {type(exc).__name__}") from exc
-                except _NOT_THE_MESSAGE:
-                    raise
-                except Exception as exc:  # may have written half: again, with a savepoint
-                    raise _Redo(f"{item.source or msg.key}: {type(exc).__name__}") from exc
+                with _redone(item.source or msg.key):
+                    return self._capture_parsed(conn, msg, item, views, batch)
 
             def savepoint(msg: ParsedMessage, item: Incoming) -> CaptureResult:
                 with conn.begin_nested():
                     return self._capture_parsed(conn, msg, item)
 
             results = [self._attempts(item, savepoint if saved else straight) for item in items]
+            if batch is not None:
+                with _redone("the batch's writes"):
+                    batch.flush()
             if then is not None:
                 then(conn)
             return results
@@ -301,31 +278,46 @@ class Capturer:
         return CaptureResult(item.source, "duplicate", "already captured", message_key=msg.key)
 
     def _capture_parsed(
-        self, conn: Connection, msg: ParsedMessage, item: Incoming, views: _Views | None = None
+        self,
+        conn: Connection,
+        msg: ParsedMessage,
+        item: Incoming,
+        views: _Views | None = None,
+        batch: Batch | None = None,
     ) -> CaptureResult:
-        """Capture in ``conn``; ``views``: mailbox rows already read in this transaction."""
+        """Capture in ``conn``; ``views``: mailbox rows already read in this transaction;
+        ``batch``: its reads and writes made for the whole batch."""
         found = views.get(item.mailbox) if views is not None else None
         box_id, view = found or mailbox_view(conn, item.mailbox, self.extras)
         self.staff.refresh(conn)
         cards = message_vcards(msg, self.limits) if view.vcard_contacts else MessageCards()
-        decision = decide(msg, self._context(conn, msg, view, item, cards.contacts))
+        decision = decide(msg, self._context(conn, msg, view, item, cards.contacts, batch))
         result = CaptureResult(item.source, decision.action, decision.reason, message_key=msg.key)
         result.vcards_skipped = cards.skipped
         where = item.location
         if decision.action == "captured":
             folder = where.folder if where else None
-            activity_id, result.created = apply_decision(conn, msg, box_id, decision, folder)
-            result.activities = [activity_id]
+            if batch is not None:
+                result.activities, result.created = batch.capture(msg, box_id, decision, folder)
+            else:
+                activity_id, result.created = apply_decision(conn, msg, box_id, decision, folder)
+                result.activities = [activity_id]
             if decision.queue_cursor is not None:
                 view = replace(view, queue_cursor=decision.queue_cursor)
+        elif decision.action == "duplicate" and batch is not None:
+            result.activities = batch.existing(msg.key)
+            batch.alias(msg)
         elif decision.action == "duplicate":
             result.activities = _existing_activity(conn, msg.key)
             remember_alias(conn, msg)
         if where is not None:
-            record_location(
-                conn, box_id, msg.key, where.folder, where.uidvalidity, where.uid, item.seen,
-                result.activities,
+            row = location_row(
+                box_id, msg.key, where.folder, where.uidvalidity, where.uid, item.seen
             )  # fmt: skip
+            if batch is not None:
+                batch.locate(row, result.activities)
+            else:
+                record_location(conn, row, result.activities)
         if decision.action == "skipped":
             log.info("capture skipped %s: %s", item.source or msg.key, decision.reason)
         if views is not None:
@@ -339,12 +331,14 @@ class Capturer:
         view: MailboxView,
         item: Incoming,
         cards: tuple[VCardContact, ...],
+        batch: Batch | None,
     ) -> Context:
         envelope_to = _addresses(item.envelope_to)
         wanted = {p.address for p in msg.recipients} | set(envelope_to)
         if msg.sender:
             wanted.add(msg.sender.address)
         wanted.update(_addresses(e for c in cards for e in c.emails))
+        refs = msg.in_reply_to + msg.references
         return Context(
             mailbox=view,
             direction=item.direction,
@@ -352,10 +346,10 @@ class Capturer:
             seen=item.seen,
             employees=self.staff.employees,
             excluded=self.staff.excluded,
-            known=known_entities(conn, wanted),
+            known=batch.known(wanted) if batch else known_entities(conn, wanted),
             known_contact_names=contact_names(conn, [c.name for c in cards if not c.emails]),
-            duplicate=bool(_existing_activity(conn, msg.key)),
-            threads=threads(conn, msg.in_reply_to + msg.references),
+            duplicate=bool(batch.existing(msg.key) if batch else _existing_activity(conn, msg.key)),
+            threads=batch.threads(refs) if batch else threads(conn, refs),
             envelope_to=envelope_to,
             vcards=cards,
             history=item.history,

@@ -1,5 +1,6 @@
 """The reads the capture path makes for one message, as plain SQL Core statements (its writes
-are :mod:`crm.capture.records`').
+are :mod:`crm.capture.records`'); those taking many values serve a whole batch at once
+(:mod:`crm.capture.batch`).
 
 Every function takes the open connection of the capture transaction and runs one indexed query,
 without ORM object loading: this is the hot path of every captured message (issue 2's speed
@@ -32,6 +33,7 @@ from .tables import (
     USERS,
 )
 
+IN_CHUNK = 500  # values in one ``IN (...)`` of the batched reads
 # Built once: the capture path runs these for every message.
 _box = MAILBOXES.c
 _MAILBOX_ROW = (
@@ -69,6 +71,9 @@ _KNOWN = (
     )
 )
 _EXISTING = select(ACTIVITIES.c.id).where(ACTIVITIES.c.message_key == bindparam("key"))
+_EXISTING_MANY = select(ACTIVITIES.c.message_key, ACTIVITIES.c.id).where(
+    ACTIVITIES.c.message_key.in_(bindparam("keys", expanding=True))
+)
 _THREADS = select(ACTIVITIES.c.message_id, ACTIVITIES.c.alt_message_id, ACTIVITIES.c.thread).where(
     ACTIVITIES.c.message_id.in_(bindparam("ids", expanding=True))
     | ACTIVITIES.c.alt_message_id.in_(bindparam("ids", expanding=True))
@@ -186,6 +191,18 @@ def contact_names(conn: Connection, names: list[str]) -> frozenset[str]:
 def existing_activity(conn: Connection, key: str) -> list[int]:
     """The activity already made from this message key (C9), if any."""
     return list(conn.scalars(_EXISTING, {"key": key}))
+
+
+def existing_activities(conn: Connection, keys: Iterable[str]) -> dict[str, list[int]]:
+    """:func:`existing_activity` of many message keys at once (those found)."""
+    found: dict[str, list[int]] = {}
+    wanted = sorted(set(keys))
+    for start in range(0, len(wanted), IN_CHUNK):
+        for key, activity_id in conn.execute(
+            _EXISTING_MANY, {"keys": wanted[start : start + IN_CHUNK]}
+        ):
+            found.setdefault(key, []).append(activity_id)
+    return found
 
 
 def threads(conn: Connection, ids: tuple[str, ...]) -> dict[str, str]:
