@@ -18,18 +18,16 @@ import hashlib
 import re
 from dataclasses import dataclass
 from email.message import EmailMessage
-from email.parser import BytesParser
 from email.utils import getaddresses, parsedate_to_datetime
 from typing import Any
 
 from crm.errors import MessageParseError
 
 from .addresses import try_normalize
-from .mimebounds import MAX_DECODED_HEADER, MAX_HEADER_VALUE, POLICY
+from .mimebounds import MAX_DECODED_HEADER, MAX_HEADER_VALUE, POLICY, parse_headers
 from .mimebounds import parse_full as parse_full  # re-exported: the MIME tree of a message
 from .robots import robot_reason
 
-_HEADER_PARSER = BytesParser(policy=POLICY)
 _DEFAULT_FACTORY: Any = POLICY.header_factory
 _SURROGATES = re.compile("[\udc80-\udcff]")
 _UNSAFE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
@@ -217,7 +215,7 @@ def parse_message(raw: bytes, envelope_sender: str | None = None) -> ParsedMessa
 
 
 def _parse(raw: bytes, envelope_sender: str | None) -> ParsedMessage:
-    headers = _HEADER_PARSER.parsebytes(_header_block(raw), headersonly=True)
+    headers = parse_headers(_header_block(raw))
     if not headers.keys():
         raise MessageParseError("no headers: not an RFC 5322 message")
     own_id = next(iter(message_ids(_plain(_raw_values(headers, "Message-ID")))), None)
