@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from cryptography.fernet import Fernet
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 from sqlalchemy.exc import DataError
 
 import crm.capture.batch
@@ -24,7 +24,7 @@ from crm.capture.records import apply_decision
 from crm.face import admin
 from crm.store.db import Database
 from crm.store.lookups import existing_activities, existing_activity
-from crm.store.models import Activity, Direction, MessageLocation
+from crm.store.models import Activity, ActivityBinding, Direction, MessageLocation
 from crm.store.secrets import SecretBox
 from tests.pollerkit import message
 from tests.test_bad_input import SALES, capturer, crm_state
@@ -215,3 +215,77 @@ def test_then_runs_in_the_last_transaction_of_the_batch(capturer: Capturer, db: 
     )
     assert seen == [20]  # after every capture of the batch (SQLite: its last slice of 16)
     assert len(_locations(db)) == 20 and [r.action for r in results] == ["captured"] * 20
+
+
+def _item(raw: bytes, uid: int, direction: Direction = IN) -> Incoming:
+    return Incoming(raw, SALES, direction, source=f"uid {uid}", location=Location("INBOX", 9, uid))
+
+
+def test_a_batch_sees_what_its_earlier_messages_made(capturer: Capturer, db: Database) -> None:
+    """Within one batch, as if each message had its own transaction: a sender made a lead by
+    an earlier message is known (no second lead), a domain's company is made once, a reply
+    takes the thread of its original, a copy is a duplicate of the activity made earlier (its
+    location too), and a reply sent marks the original answered."""
+    ann, bob = "Ann <ann@acme.example>", "Bob <bob@acme.example>"
+    first = message(ann, SALES, "offer", msgid="<m1@acme.example>")
+    reply = "In-Reply-To: <m1@acme.example>\r\nReferences: <m1@acme.example>\r\n"
+    items = [
+        _item(first, 1),
+        _item(message(bob, SALES, "also"), 2),
+        _item(message(ann, SALES, "again"), 3),
+        _item(message(ann, SALES, "Re: offer", extra=reply), 4),
+        _item(first, 5),  # the same message again (another folder's copy, say)
+        _item(message(f"Sales <{SALES}>", ann, "Re: offer", extra=reply), 6, Direction.OUTGOING),
+    ]
+    results = capturer.capture_many(capturer.prepare(items))
+    assert [r.action for r in results] == ["captured"] * 4 + ["duplicate", "captured"]
+    assert results[4].activities == results[0].activities
+    assert _locations(db) == {n: r.activities[0] for n, r in enumerate(results, start=1)}
+    state = crm_state(db)
+    assert sorted(e for lead in state["leads"] for e in lead["emails"]) == [
+        "ann@acme.example",
+        "bob@acme.example",
+    ]
+    assert [c["domain"] for c in state["companies"]] == ["acme.example"]
+    with db.session() as s:
+        rows = {a.id: a for a in s.scalars(select(Activity))}
+        first_row = rows[results[0].activities[0]]
+        assert first_row.answered
+        assert rows[results[3].activities[0]].thread == first_row.thread
+        assert rows[results[5].activities[0]].thread == first_row.thread
+        bindings = s.execute(select(ActivityBinding.activity_id, ActivityBinding.entity_id))
+        leads_of = {a: e for a, e in bindings}
+    assert leads_of[results[0].activities[0]] == leads_of[results[2].activities[0]]
+
+
+def test_a_batch_reads_and_writes_once_for_all_its_messages(
+    capturer: Capturer, db: Database
+) -> None:
+    """The statements of a batch do not grow with its messages (their reads are made once for
+    the batch, their activities, bindings and locations written together): a batch of 12 new
+    messages from known senders costs what a batch of 4 does."""
+    senders = [f"Sender {n} <s{n}@client{n}.example>" for n in range(12)]
+    capturer.capture_many([_item(message(s, SALES, "hello"), n) for n, s in enumerate(senders)])
+    capturer.staff.seconds = capturer.extras.seconds = 3600.0  # no cache refresh in between
+    statements: list[str] = []
+
+    def count(*args: Any) -> None:
+        statements.append(args[2])
+
+    def batch_of(size: int, first_uid: int) -> int:
+        items = [
+            _item(message(s, SALES, f"again {first_uid}"), first_uid + n)
+            for n, s in enumerate(senders[:size])
+        ]
+        statements.clear()
+        results = capturer.capture_many(capturer.prepare(items))
+        assert [r.action for r in results] == ["captured"] * size
+        return len(statements)
+
+    event.listen(db.engine, "before_cursor_execute", count)
+    try:
+        four, twelve = batch_of(4, 100), batch_of(12, 200)
+    finally:
+        event.remove(db.engine, "before_cursor_execute", count)
+    assert twelve == four, statements
+    assert len(_locations(db)) == 12 + 4 + 12

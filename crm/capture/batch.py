@@ -2,8 +2,9 @@
 activities, bindings, addresses and locations written together at its end.
 
 The straight run of :meth:`crm.capture.path.Capturer.capture_many` asks, before its first message,
-which entities the batch's addresses belong to, which of its messages are captured already and
-which threads they refer to: one query each for the whole batch instead of one each per message.
+which entities the batch's addresses belong to, which of its messages are captured already,
+which threads they refer to and which companies their domains have: one query each for the whole
+batch instead of one each per message.
 What a message needs beyond that (a vCard's address) is asked when it is needed. The answers are
 kept true as the batch goes on: a lead or contact it creates is known to its later messages, an
 activity it captures is a duplicate for a later copy and a thread for a later reply.
@@ -23,8 +24,15 @@ from typing import Any
 
 from sqlalchemy import Connection, Executable, insert
 
+from crm.mail.domains import company_for_domain
 from crm.mail.message import ParsedMessage
-from crm.store.lookups import IN_CHUNK, existing_activities, known_entities, threads
+from crm.store.lookups import (
+    IN_CHUNK,
+    companies_by_domain,
+    existing_activities,
+    known_entities,
+    threads,
+)
 from crm.store.tables import ACTIVITIES, BINDINGS, EMAILS
 
 from .pipeline import Decision, EntityRef
@@ -87,6 +95,15 @@ class Batch:
         self.known(addresses)
         self.existing_many(m.key for m in messages)
         self.threads([i for m in messages for i in m.in_reply_to + m.references])
+        self._companies(addresses)
+
+    def _companies(self, addresses: Iterable[str]) -> None:
+        """The companies the new leads of these addresses would belong to (B5)."""
+        guesses = (company_for_domain(a.rpartition("@")[2]) for a in addresses)
+        domains = sorted({g.domain for g in guesses if g is not None} - self.deferred.domains)
+        for part in _chunks(domains):
+            self.deferred.companies.update(companies_by_domain(self.conn, part))
+        self.deferred.domains.update(domains)
 
     def known(self, addresses: Iterable[str]) -> dict[str, tuple[EntityRef, ...]]:
         """:func:`crm.store.lookups.known_entities`, with what this batch created."""

@@ -220,10 +220,11 @@ class Capturer:
             views = self._lock_mailboxes(conn, items)  # the rows are ours until the commit
             batch = None if saved else Batch(conn)
             if batch is not None:
-                batch.gather(
-                    [i.parsed for i in items if i.parsed is not None],
-                    _addresses(e for i in items for e in i.envelope_to),
-                )
+                with _redone("the batch's reads"):
+                    batch.gather(
+                        [i.parsed for i in items if i.parsed is not None],
+                        _addresses(e for i in items for e in i.envelope_to),
+                    )
 
             def straight(msg: ParsedMessage, item: Incoming) -> CaptureResult:
                 with _redone(item.source or msg.key):

@@ -92,10 +92,12 @@ _ANSWERED = (
 @dataclass
 class Deferred:
     """A batch's addresses of new leads and contacts, written at its end; the companies (by
-    domain) and users (by address) it has read or made in its transaction, asked only once."""
+    domain) and users (by address) it has read or made in its transaction, asked only once
+    (``domains``: the domains already asked for, found or not)."""
 
     emails: list[dict[str, Any]] = field(default_factory=list)
     companies: dict[str, int] = field(default_factory=dict)
+    domains: set[str] = field(default_factory=set)
     users: dict[str, int | None] = field(default_factory=dict)
 
 
@@ -110,7 +112,9 @@ def company_for(
         return None
     if guess.domain and deferred is not None and guess.domain in deferred.companies:
         return deferred.companies[guess.domain]
-    if guess.domain:
+    if guess.domain and deferred is not None and guess.domain in deferred.domains:
+        found = None  # asked for this batch: there is none
+    elif guess.domain:
         found = conn.scalar(_COMPANY_BY_DOMAIN, {"domain": guess.domain})
     else:
         by_name = func.lower(COMPANIES.c.name) == guess.name.casefold()

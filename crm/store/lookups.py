@@ -24,6 +24,7 @@ from .models import (
 )
 from .tables import (
     ACTIVITIES,
+    COMPANIES,
     CONTACTS,
     EMAILS,
     EXCLUSIONS,
@@ -71,6 +72,9 @@ _KNOWN = (
     )
 )
 _EXISTING = select(ACTIVITIES.c.id).where(ACTIVITIES.c.message_key == bindparam("key"))
+_COMPANIES = select(COMPANIES.c.domain, COMPANIES.c.id).where(
+    COMPANIES.c.domain.in_(bindparam("domains", expanding=True))
+)
 _EXISTING_MANY = select(ACTIVITIES.c.message_key, ACTIVITIES.c.id).where(
     ACTIVITIES.c.message_key.in_(bindparam("keys", expanding=True))
 )
@@ -203,6 +207,13 @@ def existing_activities(conn: Connection, keys: Iterable[str]) -> dict[str, list
         ):
             found.setdefault(key, []).append(activity_id)
     return found
+
+
+def companies_by_domain(conn: Connection, domains: list[str]) -> dict[str, int]:
+    """The companies of these domains (B5), those found."""
+    return {
+        domain: company_id for domain, company_id in conn.execute(_COMPANIES, {"domains": domains})
+    }
 
 
 def threads(conn: Connection, ids: tuple[str, ...]) -> dict[str, str]:
