@@ -3,7 +3,9 @@
 :data:`POLICY` is ``policy.default`` with each header value cut at :data:`MAX_HEADER_VALUE` as it
 is parsed and at :data:`MAX_DECODED_HEADER` before RFC 2047 and structured decoding: the stdlib's
 header parser needs about a thousand bytes of memory per byte of encoded words (a 280 KB
-Content-Type took over a gigabyte), so no header can blow up memory or time.
+Content-Type took over a gigabyte), so no header can blow up memory or time. The objects of short
+MIME headers (Content-Type, -Disposition, -Transfer-Encoding) are made once per value and
+shared: the parser and the vCard search ask for one part's Content-Type half a dozen times.
 
 :func:`parse_headers` reads the header section alone, as the stdlib's ``headersonly`` parse does
 but without the Content-Type parse its ``close`` makes and then drops for a header section (a
@@ -18,6 +20,7 @@ raised RecursionError and a deep one cost time quadratic in its depth.
 
 from __future__ import annotations
 
+import functools
 import logging
 from email import policy
 from email.feedparser import BytesFeedParser
@@ -43,7 +46,20 @@ class _BoundedPolicy(policy.EmailPolicy):
     def header_fetch_parse(self, name: str, value: str) -> Any:
         if isinstance(value, str) and len(value) > MAX_DECODED_HEADER:
             value = value[:MAX_DECODED_HEADER]
+        if isinstance(value, str) and len(value) <= _SHARED_LENGTH and name.lower() in _SHARED:
+            return _shared_header(self, name, value)
         return super().header_fetch_parse(name, value)
+
+
+_SHARED = frozenset({"content-type", "content-disposition", "content-transfer-encoding"})
+_SHARED_LENGTH = 1024
+
+
+@functools.lru_cache(maxsize=512)
+def _shared_header(bounded: _BoundedPolicy, name: str, value: str) -> Any:
+    """A MIME header's object, made once for the many times the parser and the vCard search
+    ask for the same part's Content-Type (a header object is immutable); short values only."""
+    return policy.EmailPolicy.header_fetch_parse(bounded, name, value)
 
 
 POLICY = cast("policy.EmailPolicy[EmailMessage]", _BoundedPolicy())  # typeshed: EmailMessage
