@@ -304,7 +304,11 @@ def test_no_header_value_reaches_the_decoder_uncut(
     [result] = capture(sales, str(path))
     assert result["action"] in ("captured", "skipped")
     assert not (result["reason"] or "").startswith("capture error")
-    assert 0 < longest[0] <= crm.mail.mimebounds.MAX_DECODED_HEADER
+    assert longest[0] <= crm.mail.mimebounds.MAX_DECODED_HEADER
+    if header in (b"Subject", b"Content-Type"):  # decoded by the registry: it was measured
+        assert longest[0] > 0
+    # A giant address header goes to the lenient parser, and may reach no decoder at all: the
+    # header parse no longer decodes the Content-Type for nothing (mimebounds.parse_headers).
 
 
 def test_a_huge_encoded_subject_is_decoded_from_its_start(sales: Cli, tmp_path: Path) -> None:
