@@ -55,7 +55,7 @@ _SHARED = frozenset({"content-type", "content-disposition", "content-transfer-en
 _SHARED_LENGTH = 1024
 
 
-@functools.lru_cache(maxsize=512)
+@functools.lru_cache(maxsize=128)  # the parts of a message or two
 def _shared_header(bounded: _BoundedPolicy, name: str, value: str) -> Any:
     """A MIME header's object, made once for the many times the parser and the vCard search
     ask for the same part's Content-Type (a header object is immutable); short values only."""
