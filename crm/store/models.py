@@ -118,6 +118,10 @@ class Mailbox(Base):
     #: ``password`` or ``oauth2`` (issue 15); an oauth2 mailbox's tokens are in ``mailbox_oauth``
     auth: Mapped[str] = mapped_column(String(10), default="password", server_default="password")
     oauth_provider: Mapped[str | None] = mapped_column(String(40), default=None)
+    #: messages the poller skipped on a fault (not the rules' skips), the last reason and when
+    skipped_faults: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    last_fault: Mapped[str | None] = mapped_column(Text, default=None)
+    last_fault_at: Mapped[dt.datetime | None] = mapped_column(default=None)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     queue: Mapped[list[QueueMember]] = relationship(
         order_by="QueueMember.position", cascade="all, delete-orphan", lazy="selectin"

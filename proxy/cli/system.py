@@ -4,7 +4,9 @@ SIGTERM)."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
+
+from rich.markup import escape
 
 from crm import logs
 from crm.face import Database
@@ -43,10 +45,17 @@ def status(as_json: JsonOpt = False) -> None:
         return
     checks = [vars(c) for c in snap.listeners + snap.nodes]
     table(checks, ["name", "status", "reason", "address"], "no listeners")
-    table(
-        snap.mailboxes, ["address", "kind", "status", "status_reason", "last_check"], "no mailboxes"
-    )
+    rows = [{**box, "skipped (faults)": faults_text(box.get("faults"))} for box in snap.mailboxes]
+    columns = ["address", "kind", "status", "status_reason", "last_check", "skipped (faults)"]
+    table(rows, columns, "no mailboxes")
     out.print(f"last day: {snap.leads_today} new leads, {snap.activities_today} activities")
+
+
+def faults_text(faults: dict[str, Any] | None) -> str:
+    """SPEC B6: ``1, last: capture error: RecursionError at 2026-...`` (``0`` without any)."""
+    if not faults or not faults["skipped"]:
+        return "0"
+    return escape(f"{faults['skipped']}, last: {faults['last_reason']} at {faults['last_at']}")
 
 
 @tls_app.command("selfsigned")
