@@ -6,8 +6,6 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from rich.markup import escape
-
 from crm import logs
 from crm.face import Database
 
@@ -55,7 +53,7 @@ def faults_text(faults: dict[str, Any] | None) -> str:
     """SPEC B6: ``1, last: capture error: RecursionError at 2026-...`` (``0`` without any)."""
     if not faults or not faults["skipped"]:
         return "0"
-    return escape(f"{faults['skipped']}, last: {faults['last_reason']} at {faults['last_at']}")
+    return f"{faults['skipped']}, last: {faults['last_reason']} at {faults['last_at']}"
 
 
 @tls_app.command("selfsigned")
