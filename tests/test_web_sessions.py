@@ -254,3 +254,22 @@ async def test_each_user_keeps_a_bounded_number_of_sessions_and_sign_in_prunes(
     kept = rows(db)
     assert len(kept) == store.limits.per_user, "ann's least recently used one dropped"
     assert {row.user_id for row in kept} == {ids[ann]}, "bob's expired session pruned"
+
+
+async def test_pages_answer_503_while_the_database_is_unreachable(tmp_path: Path) -> None:
+    down = Database(
+        "postgresql+psycopg://postgres@127.0.0.1:1/test?connect_timeout=2", migrate=False
+    )
+    config = node_config("unused")
+    runner = web.AppRunner(make_app(config, down), handle_signals=False)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, HOST, config.http.port).start()
+        await wait_listening(config.http.port)
+        status, _, body = await Browser("t" * 43).call(
+            f"http://{HOST}:{config.http.port}", "GET", "/leads"
+        )
+    finally:
+        await runner.cleanup()
+        down.dispose()
+    assert status == 503 and "database cannot be reached" in body
