@@ -1,5 +1,6 @@
 """The web CRM's door: sign-in and sign-out, the session middleware (every page but ``/login``,
-``/healthz``, ``/metrics`` and the static files redirects to ``/login`` without a session), the
+``/healthz``, ``/metrics`` and the static files redirects to ``/login`` without a session; the
+session is looked up in the database once per request, 503 while it cannot be reached), the
 CSRF check on every state-changing request (403 without the session's token), the security
 headers (a Content-Security-Policy without inline scripts), and page rendering with Jinja2
 (autoescape on: the CRM is filled by strangers' mail).
