@@ -381,3 +381,15 @@ class MailboxOAuth(Base):
     refreshes: Mapped[int] = mapped_column(Integer, default=0)
     refused: Mapped[str | None] = mapped_column(Text, default=None)
     app_password: Mapped[str | None] = mapped_column(String(300), default=None)
+
+
+class WebSession(Base):
+    """A web CRM sign-in (B7: any node serves it): the SHA-256 of the cookie's token (never the
+    token), the user, the CSRF token, when it started and was last used (to a minute)."""
+
+    __tablename__ = "web_sessions"
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    csrf: Mapped[str] = mapped_column(String(64))
+    started_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    last_used_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
