@@ -2,7 +2,7 @@
 web_sessions (the token's SHA-256, the user, the CSRF token, started and last used)
 
 Revision ID: 0120
-Revises: 0100
+Revises: 0110
 Create Date: 2026-12-06
 """
 
@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0120"
-down_revision = "0100"
+down_revision = "0110"
 branch_labels = None
 depends_on = None
 
