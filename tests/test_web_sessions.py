@@ -54,8 +54,9 @@ class Browser:
 
     async def sign_in(self, base: str, email: str, password: str) -> int:
         form = {"email": email, "password": password, "next": "/leads"}
+        cookies = {COOKIE: self.token} if self.token else {}
         async with (
-            aiohttp.ClientSession() as client,
+            aiohttp.ClientSession(cookies=cookies) as client,
             client.post(base + "/login", data=form, allow_redirects=False) as response,
         ):
             if (cookie := response.cookies.get(COOKIE)) is not None:
@@ -273,3 +274,25 @@ async def test_pages_answer_503_while_the_database_is_unreachable(tmp_path: Path
         await runner.cleanup()
         down.dispose()
     assert status == 503 and "database cannot be reached" in body
+
+
+async def test_signing_in_again_ends_the_session_the_browser_had(
+    db: Database, db_url: str, cli: Cli, dovecot: Dovecot, postfix: Postfix
+) -> None:
+    """A new sign-in replaces the browser's session (another user's, on a shared computer, or
+    one an attacker planted): the old token is dead at once, on every node, and its row gone."""
+    ann, bob = employee(dovecot, cli), employee(dovecot, cli)
+    async with two_apps(db_url, postfix) as (one, two):
+        browser = Browser()
+        assert await browser.sign_in(one, ann, PASSWORD) == 303
+        old = browser.token
+        assert await browser.sign_in(two, bob, PASSWORD) == 303
+        assert browser.token != old
+        assert (await Browser(old).call(one, "GET", "/leads"))[:2] == (303, "/login?next=/leads")
+        assert (await browser.call(one, "GET", "/leads"))[0] == 200
+        assert [row.user_id for row in rows(db)] == [user_id(db, bob)]
+
+
+def user_id(db: Database, email: str) -> int:
+    with db.session() as session:
+        return session.scalars(select(User.id).where(User.email == email)).one()

@@ -164,6 +164,7 @@ async def login(request: web.Request) -> web.StreamResponse:
         viewer = await request.app[SIGNIN].check(request.remote, email, password)
     except SignInRefused as refused:
         return render(request, "login.html", 401, error=str(refused), email=email, next=nxt)
+    await request.app[SESSIONS].end(request.cookies.get(COOKIE))  # a new sign-in replaces it
     session = await request.app[SESSIONS].start(viewer)
     response = web.HTTPSeeOther(nxt)
     response.set_cookie(
