@@ -22,6 +22,7 @@ from crm.face import Database
 from crm.store import pruning
 from crm.store.models import Contact, DavChange, Lead
 from crm.vocab import utcnow
+from proxy.serve import COMPONENTS, _load
 
 from .conftest import Cli
 from .test_dav import Env, _report, _token
@@ -82,6 +83,17 @@ def test_a_prune_deletes_what_is_older_than_the_retention_and_keeps_the_rest(
     assert logged(db) == {recent[-1]}  # the newest change of a kind stays: its token's base
 
 
+def test_the_prune_command_refuses_what_it_cannot_do(cli: Cli, tmp_path: Path) -> None:
+    wrong = cli.run("db", "prune-dav-changes", "--older-than-days", "0")
+    assert wrong.exit_code == 2 and "Traceback" not in wrong.stderr
+    config = tmp_path / "mailcrm.toml"
+    config.write_text("[dav]\nchange_log_days = 0\n")
+    cli.env["MAILCRM_CONFIG"] = str(config)
+    kept = cli.run("db", "prune-dav-changes")
+    assert kept.exit_code == 1 and "keeps every change" in kept.stderr
+    assert cli.json("db", "prune-dav-changes", "--older-than-days", "30")["deleted"] == 0
+
+
 def test_nodes_pruning_at_once_delete_each_change_once(db: Database) -> None:
     """Batches of their own transactions, idempotent by id: two nodes at once delete every old
     row between them, none twice, and no newer one."""
@@ -112,6 +124,7 @@ def test_the_serve_component_prunes_and_marks_the_clock(db_url: str, db: Databas
     clock(db, now - 91 * DAY)
     recent = contacts(db, "New")
     config = Config(database_url=db_url)
+    assert _load(dict(COMPONENTS)["davlog"]) is pruning.run_pruning  # serve runs it
 
     async def run() -> None:
         stop = asyncio.Event()
