@@ -14,13 +14,14 @@ from typing import Any
 
 import aiohttp
 import pytest
+from caldav.lib.error import AuthorizationError
 from sqlalchemy import select
 
 from crm.config import Config, load_config
 from crm.errors import ConfigError
 from crm.face import Database
 from crm.store import pruning
-from crm.store.models import Contact, DavChange, Lead
+from crm.store.models import Activity, Contact, DavChange, Lead
 from crm.vocab import utcnow
 from proxy.serve import COMPONENTS, _load
 
@@ -189,3 +190,51 @@ async def test_a_token_older_than_the_log_is_403_and_a_newer_one_gets_its_delta(
         assert wanted <= _names(full)
         status, again = await _report(env, http, _token(full))
         assert status == 207 and ".vcf" not in again
+
+
+def _task_list(env: Env) -> Any:
+    principal = env.client().principal()  # type: ignore[no-untyped-call]  # caldav: unannotated
+    [tasks] = [c for c in principal.calendars() if c.get_display_name() == "CRM activities"]
+    return tasks
+
+
+def _sync(tasks: Any, token: str | None = None, fallback: bool = True) -> tuple[Any, set[str]]:
+    found = tasks.get_objects_by_sync_token(token, load_objects=True, disable_fallback=not fallback)
+    return found.sync_token, {str(o.url).rsplit("/", 1)[-1] for o in found.objects}
+
+
+def _complete(db: Database, aid: int, done: bool) -> None:
+    with db.session() as s:
+        s.get_one(Activity, aid).completed = done
+
+
+async def test_a_caldav_client_with_a_pruned_token_resyncs_and_a_quiet_collection_does_not(
+    env: Env,
+) -> None:
+    """The python caldav client (as Thunderbird, DAVx5, iOS) takes the 403 valid-sync-token as
+    "sync anew" and gets every to-do; the address book, unchanged since before the horizon,
+    keeps its token (the newest change of each kind survives the prune: no resync loop)."""
+    db, now, aid = env.db, utcnow(), env.ids["activity"]
+    tasks = await asyncio.to_thread(_task_list, env)
+    old_token, first = await asyncio.to_thread(_sync, tasks)
+    assert first == {f"activity-{aid}.ics"}
+    _complete(db, aid, True)
+    clock(db, now - 100 * DAY)
+    async with aiohttp.ClientSession() as http:
+        _, cards = await _report(env, http)
+        card_token = _token(cards)
+        _complete(db, aid, False)
+        assert pruning.prune(db, 90).deleted > 0
+
+        with pytest.raises(AuthorizationError) as refused:
+            await asyncio.to_thread(_sync, tasks, old_token, False)
+        assert refused.value.status == 403
+        assert "{DAV:}valid-sync-token" in refused.value.preconditions
+        _, resynced = await asyncio.to_thread(_sync, tasks, old_token)
+        assert resynced == {f"activity-{aid}.ics"}
+        fresh, _ = await asyncio.to_thread(_sync, tasks)
+        _, nothing = await asyncio.to_thread(_sync, tasks, fresh, False)
+        assert nothing == set()
+
+        status, quiet = await _report(env, http, card_token)
+        assert status == 207 and ".vcf" not in quiet and _token(quiet) == card_token
