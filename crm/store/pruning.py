@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import functools
 import logging
 import time
 from dataclasses import dataclass
@@ -84,20 +85,25 @@ def horizon(session: Session, cutoff: dt.datetime) -> int | None:
     return None if found is None else int(found)
 
 
-def kept(session: Session) -> list[int]:
-    """The rows no prune deletes: the newest of each kind."""
-    found = (
-        session.scalar(select(func.max(DavChange.id)).where(DavChange.entity_type == kind))
-        for kind in KINDS
-    )
-    return [int(newest) for newest in found if newest is not None]
+def _newest(kind: str) -> Any:
+    newest = select(func.max(DavChange.id)).where(DavChange.entity_type == kind)
+    return func.coalesce(newest.scalar_subquery(), -1)
+
+
+def _oldest(*where: Any) -> Any:
+    return select(func.min(DavChange.id)).where(*where).scalar_subquery()
+
+
+def _deletable() -> Any:
+    """Rows a prune may delete: all but the newest of each kind."""
+    return DavChange.id.not_in([_newest(kind) for kind in KINDS])
 
 
 def prune_batch(session: Session, below: int, batch: int = BATCH) -> int:
     """Delete the oldest ``batch`` rows below change ``below`` (the newest of each kind stays)."""
     oldest = (
         select(DavChange.id)
-        .where(DavChange.id < below, DavChange.id.not_in(kept(session) or [-1]))
+        .where(DavChange.id < below, _deletable())
         .order_by(DavChange.id)
         .limit(batch)
     )
@@ -125,22 +131,24 @@ def prune(
     return Pruned(deleted, below)
 
 
-def _lowest(session: Session, *where: Any) -> int | None:
-    found = session.scalar(select(func.min(DavChange.id)).where(*where))
-    return None if found is None else int(found)
+@functools.cache
+def _floor_query(kinds: tuple[str, ...]) -> Any:
+    """Built once per collection: a sync asks it on every request (SQLAlchemy's cache of the
+    compiled statement then saves milliseconds each time)."""
+    return select(_oldest(_deletable()), *(_oldest(DavChange.entity_type == k) for k in kinds))
 
 
 def floor(session: Session, kinds: tuple[str, ...]) -> int:
     """Tokens of a collection of ``kinds`` below this are too old to answer: a change of one of
-    the kinds after them may have been pruned (0: none was).
+    the kinds after them may have been pruned (0: none was). One statement of index lookups.
 
     Pruned rows all lie below the oldest row a prune would still delete (``start``), and below
     the oldest kept row of their own kind; a token at either bound misses nothing of that kind.
     """
-    start = _lowest(session, DavChange.id.not_in(kept(session) or [-1]))
+    start, *oldest = session.execute(_floor_query(kinds)).one()
     lowest = 0
-    for kind in kinds:
-        bounds = [b for b in (start, _lowest(session, DavChange.entity_type == kind)) if b]
+    for first in oldest:
+        bounds = [int(b) for b in (start, first) if b is not None]
         if bounds:
             lowest = max(lowest, min(bounds) - 1)
     return lowest
