@@ -119,6 +119,18 @@ def test_nodes_pruning_at_once_delete_each_change_once(db: Database) -> None:
     assert logged(db) == set(recent)
 
 
+def test_a_prune_stops_between_batches_when_its_node_stops(db: Database) -> None:
+    """A node shutting down in the middle of a long prune ends after the batch under way; the
+    next prune goes on from there."""
+    now = utcnow()
+    old = contacts(db, *(f"Old {n}" for n in range(50)))
+    clock(db, now - 100 * DAY)
+    assert pruning.prune(db, 90, now, batch=10, stopping=lambda: True).deleted == 10
+    assert len(logged(db)) == 40
+    assert pruning.prune(db, 90, now, batch=10).deleted == 39  # the newest contact stays
+    assert logged(db) == {old[-1]}
+
+
 def test_the_serve_component_prunes_and_marks_the_clock(db_url: str, db: Database) -> None:
     now = utcnow()
     old = contacts(db, "Old 1", "Old 2")

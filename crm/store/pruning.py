@@ -5,8 +5,8 @@ hour) or by ``mailcrm db prune-dav-changes``.
 A change row holds a position, not a time, so the log keeps its own clock: each prune first
 appends a ``clock`` row (``entity_id``: the UTC minute, minutes since 1970) unless one was
 written in the last hour. Everything below a clock row at least N days old is older than N days;
-pruning deletes below the newest such row. Rows of the last hour before it may go with it, never a
-row younger than N days.
+pruning deletes below the newest such row. No row goes younger than N days; one may stay up to an
+hour longer (until the next clock row passes the horizon).
 
 What a sync token may still be answered from (:func:`floor`) follows from two rules: rows go
 oldest first (in batches of :data:`BATCH`, each its own short transaction: no long lock on
@@ -25,6 +25,7 @@ import datetime as dt
 import functools
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,8 +50,8 @@ EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 @dataclass(frozen=True)
 class Pruned:
-    """What one prune did: rows deleted, the change the log now starts above (None: nothing
-    was old enough, or the log's clock does not reach back that far yet)."""
+    """What one prune did: rows deleted, and the change they were below (None: the log's clock
+    does not reach back that far yet)."""
 
     deleted: int
     below: int | None
@@ -112,9 +113,15 @@ def prune_batch(session: Session, below: int, batch: int = BATCH) -> int:
 
 
 def prune(
-    db: Database, days: int, now: dt.datetime | None = None, batch: int = BATCH, pause: float = 0
+    db: Database,
+    days: int,
+    now: dt.datetime | None = None,
+    batch: int = BATCH,
+    pause: float = 0,
+    stopping: Callable[[], bool] = lambda: False,
 ) -> Pruned:
-    """Mark the clock, then delete the rows older than ``days`` days, ``batch`` per transaction."""
+    """Mark the clock, then delete the rows older than ``days`` days, ``batch`` per transaction,
+    until done or ``stopping()`` (asked between batches: a node shutting down stops at once)."""
     now = now or utcnow()
     with db.session() as session:
         mark(session, now)
@@ -124,7 +131,7 @@ def prune(
         with db.session() as session:
             done = prune_batch(session, below, batch)
         deleted += done
-        if done < batch:
+        if done < batch or stopping():
             break
         if pause:
             time.sleep(pause)
@@ -161,7 +168,7 @@ async def run_pruning(config: Config, db: Database, stop: asyncio.Event) -> None
     days = config.dav.change_log_days
     while days and not stop.is_set():
         try:
-            done = await asyncio.to_thread(prune, db, days, None, BATCH, PAUSE)
+            done = await asyncio.to_thread(prune, db, days, None, BATCH, PAUSE, stop.is_set)
         except Exception as exc:  # the database away: the next round tries again
             log.warning("DAV change log: pruning failed (%s); trying again in an hour", exc)
         else:
