@@ -1,6 +1,6 @@
-"""The gateway itself on the command line: ``db upgrade``, ``status`` (the status page in the
-terminal), ``tls selfsigned`` (certificates for the relay) and ``serve`` (everything, until
-SIGTERM)."""
+"""The gateway itself on the command line: ``db upgrade``, ``db prune-dav-changes`` (the DAV
+change log now), ``status`` (the status page in the terminal), ``tls selfsigned`` (certificates
+for the relay) and ``serve`` (everything, until SIGTERM)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Annotated, Any
 from crm import logs
 from crm.face import Database
 
-from .common import STATE, JsonOpt, Opt, group, out, print_json, table
+from .common import STATE, JsonOpt, Opt, fail, group, out, print_json, table
 
 db_app = group("The database.")
 tls_app = group("TLS certificates of the relay.")
@@ -21,6 +21,32 @@ def db_upgrade() -> None:
     database = Database(STATE.config.database_url, migrate=False)
     done = database.upgrade_if_needed()
     out.print(f"database {database.safe_url} " + ("migrated" if done else "is up to date"))
+
+
+@db_app.command("prune-dav-changes")
+def db_prune_dav_changes(
+    older_than_days: Annotated[
+        int | None,
+        Opt(metavar="N", min=1, help="Retention in days (default: [dav] change_log_days)."),
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Delete the DAV change log's changes older than N days now (serve does it every hour)."""
+    from crm.face.dav import prune_changes
+
+    days = older_than_days or STATE.config.dav.change_log_days
+    if not days:
+        fail("[dav] change_log_days = 0 keeps every change: give --older-than-days N")
+    done = prune_changes(STATE.db, days)
+    if as_json:
+        print_json({"deleted": done.deleted, "older_than_days": days, "below": done.below})
+    elif done.below is None:
+        out.print(
+            f"nothing deleted: the change log's clock does not reach back {days} days yet "
+            "(it starts with the first prune)"
+        )
+    else:
+        out.print(f"deleted {done.deleted} DAV changes older than {days} days")
 
 
 def status(as_json: JsonOpt = False) -> None:
