@@ -26,6 +26,7 @@ from sqlalchemy import (
     TypeDecorator,
     UniqueConstraint,
     event,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -348,7 +349,12 @@ class DavChange(Base):
     id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
     entity_type: Mapped[str] = mapped_column(String(10))
     entity_id: Mapped[int] = mapped_column(Integer)
-    __table_args__ = (Index("ix_dav_changes_kind", "entity_type", "id"),)
+    #: set by the database on every insert (bulk ones too): what the retention prunes by
+    created_at: Mapped[dt.datetime] = mapped_column(server_default=text("CURRENT_TIMESTAMP"))
+    __table_args__ = (
+        Index("ix_dav_changes_kind", "entity_type", "id"),
+        Index("ix_dav_changes_created", "created_at"),
+    )
 
 
 class OAuthProvider(Base):

@@ -2,11 +2,8 @@
 change_log_days`` are deleted, in batches, by the ``davlog`` component of ``mailcrm serve`` (every
 hour) or by ``mailcrm db prune-dav-changes``.
 
-A change row holds a position, not a time, so the log keeps its own clock: each prune first
-appends a ``clock`` row (``entity_id``: the UTC minute, minutes since 1970) unless one was
-written in the last hour. Everything below a clock row at least N days old is older than N days;
-pruning deletes below the newest such row. No row goes younger than N days; one may stay up to an
-hour longer (until the next clock row passes the horizon).
+Each row carries when the database wrote it (``created_at``, migration 0130); a prune deletes the
+rows below the newest one written before the horizon (ids follow time: a sync token is an id).
 
 What a sync token may still be answered from (:func:`floor`) follows from two rules: rows go
 oldest first (in batches of :data:`BATCH`, each its own short transaction: no long lock on
@@ -29,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from crm.config import Config
@@ -39,51 +36,31 @@ from .db import Database
 from .models import DavChange
 
 log = logging.getLogger(__name__)
-CLOCK = "clock"  # the entity_type of the log's clock rows
-KINDS = ("lead", "contact", "company", "activity", CLOCK)  # every entity_type the log holds
+KINDS = ("lead", "contact", "company", "activity")  # every entity_type the log holds
 BATCH = 5000  # rows deleted per transaction
 PAUSE = 0.05  # s between two batches: other writers take SQLite's lock meanwhile
-MARK_EVERY = 60  # minutes between two clock rows
 PRUNE_EVERY = 3600.0  # s between two prunes of the davlog component
-EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
 @dataclass(frozen=True)
 class Pruned:
-    """What one prune did: rows deleted, and the change they were below (None: the log's clock
-    does not reach back that far yet)."""
+    """What one prune did: rows deleted, and the change they were below (None: no change is
+    older than the retention)."""
 
     deleted: int
     below: int | None
 
 
-def minute(when: dt.datetime) -> int:
-    """``when`` as the log's clock reads it: whole minutes since 1970 (UTC)."""
-    return int((when - EPOCH).total_seconds() // 60)
-
-
-def mark(session: Session, now: dt.datetime) -> bool:
-    """Append a clock row for ``now`` unless the newest is less than an hour older."""
-    last = session.scalar(
-        select(DavChange.entity_id)
-        .where(DavChange.entity_type == CLOCK)
-        .order_by(DavChange.id.desc())
+def horizon(session: Session, cutoff: dt.datetime) -> int | None:
+    """The change above the newest one written at or before ``cutoff`` (one index lookup): every
+    row below it is older; None when no row is."""
+    found = session.scalar(
+        select(DavChange.id)
+        .where(DavChange.created_at <= cutoff)
+        .order_by(DavChange.created_at.desc(), DavChange.id.desc())
         .limit(1)
     )
-    if last is not None and minute(now) - last < MARK_EVERY:
-        return False
-    session.execute(insert(DavChange), [{"entity_type": CLOCK, "entity_id": minute(now)}])
-    return True
-
-
-def horizon(session: Session, cutoff: dt.datetime) -> int | None:
-    """The newest clock row written at or before ``cutoff``: every row below it is older."""
-    found = session.scalar(
-        select(func.max(DavChange.id)).where(
-            DavChange.entity_type == CLOCK, DavChange.entity_id <= minute(cutoff)
-        )
-    )
-    return None if found is None else int(found)
+    return None if found is None else int(found) + 1
 
 
 def _newest(kind: str) -> Any:
@@ -120,11 +97,10 @@ def prune(
     pause: float = 0,
     stopping: Callable[[], bool] = lambda: False,
 ) -> Pruned:
-    """Mark the clock, then delete the rows older than ``days`` days, ``batch`` per transaction,
-    until done or ``stopping()`` (asked between batches: a node shutting down stops at once)."""
+    """Delete the rows older than ``days`` days, ``batch`` per transaction, until done or
+    ``stopping()`` (asked between batches: a node shutting down stops at once)."""
     now = now or utcnow()
     with db.session() as session:
-        mark(session, now)
         below = horizon(session, now - dt.timedelta(days=days))
     deleted = 0
     while below is not None:

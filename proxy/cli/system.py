@@ -41,10 +41,7 @@ def db_prune_dav_changes(
     if as_json:
         print_json({"deleted": done.deleted, "older_than_days": days, "below": done.below})
     elif done.below is None:
-        out.print(
-            f"nothing deleted: the change log's clock does not reach back {days} days yet "
-            "(it starts with the first prune)"
-        )
+        out.print(f"nothing deleted: no DAV change is older than {days} days")
     else:
         out.print(f"deleted {done.deleted} DAV changes older than {days} days")
 
