@@ -1,9 +1,11 @@
-"""The messages a mailbox's poller skipped on a fault (SPEC B6, issue 13 item 3): a count per
-mailbox, the last reason and when, for the status page, ``mailcrm status`` and ``mailbox show``.
+"""The messages of a mailbox skipped on a fault (SPEC B6, issue 13 item 3): a count per mailbox,
+the last reason and when, for the status page, ``mailcrm status`` and ``mailbox show``.
 
 Role: one write, in the transaction of the poller's batch that moves the folder's checkpoint past
-the messages (:meth:`crm.capture.path.Capturer.capture_many`'s ``then``), so a batch done again
-after a crash is not counted twice, and a count never outruns the checkpoint. A fault is a
+the messages (:meth:`crm.capture.path.Capturer.capture_many`'s ``then``), or of the relay's spool
+worker that retires the entries (a relayed message whose capture faulted or was given up after
+its retries), so a batch done again after a crash is not counted twice, and a count never
+outruns the checkpoint. A fault is a
 message capture could not handle (unreadable, a value the database refused, an error while
 capturing it: :attr:`CaptureResult.fault`); a message the rules leave out (a robot, an excluded
 address, outside the import window) is normal mail and not counted here, only in the metrics.
@@ -19,7 +21,7 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from sqlalchemy import Connection, update
+from sqlalchemy import Connection, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from crm.logs import escape
@@ -64,6 +66,15 @@ def record_in(conn: Connection, mailbox_id: int, results: Sequence[Outcome]) -> 
                     mailbox_id, str(getattr(exc, "orig", exc)).splitlines()[0][:200])  # fmt: skip
         return 0
     return len(faults)
+
+
+def record_for(conn: Connection, address: str, results: Sequence[Outcome]) -> int:
+    """:func:`record_in` for the mailbox of ``address`` (the relay's spool knows addresses): in
+    the transaction that retires the spool entries, so an entry is counted once."""
+    if not any(r.fault for r in results):
+        return 0
+    mailbox_id = conn.scalar(select(Mailbox.id).where(Mailbox.address == address))
+    return 0 if mailbox_id is None else record_in(conn, mailbox_id, results)
 
 
 def batch_done(

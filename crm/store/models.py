@@ -343,18 +343,15 @@ class Lease(Base):
 
 
 class DavChange(Base):
-    """One change of a lead, contact, company or activity: its id is a DAV sync token."""
+    """One change of a lead, contact, company or activity: its id is a DAV sync token; when the
+    database wrote it (every insert, bulk ones too) is what the retention prunes by."""
 
     __tablename__ = "dav_changes"
     id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
     entity_type: Mapped[str] = mapped_column(String(10))
     entity_id: Mapped[int] = mapped_column(Integer)
-    #: set by the database on every insert (bulk ones too): what the retention prunes by
     created_at: Mapped[dt.datetime] = mapped_column(server_default=text("CURRENT_TIMESTAMP"))
-    __table_args__ = (
-        Index("ix_dav_changes_kind", "entity_type", "id"),
-        Index("ix_dav_changes_created", "created_at"),
-    )
+    __table_args__ = (Index("ix_dav_changes_kind", "entity_type", "id"), Index(None, "created_at"))
 
 
 class OAuthProvider(Base):

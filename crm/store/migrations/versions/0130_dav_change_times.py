@@ -34,10 +34,10 @@ def upgrade() -> None:
                 server_default=sa.text("CURRENT_TIMESTAMP"),
             )
         )
-        batch.create_index("ix_dav_changes_created", ["created_at"])
+        batch.create_index("ix_dav_changes_created_at", ["created_at"])
 
 
 def downgrade() -> None:
     with op.batch_alter_table("dav_changes", recreate="always") as batch:
-        batch.drop_index("ix_dav_changes_created")
+        batch.drop_index("ix_dav_changes_created_at")
         batch.drop_column("created_at")
