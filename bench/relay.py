@@ -24,7 +24,11 @@ It prints figures and judges nothing (no assertions, no exit status for a missed
 The relay runs in a child process (``run_relay`` + ``run_spool_worker``, as in ``mailcrm
 serve``) on a SQLite CRM by default (``--db`` for PostgreSQL); the clients are aiosmtplib. The
 CPU each message costs is shown per process (this client, the relay, its capture worker, Postfix):
-on a small machine the ratio is bound by CPU. It also shows how the relay's event loop thread
+on a small machine the ratio is bound by CPU; it is shown for the flat-out phases and for the
+paced ones (the same load both ways, so a difference is work, not contention). Postfix's part is
+split by daemon (``max_use`` raised so none leaves mid-phase): the test Postfix's ``capture``
+pipe(8) transport runs a shell script per recipient, several fork/execs, and that sink is most of
+Postfix's CPU per message. It also shows how the relay's event loop thread
 spent the flat-out phases (on a CPU, or runnable and waiting for one). ``BENCH_NO_WORKER=1``
 runs the relay without the capture worker, ``BENCH_PROFILE=FILE`` writes a cProfile of the
 relay's event loop.
@@ -65,7 +69,7 @@ from tests.servers import Dovecot, Postfix  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "bench"))
 from relayload import PASSWORD, body_of, load, make_message, paced  # noqa: E402
-from relaystats import CpuMeter, LoopMeter, descendants, status_of  # noqa: E402
+from relaystats import CpuMeter, LoopMeter, PostfixSplit, descendants, status_of  # noqa: E402
 
 HOST = "127.0.0.1"
 MB = 1024 * 1024
@@ -224,6 +228,7 @@ def throughput(
     drained: dict[str, list[float]] = {"direct": [], "relay": []}  # msg/s until all is done
     left: dict[str, list[Leftover]] = {"direct": [], "relay": []}
     meter = CpuMeter(relay.proc.pid, postfix.queue_dir / "pid" / "master.pid")
+    daemons = PostfixSplit(postfix.queue_dir / "pid" / "master.pid")
     loop_meter = LoopMeter(relay.proc.pid)
     targets = (("direct", postfix.port, direct_ca), ("relay", relay.port, relay.ca))
     lag = 0.0
@@ -232,6 +237,7 @@ def throughput(
         for name, port, ca in targets:
             settle(postfix)
             before, loop_before = meter.snapshot(), loop_meter.snapshot()
+            by_daemon = daemons.snapshot()
             rate, lat = asyncio.run(load(port, ca, users, args.seconds, args.size))
             ended = time.perf_counter()
             results[name].append((rate, lat))
@@ -245,6 +251,7 @@ def throughput(
             settle(postfix)  # the deliveries this phase queued are part of its cost
             drained[name].append(len(lat) / (len(lat) / rate + time.perf_counter() - ended))
             meter.add(name, before, len(lat))
+            daemons.add(name, by_daemon, len(lat))
             show(name, rate, lat)
     summarize(results, drained, left)
     loop_meter.show(sum(len(lat) for _, lat in results["relay"]))
@@ -257,7 +264,13 @@ def throughput(
     for _ in range(args.rounds):
         for name, port, ca in targets:
             settle(postfix)
+            before, by_daemon = meter.snapshot(), daemons.snapshot()
             rate, lat = asyncio.run(paced(port, ca, users, args.seconds, args.size, offered))
+            if name == "relay":
+                wait_captured(db_url, sent + len(lat))
+            settle(postfix)
+            meter.add(f"{name}, paced", before, len(lat))
+            daemons.add(f"{name}, paced", by_daemon, len(lat))
             paced_lat[name].extend(lat)
             sent += len(lat) if name == "relay" else 0
     show("direct", offered, paced_lat["direct"])
@@ -276,6 +289,7 @@ def throughput(
         f"finished {lag:.1f} s after the last send"
     )
     meter.show()
+    daemons.show()
 
 
 def summarize(
@@ -432,6 +446,13 @@ def main() -> None:
     run(args)
 
 
+def keep_daemons(postfix: Postfix) -> None:
+    """No Postfix daemon leaves during a phase (``max_use``), so its CPU stays by daemon name."""
+    conf = str(postfix.config_dir)
+    subprocess.run(["postconf", "-c", conf, "-e", "max_use = 1000000"], check=True)
+    subprocess.run(["postfix", "-c", conf, "reload"], check=True, capture_output=True)
+
+
 def run(args: argparse.Namespace) -> None:
     key = Fernet.generate_key().decode()
     with (
@@ -440,6 +461,7 @@ def run(args: argparse.Namespace) -> None:
         Postfix(dovecot, message_size_limit=64 * MB) as postfix,
     ):
         work = Path(tmp)
+        keep_daemons(postfix)
         users = [dovecot.add_user(f"bench{i}", PASSWORD) for i in range(args.connections)]
         print(
             f"mailcrm relay bench: Postfix {postfix.host}:{postfix.port}, "

@@ -127,6 +127,14 @@ class CaptureConfig:
     max_vcard_bytes: int = 4 * 1024 * 1024  # vCard data read from one message
 
 
+@dataclass
+class DavConfig:
+    """The CardDAV/CalDAV front end (B8): how long its change log keeps a change."""
+
+    #: changes older than this are pruned (a client's older token: a full sync); 0 keeps all
+    change_log_days: int = 90
+
+
 def default_node_name() -> str:
     """This process's node name in a cluster: host name and process id."""
     return f"{socket.gethostname()}-{os.getpid()}"
@@ -152,6 +160,7 @@ class Config:
     http: HttpConfig = field(default_factory=HttpConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     capture: CaptureConfig = field(default_factory=CaptureConfig)
+    dav: DavConfig = field(default_factory=DavConfig)
     log_format: str = "text"
     source: Path | None = None
 
@@ -177,6 +186,14 @@ def _refuse_removed(raw: dict[str, Any]) -> None:
         )
 
 
+def _check_dav(dav: DavConfig) -> None:
+    days = dav.change_log_days
+    if not isinstance(days, int) or isinstance(days, bool) or days < 0:
+        raise ConfigError(
+            f"config: dav.change_log_days must be a whole number of days, 0 or more, not {days!r}"
+        )
+
+
 def load_config(path: str | None = None, database_url: str | None = None) -> Config:
     """Build the configuration from an optional TOML file, the environment and options."""
     config = Config()
@@ -196,6 +213,8 @@ def load_config(path: str | None = None, database_url: str | None = None) -> Con
         _section(raw, "http", config.http)
         _section(raw, "cluster", config.cluster)
         _section(raw, "capture", config.capture)
+        _section(raw, "dav", config.dav)
+        _check_dav(config.dav)
         config.log_format = raw.get("log_format", config.log_format)
         _refuse_removed(raw)
     config.database_url = (

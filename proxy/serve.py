@@ -42,6 +42,7 @@ COMPONENTS: tuple[tuple[str, str], ...] = (
     ("relay", "proxy.smtp.relay:run_relay"),
     ("poller", "proxy.imap.poller:run_poller"),
     ("http", "proxy.web:run_http"),
+    ("davlog", "crm.store.pruning:run_pruning"),
 )
 # Component paths before the re-room (issue 17), still accepted: callers outside the package
 # (scripts, tests of earlier versions) may name them.

@@ -202,7 +202,7 @@ def test_then_runs_in_the_last_transaction_of_the_batch(capturer: Capturer, db: 
     """The poller's checkpoint moves in the commit of the captures it covers: ``then`` sees them
     uncommitted in its transaction, and a failure in it rolls them back with it."""
 
-    def fail(conn: Any) -> None:
+    def fail(conn: Any, results: Any) -> None:
         raise RuntimeError("the checkpoint could not move")
 
     with pytest.raises(RuntimeError):
@@ -211,7 +211,7 @@ def test_then_runs_in_the_last_transaction_of_the_batch(capturer: Capturer, db: 
     seen: list[int | None] = []
     count = select(func.count()).select_from(MessageLocation)
     results = capturer.capture_many(
-        _batch(*(f"m{n}" for n in range(20))), then=lambda conn: seen.append(conn.scalar(count))
+        _batch(*(f"m{n}" for n in range(20))), then=lambda conn, _: seen.append(conn.scalar(count))
     )
     assert seen == [20]  # after every capture of the batch (SQLite: its last slice of 16)
     assert len(_locations(db)) == 20 and [r.action for r in results] == ["captured"] * 20

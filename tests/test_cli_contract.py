@@ -387,3 +387,27 @@ def test_capture_several_files_a_directory_and_stdin(sqlite_cli: Cli, tmp_path: 
     directions = {a["subject"]: a["direction"] for a in cli.json("activities", "list")}
     assert directions["Our offer"] == "outgoing"
     assert directions["Pricing for 200 units"] == "incoming"
+
+
+def test_status_shows_a_stored_error_as_text_not_as_markup(cli: Cli, db_url: str) -> None:
+    """A server's error text is stranger-written: brackets in it are printed as they are, never
+    read as rich markup (which would restyle, swallow or, for "[/x]", crash the table)."""
+    from sqlalchemy import update
+
+    from crm.store.db import Database
+    from crm.store.models import Mailbox
+
+    company_crm(cli)
+    hostile = "NO [AUTHENTICATIONFAILED] [bold]x[/bold] [/nonsense] [link=http://evil]y[/link]"
+    database = Database(db_url, migrate=False)
+    try:
+        with database.session() as s:
+            s.execute(update(Mailbox).values(last_error=hostile))
+    finally:
+        database.dispose()
+    shown = only_json(cli, "status")["mailboxes"][0]["status_reason"]
+    assert hostile in shown
+    cli.env["COLUMNS"] = "300"  # wide enough that the table folds no cell
+    result = cli.run("status")
+    assert result.exit_code == 0, (result.stderr, result.exception)
+    assert hostile in result.stdout

@@ -17,6 +17,7 @@ import pytest
 from aiohttp import web
 from cryptography.fernet import Fernet
 from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import select
 
 from crm import logs, metrics
 from crm.capture.path import Capturer
@@ -24,7 +25,7 @@ from crm.config import Config, load_config
 from crm.face.visibility import Viewer
 from crm.mailboxes.leases import LeaseKeeper
 from crm.store.db import Database
-from crm.store.models import Direction, Mailbox, SpoolEntry, utcnow
+from crm.store.models import Direction, Mailbox, SpoolEntry, User, utcnow
 from proxy.serve import serve
 from proxy.web.app import make_app
 from proxy.web.sessions import COOKIE, SessionStore
@@ -59,16 +60,28 @@ async def wait_listening(port: int) -> None:
     pytest.fail(f"nothing listens on 127.0.0.1:{port}")
 
 
-ADMIN = Viewer(user_id=0, email="admin@ourco.example", admin=True, sees_all=True)
+ADMIN = "admin@ourco.example"
+
+
+def admin_viewer(db: Database) -> Viewer:
+    """The admin user (added when missing) the tests' signed-in requests come as."""
+    with db.session() as session:
+        user = session.scalar(select(User).where(User.email == ADMIN))
+        if user is None:
+            user = User(email=ADMIN, name="Admin", admin=True, crm_access=True, sees="all")
+            session.add(user)
+            session.flush()
+        return Viewer(user.id, user.email, admin=True, sees_all=True)
 
 
 async def start_http(
-    config: Config, db: Database, sessions: SessionStore | None = None
+    config: Config, db: Database, sessions: SessionStore | None = None, signed_in: bool = True
 ) -> AsyncIterator[Get]:
     """The listener's app on ``config.http.port``; ``get`` comes signed in as an admin (the
-    status page is behind sign-in; ``/healthz`` and ``/metrics`` need none)."""
-    sessions = sessions if sessions is not None else SessionStore()
-    signed = sessions.start(ADMIN)
+    status page is behind sign-in; ``/healthz`` and ``/metrics`` need none) unless
+    ``signed_in`` is False (a database that cannot be reached signs no one in)."""
+    sessions = sessions if sessions is not None else SessionStore(db)
+    token = (await sessions.start(admin_viewer(db))).token if signed_in else ""
     runner = web.AppRunner(make_app(config, db, sessions), handle_signals=False)
     await runner.setup()
     await web.TCPSite(runner, config.http.host, config.http.port).start()
@@ -76,7 +89,7 @@ async def start_http(
 
     async def get(path: str) -> tuple[int, str]:
         async with (
-            aiohttp.ClientSession(cookies={COOKIE: signed.token}) as session,
+            aiohttp.ClientSession(cookies={COOKIE: token}) as session,
             session.get(f"http://127.0.0.1:{config.http.port}{path}") as response,
         ):
             return response.status, await response.text()
@@ -124,7 +137,7 @@ async def test_healthz_is_503_when_the_database_is_unreachable(tmp_path: Path) -
     down = Database(
         "postgresql+psycopg://postgres@127.0.0.1:1/test?connect_timeout=2", migrate=False
     )
-    async for get in start_http(node_config("unused"), down):
+    async for get in start_http(node_config("unused"), down, signed_in=False):
         status, body = await get("/healthz")
     assert status == 503
     data = json.loads(body)

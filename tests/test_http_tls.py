@@ -104,8 +104,8 @@ async def test_status_shows_a_non_admin_only_their_own_mailboxes(db: Database, d
     node = Node(name="node-other", last_seen=utcnow())
     with db.session() as s:
         s.add(node)
-    sessions = SessionStore()
-    ann_session = sessions.start(Viewer(ann_id, "ann@ourco.example", False, False))
+    sessions = SessionStore(db)
+    ann_session = await sessions.start(Viewer(ann_id, "ann@ourco.example", False, False))
     async for admin_get in start_http(node_config(db_url), db, sessions):
         _, body = await admin_get("/status.json")
         admin = json.loads(body)

@@ -91,3 +91,28 @@ def test_processes_starting_together_on_a_new_database_all_open_it(db_url: str) 
         assert schema_differences(database) == []
     finally:
         database.dispose()
+
+
+def test_the_change_log_keeps_its_rows_and_dates_them_at_the_upgrade(db_url: str) -> None:
+    """0130 adds ``dav_changes.created_at``: rows logged before keep their ids (clients' sync
+    tokens) and count from the upgrade; new rows get the database's time."""
+    database = Database(db_url, migrate=False)
+    try:
+        config = alembic_config(database.engine)
+        command.upgrade(config, "0120")
+        with database.engine.begin() as conn:
+            for n in (1, 2, 3):
+                conn.exec_driver_sql(
+                    f"INSERT INTO dav_changes (entity_type, entity_id) VALUES ('lead', {n})"
+                )
+        assert database.upgrade_if_needed() is True
+        with database.engine.begin() as conn:
+            conn.exec_driver_sql(
+                "INSERT INTO dav_changes (entity_type, entity_id) VALUES ('lead', 9)"
+            )
+            rows = conn.exec_driver_sql("SELECT id, created_at FROM dav_changes ORDER BY id").all()
+        assert [row[0] for row in rows] == [1, 2, 3, 4]
+        assert all(row[1] is not None for row in rows)
+        assert schema_differences(database) == []
+    finally:
+        database.dispose()

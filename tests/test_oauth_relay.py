@@ -97,6 +97,15 @@ async def test_app_password_and_xoauth2_upstream(
         await smtp.quit()
         await _send(env, address, new, recipient, "second")
         await env.delivered(recipient, count=2)
+        # revoked (a lost phone): refused from the next login on, until a new one is made
+        assert cli.json("mailbox", "app-password", address, "--revoke") == {"revoked": True}
+        assert "had none" in cli.ok("mailbox", "app-password", address, "--revoke")
+        smtp = env.client()
+        await smtp.connect()
+        with pytest.raises(aiosmtplib.SMTPAuthenticationError) as revoked:
+            await smtp.login(address, new)
+        assert revoked.value.code == 535
+        await smtp.quit()
 
 
 async def test_failed_app_passwords_are_throttled(

@@ -19,7 +19,7 @@ from crm.store.db import Database
 from crm.store.models import Activity, EntityEmail, Lead, Mailbox, utcnow
 from proxy.web.sessions import COOKIE, SessionStore
 
-from .test_http import ADMIN, add_box, node_config, start_http
+from .test_http import add_box, admin_viewer, node_config, start_http
 
 CHROMIUM = shutil.which("chromium")
 pytestmark = pytest.mark.skipif(
@@ -137,8 +137,8 @@ async def test_a_red_mailbox_shows_red_with_its_reason(
     shots.mkdir(parents=True, exist_ok=True)
     shot = shots / f"status-{db.engine.dialect.name}.png"
     config = node_config(db_url)
-    sessions = SessionStore()
-    token = sessions.start(ADMIN).token
+    sessions = SessionStore(db)
+    token = (await sessions.start(admin_viewer(db))).token
     async for _ in start_http(config, db, sessions):
         url = f"http://127.0.0.1:{config.http.port}/status"
         dom = await _signed_in_page(url, token, shot)

@@ -137,8 +137,8 @@ async def test_no_request_computes_the_figures(
     gate = Gate(face_web.dashboard)
     monkeypatch.setattr(keeper_module, "dashboard", gate)
     config = node_config(db_url)
-    sessions = SessionStore()
-    token = sessions.start(ann).token
+    sessions = SessionStore(db)
+    token = (await sessions.start(ann)).token
     runner = web.AppRunner(make_app(config, db, sessions), handle_signals=False)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", config.http.port).start()

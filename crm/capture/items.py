@@ -50,6 +50,9 @@ class CaptureResult:
     created: CreatedRecords = field(default_factory=CreatedRecords)
     message_key: str | None = None
     vcards_skipped: int = 0  # vCards not read: over the per-message limits
+    #: skipped on a fault of the message (unreadable, refused, an error while capturing it),
+    #: not by a rule: what the poller counts per mailbox (SPEC B6)
+    fault: bool = False
 
     def as_json(self) -> dict[str, object]:
         """The stable JSON shape of docs/CLI.md."""

@@ -67,6 +67,8 @@ _NOT_THE_MESSAGE = (SQLAlchemyError, OSError, MailcrmError)  # the database's, t
 
 
 _Run = Callable[[ParsedMessage, Incoming], CaptureResult]
+#: Runs in a batch's last transaction, with the results of the whole batch (see capture_many).
+Then = Callable[[Connection, list[CaptureResult]], None]
 _Views = dict[str, tuple[int, MailboxView]]
 
 
@@ -149,7 +151,7 @@ class Capturer:
             return item
 
     def capture_many(
-        self, items: Sequence[Incoming], then: Callable[[Connection], None] | None = None
+        self, items: Sequence[Incoming], then: Then | None = None
     ) -> list[CaptureResult]:
         """Capture ``items`` in order in one transaction, as if each had one of its own.
 
@@ -161,18 +163,22 @@ class Capturer:
         write lock a transaction holds from its start, the batch is cut into transactions of
         :data:`SQLITE_BATCH` messages so other writers (the spool worker, lease renewals, the
         CLI) wait milliseconds, not seconds. ``then`` runs in the last transaction, after its
-        captures (the poller's checkpoint: it moves in the same commit as they do).
+        captures, with the results of the whole batch (the poller's checkpoint and its count of
+        faults: they move in the same commit as the captures do).
         """
         size = SQLITE_BATCH if self.db.engine.dialect.name == "sqlite" else len(items) or 1
         results: list[CaptureResult] = []
+
+        def after(conn: Connection, mine: list[CaptureResult]) -> None:
+            if then is not None:
+                then(conn, [*results, *mine])  # the earlier slices' results and this one's
+
         for start in range(0, len(items), size):
             last = start + size >= len(items)
-            results += self._slice(items[start : start + size], then if last else None)
+            results += self._slice(items[start : start + size], after if last else None)
         return results
 
-    def _slice(
-        self, items: Sequence[Incoming], then: Callable[[Connection], None] | None = None
-    ) -> list[CaptureResult]:
+    def _slice(self, items: Sequence[Incoming], then: Then | None = None) -> list[CaptureResult]:
         for attempt in range(1, DEADLOCK_TRIES + 1):
             try:
                 results = self._slice_once(items, then)
@@ -185,9 +191,7 @@ class Capturer:
             _count(result)
         return results
 
-    def _slice_once(
-        self, items: Sequence[Incoming], then: Callable[[Connection], None] | None
-    ) -> list[CaptureResult]:
+    def _slice_once(self, items: Sequence[Incoming], then: Then | None) -> list[CaptureResult]:
         try:
             return self._batch(items, saved=False, then=then)
         except _Redo as redo:
@@ -209,7 +213,7 @@ class Capturer:
         self,
         items: Sequence[Incoming],
         saved: bool,
-        then: Callable[[Connection], None] | None = None,
+        then: Then | None = None,
     ) -> list[CaptureResult]:
         """One transaction; on SQLite the write lock is taken first (``BEGIN IMMEDIATE``: no
         other writer slips in between the batch's reads and writes)."""
@@ -239,7 +243,7 @@ class Capturer:
                 with _redone("the batch's writes"):
                     batch.flush()
             if then is not None:
-                then(conn)
+                then(conn, results)
             return results
 
     def _own_transaction(self, msg: ParsedMessage, item: Incoming) -> CaptureResult:
@@ -256,7 +260,7 @@ class Capturer:
             )
         except MessageParseError as exc:
             log.info("capture skipped %s: %s", item.source or "message", exc)
-            return CaptureResult(item.source, "skipped", str(exc))
+            return CaptureResult(item.source, "skipped", str(exc), fault=True)
         for attempt in (1, 2):
             try:
                 return run(msg, item)
@@ -265,7 +269,7 @@ class Capturer:
             except DataError as exc:  # a value the database refuses: this message only, skipped
                 reason = f"cannot store: {str(exc.orig).splitlines()[0][:200]}"
                 log.warning("capture of %s skipped: %s", item.source or msg.key, reason)
-                return CaptureResult(item.source, "skipped", reason, message_key=msg.key)
+                return _fault(item, reason, msg.key)
             except (*_NOT_THE_MESSAGE, _Redo):
                 raise
             except Exception as exc:  # this message only: rolled back (run's transaction), skipped
@@ -275,7 +279,7 @@ class Capturer:
                     "capture of %s (Message-ID %s) skipped: %s: %s", item.source or "a message",
                     msg.message_id, reason, str(exc)[:200], exc_info=trace,
                 )  # fmt: skip
-                return CaptureResult(item.source, "skipped", reason, message_key=msg.key)
+                return _fault(item, reason, msg.key)
         return CaptureResult(item.source, "duplicate", "already captured", message_key=msg.key)
 
     def _capture_parsed(
@@ -356,6 +360,10 @@ class Capturer:
             history=item.history,
             own_domains=self.staff.own_domains,
         )
+
+
+def _fault(item: Incoming, reason: str, key: str) -> CaptureResult:
+    return CaptureResult(item.source, "skipped", reason, message_key=key, fault=True)
 
 
 def _count(result: CaptureResult) -> None:

@@ -1,6 +1,7 @@
 """What the CardDAV/CalDAV front end (:mod:`proxy.dav`) reads of the CRM: who signs in, the cards
 (leads, contacts, companies) and tasks (activities) a user may see, and the change log that makes
-sync tokens and collection tags (``dav_changes``, :mod:`crm.store.changes`).
+sync tokens and collection tags (``dav_changes``, :mod:`crm.store.changes`), kept to a retention
+(:mod:`crm.store.pruning`).
 
 Plain dataclasses cross the door; the vCard and iCalendar text is the front end's business. What a
 user sees is the visibility rule's (SPEC V1, :mod:`crm.face.visibility`), applied in SQL: one
@@ -20,6 +21,7 @@ from crm.mail.addresses import try_normalize
 from crm.mailboxes.linking import LoginView as LoginView
 from crm.mailboxes.linking import lookup_login
 from crm.mailboxes.schedule import touch_owner
+from crm.store import pruning
 from crm.store.db import Database
 from crm.store.models import Activity, Company, Contact, DavChange, EntityEmail, Lead, Mailbox
 from crm.vocab import EntityType
@@ -188,17 +190,23 @@ def head(db: Database, kinds: tuple[str, ...]) -> int:
         )
 
 
-def floor(db: Database) -> int:
-    """Tokens below this are too old to answer (the log was pruned below it)."""
-    with db.session() as session:
-        return max(0, int(session.scalar(select(func.min(DavChange.id))) or 1) - 1)
+class Pruned(Exception):
+    """The change log no longer reaches back to a client's token (pruned below it, SPEC B8)."""
+
+
+def prune_changes(db: Database, days: int) -> pruning.Pruned:
+    """Delete the changes older than ``days`` days now (``mailcrm db prune-dav-changes``)."""
+    return pruning.prune(db, days, pause=pruning.PAUSE)
 
 
 def changed(
     db: Database, kinds: tuple[str, ...], since: int, limit: int
 ) -> tuple[list[tuple[str, int]], int, bool]:
     """The records of ``kinds`` changed after change ``since``, at most ``limit`` changes:
-    (distinct records in change order, the change they reach, whether more are left)."""
+    (distinct records in change order, the change they reach, whether more are left).
+
+    Raises :class:`Pruned` when changes after ``since`` may be gone; checked after the read, so
+    a prune running meanwhile cannot leave a hole unnoticed (it deletes the oldest first)."""
     with db.session() as session:
         rows = list(
             session.execute(
@@ -208,6 +216,8 @@ def changed(
                 .limit(limit + 1)
             )
         )
+        if since < pruning.floor(session, kinds):
+            raise Pruned(since)
     more = len(rows) > limit
     rows = rows[:limit]
     seen: dict[tuple[str, int], None] = {}

@@ -93,6 +93,15 @@ def new_app_password(db: Database, address: str) -> str:
     return password
 
 
+def revoke_app_password(db: Database, address: str) -> bool:
+    """Forget an oauth2 mailbox's app password (a leaked one, a phone lost): from the next login
+    on, mail clients are refused until a new one is made. False when there was none."""
+    with db.session() as session:
+        grant = grants.grant_row(session, grants.oauth_mailbox(session, address))
+        had, grant.app_password = grant.app_password is not None, None
+    return had
+
+
 def app_password_of(db: Database, address: str) -> str | None:
     """The stored hash of an oauth2 mailbox's app password (None: none, or not oauth2)."""
     with db.session() as session:

@@ -1,6 +1,7 @@
 """What the IMAP poller (:mod:`proxy.imap`) needs of the CRM: the mailboxes as snapshots
 (:mod:`crm.mailboxes.snapshot`), the capture path, message parsing, the sync checkpoints and
-deletions (:mod:`crm.mailboxes.sync`, :mod:`crm.mailboxes.deletions`, used as modules), the
+deletions and the faults counted per mailbox (:mod:`crm.mailboxes.sync`,
+:mod:`crm.mailboxes.deletions`, :mod:`crm.mailboxes.faults`, used as modules), the
 leases and a foreground import's hand-over, and the stored passwords."""
 
 from crm.capture.path import Capturer as Capturer
@@ -8,6 +9,7 @@ from crm.capture.path import Incoming as Incoming
 from crm.capture.path import Location as Location
 from crm.mail.message import parse_message as parse_message
 from crm.mailboxes import deletions as deletions
+from crm.mailboxes import faults as faults
 from crm.mailboxes import schedule as schedule
 from crm.mailboxes import sync as sync
 from crm.mailboxes.handover import ForegroundLease as ForegroundLease

@@ -60,7 +60,8 @@ def mailbox_status(box: Mailbox) -> tuple[str, str]:
 
 
 def mailbox_json(box: Mailbox) -> JSON:
-    """mailbox: address, kind, owner, linked, status, status_reason, last_check, settings."""
+    """mailbox: address, kind, owner, linked, status, status_reason, last_check, faults,
+    settings."""
     status, reason = mailbox_status(box)
     company = box.kind == MailboxKind.COMPANY
     return {
@@ -73,6 +74,11 @@ def mailbox_json(box: Mailbox) -> JSON:
         "last_check": iso(box.last_check_at),
         "last_ok": iso(box.last_ok_at),
         "last_error": box.last_error,
+        "faults": {  # messages the poller skipped on a fault, not by a rule (SPEC B6)
+            "skipped": box.skipped_faults or 0,
+            "last_reason": box.last_fault,
+            "last_at": iso(box.last_fault_at),
+        },
         "connection": {
             "preset": box.preset,
             "imap_host": box.imap_host,

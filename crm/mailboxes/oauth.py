@@ -42,6 +42,7 @@ log = logging.getLogger("crm.oauth")
 
 #: a token is refreshed once this share of its lifetime has passed
 REFRESH_AT = 0.8
+RETRY_REFRESH_S = 30.0  # a refresh that failed for a passing reason is tried again this soon
 #: seconds for one token-endpoint exchange
 HTTP_TIMEOUT = 20.0
 _MAX_LIFETIME = 86400 * 7
@@ -260,6 +261,17 @@ def _fresh(row: MailboxOAuth, now: dt.datetime) -> bool:
     return now < row.issued_at + (row.expires_at - row.issued_at) * REFRESH_AT
 
 
+def _still_valid(row: MailboxOAuth, now: dt.datetime) -> bool:
+    """The stored access token has not expired yet (a failed refresh may go on with it)."""
+    return row.access is not None and row.expires_at is not None and now < row.expires_at
+
+
+def _retry_at(row: MailboxOAuth, now: dt.datetime) -> dt.datetime:
+    """When to try a failed refresh again: soon, and never after the token expires."""
+    assert row.expires_at is not None
+    return min(now + dt.timedelta(seconds=RETRY_REFRESH_S), row.expires_at)
+
+
 def refresh_due(row: MailboxOAuth) -> dt.datetime | None:
     """When the stored access token is to be refreshed (80 % of its lifetime)."""
     if row.issued_at is None or row.expires_at is None:
@@ -277,7 +289,10 @@ def access_token(db: Database, secrets: SecretBox, address: str) -> tuple[str, d
     when 80 % of its lifetime has passed. The refresh of one mailbox is serialised: in this
     process by a lock (the relay and the poller of one node; SQLite), across nodes by the grant
     row's lock (PostgreSQL ``FOR UPDATE``), so a rotating refresh token is spent once. A refused
-    refresh token is noted (the mailbox red, saying how to re-authorize) before it is raised."""
+    refresh token is noted (the mailbox red, saying how to re-authorize) before it is raised. A
+    refresh that fails for a passing reason (the endpoint down, slow, talking nonsense) goes on
+    with the current token while it has not expired, tried again within ``RETRY_REFRESH_S``;
+    after that the :class:`OAuthError` is raised (the mailbox red, saying why)."""
     with _local_lock(address):
         return _access_token(db, secrets, address)
 
@@ -300,6 +315,12 @@ def _access_token(db: Database, secrets: SecretBox, address: str) -> tuple[str, 
                 row.refused = box.last_error = reason
                 log.warning("oauth: %s: refresh token refused: %s", box.address, exc)
                 refused = ReauthorizeNeeded(reason)
+            except OAuthError as exc:
+                if not _still_valid(row, utcnow()):
+                    raise
+                log.warning("oauth: %s: refresh failed (%s); going on with the token, good "
+                            "until %s", box.address, exc, row.expires_at)  # fmt: skip
+                return secrets.open(row.access or b""), _retry_at(row, utcnow())
             else:
                 store(session, secrets, box, tokens)
                 row.refreshes += 1

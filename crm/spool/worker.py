@@ -40,6 +40,7 @@ from crm import logs, metrics
 from crm.capture.path import Capturer, CaptureResult, Incoming
 from crm.config import Config
 from crm.errors import MailcrmError, NotFound
+from crm.mailboxes import faults
 from crm.store.db import Database
 from crm.store.models import SpoolEntry, utcnow
 from crm.vocab import Direction
@@ -200,6 +201,12 @@ class SpoolWorker:
             )
         for params in kinds.values():
             session.execute(update(SpoolEntry), params)  # bulk UPDATE by primary key
+        faulted: dict[str, list[CaptureResult]] = {}
+        for row, outcome in zip(rows, outcomes, strict=True):
+            if outcome.result.fault:
+                faulted.setdefault(row.mailbox_address, []).append(outcome.result)
+        for address, results in faulted.items():  # SPEC B6: counted as the entries retire
+            faults.record_for(session.connection(), address, results)
 
     def _raws(self, ids: list[int]) -> dict[int, bytes]:
         with self.db.session() as session:
@@ -249,13 +256,15 @@ class SpoolWorker:
     def _retry(self, row: Row[Any], why: str, limit: int, final: str) -> Outcome:
         attempts = row.attempts + 1
         values: dict[str, Any] = {"attempts": attempts, "last_error": why}
-        if attempts >= limit:
+        given_up = attempts >= limit
+        if given_up:
             values["state"] = final
             log.warning("spool entry %s given up (%s): %s", row.id, final, why)
         else:
             delay = min(RETRY_BASE * 2 ** (attempts - 1), RETRY_MAX)
             self._later[row.id] = time.monotonic() + delay
-        return Outcome(CaptureResult(_source(row), "skipped", why), values)
+        fault = given_up and final == "failed"  # an error to the end (not: no mailbox to wait for)
+        return Outcome(CaptureResult(_source(row), "skipped", why, fault=fault), values)
 
     def purge(self) -> None:
         """Forget entries never delivered, and hidden spool files never published (a day old)."""

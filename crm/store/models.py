@@ -26,6 +26,7 @@ from sqlalchemy import (
     TypeDecorator,
     UniqueConstraint,
     event,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -118,6 +119,10 @@ class Mailbox(Base):
     #: ``password`` or ``oauth2`` (issue 15); an oauth2 mailbox's tokens are in ``mailbox_oauth``
     auth: Mapped[str] = mapped_column(String(10), default="password", server_default="password")
     oauth_provider: Mapped[str | None] = mapped_column(String(40), default=None)
+    #: messages the poller skipped on a fault (not the rules' skips), the last reason and when
+    skipped_faults: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    last_fault: Mapped[str | None] = mapped_column(Text, default=None)
+    last_fault_at: Mapped[dt.datetime | None] = mapped_column(default=None)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     queue: Mapped[list[QueueMember]] = relationship(
         order_by="QueueMember.position", cascade="all, delete-orphan", lazy="selectin"
@@ -338,13 +343,15 @@ class Lease(Base):
 
 
 class DavChange(Base):
-    """One change of a lead, contact, company or activity: its id is a DAV sync token."""
+    """One change of a lead, contact, company or activity: its id is a DAV sync token; when the
+    database wrote it (every insert, bulk ones too) is what the retention prunes by."""
 
     __tablename__ = "dav_changes"
     id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
     entity_type: Mapped[str] = mapped_column(String(10))
     entity_id: Mapped[int] = mapped_column(Integer)
-    __table_args__ = (Index("ix_dav_changes_kind", "entity_type", "id"),)
+    created_at: Mapped[dt.datetime] = mapped_column(server_default=text("CURRENT_TIMESTAMP"))
+    __table_args__ = (Index("ix_dav_changes_kind", "entity_type", "id"), Index(None, "created_at"))
 
 
 class OAuthProvider(Base):
@@ -377,3 +384,15 @@ class MailboxOAuth(Base):
     refreshes: Mapped[int] = mapped_column(Integer, default=0)
     refused: Mapped[str | None] = mapped_column(Text, default=None)
     app_password: Mapped[str | None] = mapped_column(String(300), default=None)
+
+
+class WebSession(Base):
+    """A web CRM sign-in (B7: any node serves it): the SHA-256 of the cookie's token (never the
+    token), the user, the CSRF token, when it started and was last used (to a minute)."""
+
+    __tablename__ = "web_sessions"
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    csrf: Mapped[str] = mapped_column(String(64))
+    started_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    last_used_at: Mapped[dt.datetime] = mapped_column(default=utcnow)

@@ -13,6 +13,7 @@ from typing import Annotated, Any, NoReturn
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 from typer._click.core import Context as ClickContext  # typer vendors click
 from typer._click.exceptions import ClickException, UsageError
 from typer.core import TyperArgument, TyperGroup, TyperOption
@@ -112,7 +113,9 @@ class State:
 
 
 STATE = State()
-out = Console(highlight=False, soft_wrap=True)
+# markup=False: what it prints holds stranger-written text (server replies, display names, folder
+# names); a "[/x]" in it must be shown as it is, not read as rich markup (a MarkupError crash)
+out = Console(highlight=False, soft_wrap=True, markup=False)
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
@@ -134,8 +137,8 @@ def table(rows: list[dict[str, Any]], columns: list[str], empty: str) -> None:
     grid = Table()
     for name in columns:  # at 80 columns long values fold onto more lines, never cut off
         grid.add_column(name, overflow="fold", min_width=min(len(name), 12))
-    for row in rows:
-        grid.add_row(*(cell(row.get(c)) for c in columns))
+    for row in rows:  # Text, not markup: a "[/x]" in a stored value is shown as it is
+        grid.add_row(*(Text(cell(row.get(c))) for c in columns))
     out.print(grid, soft_wrap=False)
 
 

@@ -185,8 +185,8 @@ def mailbox_show(address: Address, as_json: JsonOpt = False) -> None:
     if as_json:
         print_json(data)
         return
-    for key, value in data.items():
-        out.print(f"{key}: {cell(value)}")
+    for key, value in data.items():  # values as they are: a reason's [brackets] are no markup
+        out.print(f"{key}: {cell(value)}", markup=False)
 
 
 @app.command("check")

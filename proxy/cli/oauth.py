@@ -18,7 +18,7 @@ from crm.face import Database
 from crm.face import oauth as face
 from crm.face.relay import SecretBox
 
-from .common import STATE, Address, JsonOpt, Opt, group, print_json
+from .common import STATE, Address, JsonOpt, Opt, group, out, print_json
 
 app = group("OAuth2 sign-in for Microsoft 365, Google and other providers (issue 15).")
 provider_app = group("OAuth2 providers: endpoints, client id and secret, scopes.")
@@ -173,8 +173,21 @@ def _device(db: Database, secrets: SecretBox, address: str, provider: face.Provi
     raise OAuthError("the device code expired before anyone signed in: nothing stored")
 
 
-def app_password(address: Address, as_json: JsonOpt = False) -> None:
+def app_password(
+    address: Address,
+    revoke: Annotated[
+        bool, Opt("--revoke", help="Forget the app password: mail clients are refused.")
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
     """A new password for mail clients to log in to the relay (replaces the one before)."""
+    if revoke:
+        had = face.revoke_app_password(STATE.db, address)
+        if as_json:
+            print_json({"revoked": had})
+        else:
+            out.print(f"app password of {address} revoked" if had else f"{address} had none")
+        return
     password = face.new_app_password(STATE.db, address)
     if as_json:
         print_json({"password": password})

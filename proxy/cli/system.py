@@ -1,15 +1,15 @@
-"""The gateway itself on the command line: ``db upgrade``, ``status`` (the status page in the
-terminal), ``tls selfsigned`` (certificates for the relay) and ``serve`` (everything, until
-SIGTERM)."""
+"""The gateway itself on the command line: ``db upgrade``, ``db prune-dav-changes`` (the DAV
+change log now), ``status`` (the status page in the terminal), ``tls selfsigned`` (certificates
+for the relay) and ``serve`` (everything, until SIGTERM)."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from crm import logs
 from crm.face import Database
 
-from .common import STATE, JsonOpt, Opt, group, out, print_json, table
+from .common import STATE, JsonOpt, Opt, fail, group, out, print_json, table
 
 db_app = group("The database.")
 tls_app = group("TLS certificates of the relay.")
@@ -21,6 +21,29 @@ def db_upgrade() -> None:
     database = Database(STATE.config.database_url, migrate=False)
     done = database.upgrade_if_needed()
     out.print(f"database {database.safe_url} " + ("migrated" if done else "is up to date"))
+
+
+@db_app.command("prune-dav-changes")
+def db_prune_dav_changes(
+    older_than_days: Annotated[
+        int | None,
+        Opt(metavar="N", min=1, help="Retention in days (default: [dav] change_log_days)."),
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Delete the DAV change log's changes older than N days now (serve does it every hour)."""
+    from crm.face.dav import prune_changes
+
+    days = older_than_days or STATE.config.dav.change_log_days
+    if not days:
+        fail("[dav] change_log_days = 0 keeps every change: give --older-than-days N")
+    done = prune_changes(STATE.db, days)
+    if as_json:
+        print_json({"deleted": done.deleted, "older_than_days": days, "below": done.below})
+    elif done.below is None:
+        out.print(f"nothing deleted: no DAV change is older than {days} days")
+    else:
+        out.print(f"deleted {done.deleted} DAV changes older than {days} days")
 
 
 def status(as_json: JsonOpt = False) -> None:
@@ -43,10 +66,17 @@ def status(as_json: JsonOpt = False) -> None:
         return
     checks = [vars(c) for c in snap.listeners + snap.nodes]
     table(checks, ["name", "status", "reason", "address"], "no listeners")
-    table(
-        snap.mailboxes, ["address", "kind", "status", "status_reason", "last_check"], "no mailboxes"
-    )
+    rows = [{**box, "skipped (faults)": faults_text(box.get("faults"))} for box in snap.mailboxes]
+    columns = ["address", "kind", "status", "status_reason", "last_check", "skipped (faults)"]
+    table(rows, columns, "no mailboxes")
     out.print(f"last day: {snap.leads_today} new leads, {snap.activities_today} activities")
+
+
+def faults_text(faults: dict[str, Any] | None) -> str:
+    """SPEC B6: ``1, last: capture error: RecursionError at 2026-...`` (``0`` without any)."""
+    if not faults or not faults["skipped"]:
+        return "0"
+    return f"{faults['skipped']}, last: {faults['last_reason']} at {faults['last_at']}"
 
 
 @tls_app.command("selfsigned")

@@ -35,10 +35,17 @@ DAVAPP: web.AppKey[Any] = web.AppKey("dav_app", object)
 
 class TruncatingSync(sync.SyncCollectionReporter):
     """sync-collection answering a long change list in parts (RFC 6578 3.6): a 507 for the
-    request URI and the token of the part answered; the client asks again from there."""
+    request URI and the token of the part answered; the client asks again from there. A token
+    it cannot answer (unknown, or older than the pruned change log) is 403 with
+    DAV:valid-sync-token (RFC 6578 3.2; xandikos says 412): the client drops it and syncs anew."""
 
     async def report(self, environ: Any, body: Any, by_hrefs: Any, *args: Any) -> Any:
-        response = await super().report(environ, body, by_hrefs, *args)
+        try:
+            response = await super().report(environ, body, by_hrefs, *args)
+        except webdav.PreconditionFailure as exc:
+            if exc.precondition != "{DAV:}valid-sync-token":
+                raise
+            raise webdav.ForbiddenPrecondition(exc.precondition, exc.description) from exc
         req = CURRENT.get()
         if req.truncated is None or not str(response.status).startswith("207"):
             return response

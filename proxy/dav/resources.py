@@ -124,8 +124,8 @@ class Tracked(Undated, webdav.Collection):
         number = token[len(prefix) :] if token.startswith(prefix) else ""
         if not number.isdigit() or len(number) > 18:
             raise InvalidToken(token[:200])
-        since, req = int(number), CURRENT.get()
-        if since > face.head(req.db, self.kinds) or since < face.floor(req.db):
+        since = int(number)
+        if since > face.head(CURRENT.get().db, self.kinds):
             raise InvalidToken(token[:200])
         return since
 
@@ -138,7 +138,10 @@ class Tracked(Undated, webdav.Collection):
                 yield name, None, item
             return
         req = CURRENT.get()
-        touched, upto, more = face.changed(req.db, self.kinds, since, SYNC_PAGE)
+        try:
+            touched, upto, more = face.changed(req.db, self.kinds, since, SYNC_PAGE)
+        except face.Pruned:  # older than the change log: the client syncs anew (RFC 6578 3.2)
+            raise InvalidToken((old_token or "")[:200]) from None
         found = dict(self.items_of(touched))
         for kind, eid in touched:
             name = self.name_of(kind, eid)

@@ -12,22 +12,22 @@ commit per batch, and a message the database refuses, or that raced with another
 back only itself (the batch is then done again with a SAVEPOINT per message). The checkpoint
 (last UID done) moves in the commit of the captures it covers (on SQLite, whose batches are cut
 into several transactions, in the last one); a crash before only repeats work that capture
-recognises (location and message key), so nothing is missed and nothing doubled. After a
-UIDVALIDITY change, messages are first matched to the old ones by Message-ID (headers only) and
-re-mapped instead of imported again.
+recognises (location and message key), so nothing is missed and nothing doubled. A message
+skipped on a fault (it cannot be read, or capturing it failed) is counted for the mailbox in that
+same commit (:mod:`crm.mailboxes.faults`). After a UIDVALIDITY change, messages are first matched
+to the old ones by Message-ID (headers only) and re-mapped instead of imported again.
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import functools
 import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from crm.errors import MessageParseError
-from crm.face.poller import Capturer, Incoming, Location, parse_message, sync
+from crm.face.poller import Capturer, Incoming, Location, faults, parse_message, sync
 from crm.vocab import utcnow
 
 from .client import ImapClient
@@ -111,14 +111,9 @@ def store_items(
     if not items:
         sync.save_checkpoint(capturer.db, plan.id, folder.name, uidvalidity, last_uid=checkpoint)
         return stats
-    advance = functools.partial(
-        sync.save_checkpoint_in,
-        mailbox_id=plan.id,
-        folder=folder.name,
-        uidvalidity=uidvalidity,
-        last_uid=checkpoint,
-    )
-    for result in capturer.capture_many(items, then=advance):  # one commit for both
+    # the checkpoint and the mailbox's count of faults (SPEC B6) move in the captures' commit
+    advance = faults.batch_done(plan.id, folder.name, uidvalidity, last_uid=checkpoint)
+    for result in capturer.capture_many(items, then=advance):  # one commit for all
         stats.captured += result.action == "captured"
         stats.duplicate += result.action == "duplicate"
         stats.skipped += result.action == "skipped"

@@ -104,7 +104,7 @@ class BarView(ImportView):
         super().__init__()
         self.address = address
         self.progress = Progress(
-            TextColumn("{task.description}"),
+            TextColumn("{task.description}", markup=False),  # folder names are the server's
             BarColumn(),
             MofNCompleteColumn(),
             _Rate(),

@@ -53,7 +53,7 @@ def make_app(config: Config, db: Database, sessions: SessionStore | None = None)
     app[crmpages.DB] = db
     figures.install(app, db)
     app[REGISTRY] = metrics.registry(db, spool=spool_dir(config))
-    app[guard.SESSIONS] = sessions if sessions is not None else SessionStore()
+    app[guard.SESSIONS] = sessions if sessions is not None else SessionStore(db)
     app[guard.SIGNIN] = SignIn(config, db)
     app[guard.TEMPLATES] = guard.templates()
     app.router.add_get("/login", guard.login_page)

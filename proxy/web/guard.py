@@ -1,5 +1,6 @@
 """The web CRM's door: sign-in and sign-out, the session middleware (every page but ``/login``,
-``/healthz``, ``/metrics`` and the static files redirects to ``/login`` without a session), the
+``/healthz``, ``/metrics`` and the static files redirects to ``/login`` without a session; the
+session is looked up in the database once per request, 503 while it cannot be reached), the
 CSRF check on every state-changing request (403 without the session's token), the security
 headers (a Content-Security-Policy without inline scripts), and page rendering with Jinja2
 (autoescape on: the CRM is filled by strangers' mail).
@@ -16,6 +17,8 @@ from urllib.parse import quote, urlsplit
 import jinja2
 from aiohttp import web
 
+from crm.face import StoreError
+
 from .sessions import COOKIE, SessionStore, WebSession
 from .signin import SignIn, SignInRefused
 
@@ -24,6 +27,8 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 SESSIONS: web.AppKey[SessionStore] = web.AppKey("sessions", SessionStore)
 SIGNIN: web.AppKey[SignIn] = web.AppKey("signin", SignIn)
 TEMPLATES: web.AppKey[jinja2.Environment] = web.AppKey("templates", jinja2.Environment)
+SESSION: web.RequestKey[WebSession | None] = web.RequestKey("session")
+DOWN = "503 Service Unavailable: the database cannot be reached, try again later\n"
 OPEN = (
     "/login",
     "/healthz",
@@ -50,9 +55,20 @@ def templates() -> jinja2.Environment:
     )
 
 
+async def _look_up(request: web.Request) -> WebSession | None:
+    """The cookie's live session (from the database, once per request), kept on the request."""
+    try:
+        found = await request.app[SESSIONS].get(request.cookies.get(COOKIE))
+    except StoreError as exc:
+        log.warning("web: sessions unavailable: %s", str(exc).splitlines()[0][:200])
+        raise web.HTTPServiceUnavailable(text=DOWN) from exc
+    request[SESSION] = found
+    return found
+
+
 def session_of(request: web.Request) -> WebSession | None:
-    """The request's live session, if any."""
-    return request.app[SESSIONS].get(request.cookies.get(COOKIE))
+    """The request's live session, if any (looked up by :func:`gate`)."""
+    return request.get(SESSION)
 
 
 def current(request: web.Request) -> WebSession:
@@ -104,8 +120,10 @@ async def headers(request: web.Request, handler: Handler) -> web.StreamResponse:
 async def gate(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Session required (else to /login), CSRF token required on POST (else 403)."""
     if request.path.startswith(OPEN):
+        if request.path == "/login" and COOKIE in request.cookies:
+            await _look_up(request)  # the page shows who is signed in already
         return await handler(request)
-    session = session_of(request)
+    session = await _look_up(request)
     if session is None:
         if request.method == "GET":
             target = request.path_qs if request.path != "/" else ""
@@ -146,7 +164,8 @@ async def login(request: web.Request) -> web.StreamResponse:
         viewer = await request.app[SIGNIN].check(request.remote, email, password)
     except SignInRefused as refused:
         return render(request, "login.html", 401, error=str(refused), email=email, next=nxt)
-    session = request.app[SESSIONS].start(viewer)
+    await request.app[SESSIONS].end(request.cookies.get(COOKIE))  # a new sign-in replaces it
+    session = await request.app[SESSIONS].start(viewer)
     response = web.HTTPSeeOther(nxt)
     response.set_cookie(
         COOKIE, session.token, httponly=True, samesite="Lax", secure=request.secure, path="/"
@@ -157,7 +176,7 @@ async def login(request: web.Request) -> web.StreamResponse:
 
 async def logout(request: web.Request) -> web.StreamResponse:
     """Forget the session and the cookie."""
-    request.app[SESSIONS].end(request.cookies.get(COOKIE))
+    await request.app[SESSIONS].end(request.cookies.get(COOKIE))
     response = web.HTTPSeeOther("/login")
     response.del_cookie(COOKIE, path="/")
     raise response

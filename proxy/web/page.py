@@ -13,12 +13,13 @@ from typing import Any
 from .status import Check, Snapshot
 
 REFRESH_SECONDS = 30
+REASON_CUT = 80  # characters of a fault's reason shown in a cell (the whole in its title)
 STYLE = """
 body { font: 14px/1.4 "DejaVu Sans", system-ui, sans-serif; margin: 1.5em; color: #222; }
 h1 { font-size: 1.4em; margin: 0 0 .2em; } h2 { font-size: 1.1em; margin: 1.4em 0 .4em; }
 .meta { color: #666; } table { border-collapse: collapse; width: 100%; }
 th, td { text-align: left; padding: .3em .6em; border-bottom: 1px solid #ddd; vertical-align: top; }
-th { background: #f4f4f4; } td.err { font-family: monospace; font-size: .9em; }
+th { background: #f4f4f4; } td.err, .err { font-family: monospace; font-size: .9em; }
 tr.green td.status { background: #d9f2dc; color: #14591e; font-weight: bold; }
 tr.red td.status { background: #f9d6d5; color: #8a1410; font-weight: bold; }
 tr.red td.reason { color: #8a1410; } .counts { font-size: 1.1em; } .none { color: #888; }
@@ -70,7 +71,7 @@ def _checks(title: str, kind: str, checks: list[Check], with_address: bool) -> s
 
 def _mailboxes(boxes: list[dict[str, Any]]) -> str:
     head = ["Mailbox", "Status", "Reason", "Kind", "Owner", "Last check", "Schedule", "Last error",
-            "Node"]  # fmt: skip
+            "Skipped (faults)", "Node"]  # fmt: skip
     rows = []
     for box in boxes:
         cells = [
@@ -82,14 +83,29 @@ def _mailboxes(boxes: list[dict[str, Any]]) -> str:
             e(box["last_check"] or "never"),
             e(_schedule(box.get("schedule"))),
             e(box["last_error"]),
+            _faults(box.get("faults")),
             e(box.get("node") or "-"),
         ]
         rows.append(
             f'<tr class="mailbox {_cls(box["status"])}" data-mailbox="{e(box["address"])}">'
-            + _cells(cells, ["", "status", "reason", "", "", "", "schedule", "err", ""])
+            + _cells(cells, ["", "status", "reason", "", "", "", "schedule", "err", "faults", ""])
             + "</tr>"
         )
     return _section("Mailboxes", head, rows, "no mailboxes")
+
+
+def _faults(faults: dict[str, Any] | None) -> str:
+    """SPEC B6: how many messages the poller skipped on a fault, the last reason (cut, whole in
+    its title) and when; escaped HTML."""
+    if not faults or not faults["skipped"]:
+        return "0"
+    reason = str(faults["last_reason"] or "")
+    shown = reason if len(reason) <= REASON_CUT else reason[: REASON_CUT - 1] + "\u2026"
+    return (
+        f'<b class="fault-count">{e(faults["skipped"])}</b>, last: '
+        f'<span class="err fault-reason" title="{e(reason)}">{e(shown)}</span> '
+        f'<span class="fault-at">at {e(faults["last_at"])}</span>'
+    )
 
 
 def _schedule(plan: dict[str, Any] | None) -> str:

@@ -356,3 +356,5 @@ def test_spool_worker_skips_a_poisoned_entry_once_and_captures_the_rest(
     ]  # fmt: skip
     assert subjects == ["one", "deep-multipart-1000", "two", "3"]
     db.dispose()
+    faults = sales.json("mailbox", "show", SALES)["faults"]  # SPEC B6: counted once, by mailbox
+    assert (faults["skipped"], faults["last_reason"]) == (1, "capture error: RecursionError")

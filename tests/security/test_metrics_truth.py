@@ -161,7 +161,7 @@ async def test_healthz_is_503_when_the_sqlite_file_is_read_only(sqlite_url: str)
     with immutable(_sqlite_path(sqlite_url)):
         db = Database(sqlite_url)
         try:
-            async for get in start_http(node_config(sqlite_url), db):
+            async for get in start_http(node_config(sqlite_url), db, signed_in=False):
                 status, body = await get("/healthz")
                 _, metrics_body = await get("/metrics")
         finally:
@@ -176,7 +176,7 @@ async def test_metrics_answer_while_postgresql_is_unreachable() -> None:
     down = Database(
         "postgresql+psycopg://postgres@127.0.0.1:1/test?connect_timeout=2", migrate=False
     )
-    async for get in start_http(node_config("unused"), down):
+    async for get in start_http(node_config("unused"), down, signed_in=False):
         status, body = await get("/metrics")
     assert status == 200
     assert sample(body, "mailcrm_database_up") == 0
