@@ -5,13 +5,19 @@ VTODO over /dav/, and the poller pushes \\Seen upstream; reopening it clears \\S
 from __future__ import annotations
 
 import asyncio
+import base64
+import re
 import uuid
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from caldav.davclient import DAVClient
+from sqlalchemy import select
 
+from crm.store.db import Database
+from crm.store.models import User
 from tests.conftest import Cli
 from tests.pollerkit import PASSWORD, MailEnv, message, until
 from tests.servers import Dovecot, Postfix
@@ -67,3 +73,54 @@ async def test_completing_a_todo_marks_the_mail_seen_on_the_server(
         assert "STATUS:NEEDS-ACTION" in reopened and "COMPLETED:" not in reopened
         await until(lambda: _seen(env) == 0, what="DAV reopening -> \\Seen removed upstream")
         assert not [a for a in env.activities() if a["completed"]]
+
+
+def user_id(env: MailEnv, email: str) -> int:
+    db = Database(env.url, migrate=False)
+    try:
+        with db.session() as s:
+            return s.scalars(select(User.id).where(User.email == email)).one()
+    finally:
+        db.dispose()
+
+
+async def _sync(base: str, user: str, path: str, token: str = "") -> tuple[str, set[str]]:
+    """A sync-collection REPORT as a client sends it: (the new token, the member names)."""
+    body = (
+        '<?xml version="1.0"?><d:sync-collection xmlns:d="DAV:">'
+        f"<d:sync-token>{token}</d:sync-token><d:sync-level>1</d:sync-level>"
+        "<d:prop><d:getetag/></d:prop></d:sync-collection>"
+    )
+    auth = {"Authorization": "Basic " + base64.b64encode(f"{user}:{PASSWORD}".encode()).decode()}
+    async with (
+        aiohttp.ClientSession() as http,
+        http.request("REPORT", base + path, data=body, headers=auth) as answer,
+    ):
+        assert answer.status == 207, await answer.text()
+        text = await answer.text()
+    new_token = re.findall(r"sync-token>([^<]+)<", text)[-1]
+    return new_token, set(re.findall(r"/((?:lead|contact|company|activity)-[0-9]+\.\w+)<", text))
+
+
+async def test_mail_the_poller_captures_reaches_the_clients_next_sync(
+    env: MailEnv, postfix: Postfix
+) -> None:
+    """The change log notes what capture writes (SQL Core, not the ORM hook): a client that
+    synced before the mail came gets the new to-do and the new lead's card in its next sync."""
+    alice = env.link()
+    env.deliver(message("Carla Kunde <carla@customer-firm.example>", alice, "First offer"))
+    async with env.poller(), web_crm(env, postfix) as base:
+        await until(lambda: len(env.activities()) == 1, what="the first mail captured")
+        home = f"/dav/users/{user_id(env, alice)}/"
+        cards, first_cards = await _sync(base, alice, home + "crm/")
+        tasks, first_tasks = await _sync(base, alice, home + "tasks/")
+        assert len(first_tasks) == 1 and any(n.startswith("lead-") for n in first_cards)
+        env.deliver(message("Dan Dorn <dan@other-firm.example>", alice, "Second offer"))
+        env.deliver(message("Carla Kunde <carla@customer-firm.example>", alice, "Re: First"))
+        await until(lambda: len(env.activities()) == 3, what="two more mails captured")
+        _, new_tasks = await _sync(base, alice, home + "tasks/", tasks)
+        _, new_cards = await _sync(base, alice, home + "crm/", cards)
+    ids = {a["subject"]: a["id"] for a in env.activities()}
+    assert new_tasks == {f"activity-{ids['Second offer']}.ics", f"activity-{ids['Re: First']}.ics"}
+    [dan] = [lead for lead in env.leads() if "dan@other-firm.example" in lead["emails"]]
+    assert f"lead-{dan['id']}.vcf" in new_cards

@@ -11,9 +11,10 @@ activity it captures is a duplicate for a later copy and a thread for a later re
 
 Leads, contacts and companies are written at once (a later message binds to their ids). The
 activities, their bindings, the new addresses and the locations wait in :class:`Batch` and are
-written by :meth:`Batch.flush` with one statement each, before the checkpoint moves and in the
-same transaction, so a crash loses or doubles nothing; a later message that must see one of those
-rows in the database (a copy of a message captured earlier in the batch) flushes first.
+written by :meth:`Batch.flush` with one statement each (and one for the DAV change log of all it
+made), before the checkpoint moves and in the same transaction, so a crash loses or doubles
+nothing; a later message that must see one of those rows in the database (a copy of a message
+captured earlier in the batch) flushes first.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from sqlalchemy import Connection, Executable, insert
 
 from crm.mail.domains import company_for_domain
 from crm.mail.message import ParsedMessage
+from crm.store.changes import log_rows
 from crm.store.lookups import (
     IN_CHUNK,
     companies_by_domain,
@@ -40,8 +42,10 @@ from .records import (
     CreatedRecords,
     Deferred,
     activity_row,
+    activity_touched,
     binding_rows,
     create_entities,
+    entities_touched,
     location_insert,
     mark_answered,
     remember_alias,
@@ -87,6 +91,7 @@ class Batch:
         self._pending: dict[str, _Activity] = {}  # by message key
         self._locations: list[tuple[dict[str, Any], list[int]]] = []
         self._cursors: dict[int, int] = {}
+        self._touched: set[tuple[str, int | None]] = set()  # for the DAV change log
 
     def gather(self, messages: Sequence[ParsedMessage], envelope_to: Iterable[str] = ()) -> None:
         """Ask for the addresses, keys and referenced ids of all ``messages`` at once."""
@@ -143,6 +148,7 @@ class Batch:
         """Apply a ``captured`` decision: its entities now, its activity at the flush (the list
         returned gets the activity's id then)."""
         made = create_entities(self.conn, decision, box_id, self.deferred)
+        self._touched |= entities_touched(made)
         for ref, addresses in _addresses_of(decision, made.contacts, made.leads):
             self.known(addresses)  # asked first: the database's answer would replace ours
             for address in addresses:
@@ -194,7 +200,10 @@ class Batch:
                 activity.ids.append(activity_id)
                 self._keys.found[activity.row["message_key"]] = [activity_id]
                 bindings += [{**b, "activity_id": activity_id} for b in activity.bindings]
+                self._touched |= activity_touched(activity_id, activity.bindings)
             self._execute(_BIND, bindings)
+        log_rows(self.conn, self._touched)
+        self._touched = set()
         self._execute(_EMAIL, self.deferred.emails)
         locations = [
             {**row, "activity_id": activities[0] if activities else None}

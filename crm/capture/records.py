@@ -2,7 +2,8 @@
 and what the capture path notes besides (a message's alias id, where the poller found it).
 
 Runs inside the caller's transaction (SQL Core inserts: this is the hot path of every captured
-message); the caller commits or rolls back the whole message. A batch (:mod:`crm.capture.batch`)
+message, so it logs its DAV changes itself, :func:`crm.store.changes.log_rows`); the caller
+commits or rolls back the whole message. A batch (:mod:`crm.capture.batch`)
 builds the same rows with :func:`create_entities`, :func:`activity_row` and :func:`binding_rows`
 and writes the activities, bindings and addresses of all its messages together (:class:`Deferred`).
 """
@@ -18,6 +19,7 @@ from sqlalchemy.orm import Session
 
 from crm.mail.domains import CompanyGuess
 from crm.mail.message import ParsedMessage
+from crm.store.changes import log_rows
 from crm.store.models import (
     EntityType,
     utcnow,
@@ -218,6 +220,20 @@ def create_entities(
     return Entities(contacts, leads, created)
 
 
+def entities_touched(made: Entities) -> set[tuple[str, int | None]]:
+    """What the DAV change log must note of the entities a capture made: each, its company."""
+    touched: set[tuple[str, int | None]] = {("company", c) for c in made.created.companies}
+    for ref in made.contacts + made.leads:
+        touched |= {(ref.type.value, ref.id), ("company", ref.company_id)}
+    return touched
+
+
+def activity_touched(activity_id: int, bindings: list[dict[str, Any]]) -> set[tuple[str, int]]:
+    """What the DAV change log must note of a new activity: it, and every record bound to it
+    (a binding may show that record to one more reader)."""
+    return {("activity", activity_id)} | {(b["entity_type"], b["entity_id"]) for b in bindings}
+
+
 def binding_rows(activity_id: int, decision: Decision, made: Entities) -> list[dict[str, Any]]:
     """The bindings of a captured message's activity."""
     refs = list(decision.bind)
@@ -265,7 +281,9 @@ def apply_decision(
     """Create everything a ``captured`` decision asks for; returns the activity's id."""
     made = create_entities(conn, decision, mailbox_id)
     activity_id = _insert(conn, ACTIVITIES, **activity_row(msg, mailbox_id, decision, folder))
-    conn.execute(_BIND, binding_rows(activity_id, decision, made))
+    bindings = binding_rows(activity_id, decision, made)
+    conn.execute(_BIND, bindings)
+    log_rows(conn, entities_touched(made) | activity_touched(activity_id, bindings))
     if decision.queue_cursor is not None:
         set_cursor(conn, mailbox_id, decision.queue_cursor)
     if decision.answers:

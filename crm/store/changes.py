@@ -6,7 +6,9 @@ together).
 Visibility follows bindings and companies, so a change also logs what a reader may now see
 or no longer see: a binding logs its activity and its entity, a lead or contact its company.
 Bulk SQL statements bypass this hook; the two the CRM runs (``lead convert`` moving bindings,
-deletions dropping a lead's addresses) go with ORM changes of the same records.
+deletions dropping a lead's addresses) go with ORM changes of the same records. Capture writes
+with SQL Core (its hot path) and logs what it wrote itself, with :func:`log_rows` in the same
+transaction.
 
 Some changes alter who sees records they do not touch: a lead's new responsible takes the
 company-mailbox activities bound to it (and the cards bound to those), a mailbox's new owner or
@@ -18,9 +20,10 @@ tokens (:mod:`proxy.dav.resources`): changing it invalidates them and the client
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import Select, event, insert, inspect, literal, select, union_all
+from sqlalchemy import Connection, Select, event, insert, inspect, literal, select, union_all
 from sqlalchemy.orm import Session
 
 from .models import (
@@ -52,6 +55,13 @@ def _of(obj: Any, touched: Touched) -> None:
     elif isinstance(obj, ActivityBinding):
         touched.add(("activity", obj.activity_id))
         touched.add((obj.entity_type, obj.entity_id))
+
+
+def log_rows(conn: Connection, touched: Iterable[tuple[str, int | None]]) -> None:
+    """Log records written with SQL Core, which the flush hook cannot see: one INSERT."""
+    rows = [{"entity_type": k, "entity_id": e} for k, e in sorted(set(touched)) if e is not None]
+    if rows:
+        conn.execute(insert(DavChange), rows)
 
 
 def _log(session: Session, _context: Any) -> None:
