@@ -24,7 +24,7 @@ from crm.capture.records import apply_decision
 from crm.face import admin
 from crm.store.db import Database
 from crm.store.lookups import existing_activities, existing_activity
-from crm.store.models import Activity, ActivityBinding, Direction, MessageLocation
+from crm.store.models import Activity, ActivityBinding, DavChange, Direction, MessageLocation
 from crm.store.secrets import SecretBox
 from tests.pollerkit import message
 from tests.test_bad_input import SALES, capturer, crm_state
@@ -289,3 +289,36 @@ def test_a_batch_reads_and_writes_once_for_all_its_messages(
         event.remove(db.engine, "before_cursor_execute", count)
     assert twelve == four, statements
     assert len(_locations(db)) == 12 + 4 + 12
+
+
+def test_a_batch_logs_what_it_made_for_dav_in_one_straight_run(
+    capturer: Capturer, db: Database
+) -> None:
+    """New leads with a company and without one (free mail, B5) in one batch: it runs straight
+    through (no SAVEPOINT: before, a lead without a company made the change log's sort fail and
+    every such batch fell back to one savepoint per message) and the DAV change log names each
+    new lead, company and activity."""
+    senders = ["Ann <ann@acme.example>", "Eve <eve@gmail.com>", "Bob <bob@beta.example>"]
+    items = [_item(message(s, SALES, "hello"), n) for n, s in enumerate(senders, start=1)]
+    statements: list[str] = []
+
+    def count(*args: Any) -> None:
+        statements.append(args[2])
+
+    event.listen(db.engine, "before_cursor_execute", count)
+    try:
+        results = capturer.capture_many(capturer.prepare(items))
+    finally:
+        event.remove(db.engine, "before_cursor_execute", count)
+    assert [r.action for r in results] == ["captured"] * 3
+    assert not [s for s in statements if "SAVEPOINT" in s.upper()], statements
+    made = {
+        (kind, eid) for r in results for kind, ids in r.created.as_json().items() for eid in ids
+    }
+    made |= {("activities", a) for r in results for a in r.activities}
+    with db.session() as s:
+        logged = {(k, e) for k, e in s.execute(select(DavChange.entity_type, DavChange.entity_id))}
+    wanted = {(kind.rstrip("s").replace("companie", "company").replace("activitie", "activity"),
+               eid) for kind, eid in made}  # fmt: skip
+    assert wanted <= logged, (wanted, logged)
+    assert {kind for kind, _ in wanted} == {"lead", "company", "activity"}

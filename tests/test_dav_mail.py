@@ -117,10 +117,13 @@ async def test_mail_the_poller_captures_reaches_the_clients_next_sync(
         assert len(first_tasks) == 1 and any(n.startswith("lead-") for n in first_cards)
         env.deliver(message("Dan Dorn <dan@other-firm.example>", alice, "Second offer"))
         env.deliver(message("Carla Kunde <carla@customer-firm.example>", alice, "Re: First"))
-        await until(lambda: len(env.activities()) == 3, what="two more mails captured")
+        env.deliver(message("Eve Free <eve@gmail.com>", alice, "No company"))  # B5: lead alone
+        await until(lambda: len(env.activities()) == 4, what="three more mails captured")
         _, new_tasks = await _sync(base, alice, home + "tasks/", tasks)
         _, new_cards = await _sync(base, alice, home + "crm/", cards)
     ids = {a["subject"]: a["id"] for a in env.activities()}
-    assert new_tasks == {f"activity-{ids['Second offer']}.ics", f"activity-{ids['Re: First']}.ics"}
-    [dan] = [lead for lead in env.leads() if "dan@other-firm.example" in lead["emails"]]
-    assert f"lead-{dan['id']}.vcf" in new_cards
+    news = ("Second offer", "Re: First", "No company")
+    assert new_tasks == {f"activity-{ids[subject]}.ics" for subject in news}
+    for address in ("dan@other-firm.example", "eve@gmail.com"):
+        [lead] = [lead for lead in env.leads() if address in lead["emails"]]
+        assert f"lead-{lead['id']}.vcf" in new_cards

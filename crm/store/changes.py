@@ -59,9 +59,9 @@ def _of(obj: Any, touched: Touched) -> None:
 
 def log_rows(conn: Connection, touched: Iterable[tuple[str, int | None]]) -> None:
     """Log records written with SQL Core, which the flush hook cannot see: one INSERT."""
-    rows = [{"entity_type": k, "entity_id": e} for k, e in sorted(set(touched)) if e is not None]
-    if rows:
-        conn.execute(insert(DavChange), rows)
+    known = sorted({(kind, eid) for kind, eid in touched if eid is not None})
+    if known:
+        conn.execute(insert(DavChange), [{"entity_type": k, "entity_id": e} for k, e in known])
 
 
 def _log(session: Session, _context: Any) -> None:
