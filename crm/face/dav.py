@@ -1,7 +1,7 @@
 """What the CardDAV/CalDAV front end (:mod:`proxy.dav`) reads of the CRM: who signs in, the cards
 (leads, contacts, companies) and tasks (activities) a user may see, and the change log that makes
-sync tokens and collection tags (``dav_changes``, :mod:`crm.store.changes`), kept to a retention
-(:mod:`crm.store.pruning`).
+sync tokens and collection tags (``dav_changes``, :mod:`crm.store.changes`; a token's position in
+it, :mod:`crm.store.positions`), kept to a retention (:mod:`crm.store.pruning`).
 
 Plain dataclasses cross the door; the vCard and iCalendar text is the front end's business. What a
 user sees is the visibility rule's (SPEC V1, :mod:`crm.face.visibility`), applied in SQL: one
@@ -10,6 +10,7 @@ query per kind lists a user's cards, whatever the number of records they cannot 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -21,9 +22,10 @@ from crm.mail.addresses import try_normalize
 from crm.mailboxes.linking import LoginView as LoginView
 from crm.mailboxes.linking import lookup_login
 from crm.mailboxes.schedule import touch_owner
-from crm.store import pruning
+from crm.store import positions, pruning
 from crm.store.db import Database
 from crm.store.models import Activity, Company, Contact, DavChange, EntityEmail, Lead, Mailbox
+from crm.store.positions import Position as Position
 from crm.vocab import EntityType
 
 from .views import iso
@@ -199,31 +201,40 @@ def prune_changes(db: Database, days: int) -> pruning.Pruned:
     return pruning.prune(db, days, pause=pruning.PAUSE)
 
 
+def position(db: Database, kinds: tuple[str, ...]) -> Position:
+    """Where the changes of ``kinds`` stand now: a collection's sync token."""
+    with db.session() as session:
+        return positions.current(session, kinds)
+
+
 def changed(
-    db: Database, kinds: tuple[str, ...], since: int, limit: int
-) -> tuple[list[tuple[str, int]], int, bool]:
-    """The records of ``kinds`` changed after change ``since``, at most ``limit`` changes:
-    (distinct records in change order, the change they reach, whether more are left).
+    db: Database, kinds: tuple[str, ...], since: Position, limit: int
+) -> tuple[list[tuple[str, int]], Position, bool]:
+    """The records of ``kinds`` changed after ``since``, at most ``limit`` changes: (distinct
+    records in change order, the position they reach, whether more are left).
 
     Raises :class:`Pruned` when changes after ``since`` may be gone; checked after the read, so
     a prune running meanwhile cannot leave a hole unnoticed (it deletes the oldest first)."""
     with db.session() as session:
+        positions.one_snapshot(session)  # the position reached is of the read's snapshot
+        now = positions.current(session, kinds)
         rows = list(
             session.execute(
                 select(DavChange.id, DavChange.entity_type, DavChange.entity_id)
-                .where(DavChange.id > since, DavChange.entity_type.in_(kinds))
+                .where(positions.after(since), DavChange.entity_type.in_(kinds))
                 .order_by(DavChange.id)
                 .limit(limit + 1)
             )
         )
-        if since < pruning.floor(session, kinds):
-            raise Pruned(since)
+        if since.change < pruning.floor(session, kinds):
+            raise Pruned(since.change)
     more = len(rows) > limit
     rows = rows[:limit]
     seen: dict[tuple[str, int], None] = {}
     for _id, kind, eid in rows:
         seen[(kind, eid)] = None
-    return list(seen), (rows[-1][0] if rows else since), more
+    reached = max([since.change, *(row[0] for row in rows)])
+    return list(seen), dataclasses.replace(now, change=reached), more
 
 
 def normal_address(text: str) -> str | None:

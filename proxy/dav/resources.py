@@ -96,11 +96,14 @@ class Tracked(Undated, webdav.Collection):
         viewer = CURRENT.get().viewer
         return "all" if viewer.sees_all else f"own{viewer.user_id}"
 
-    def get_ctag(self) -> str:
-        return self.get_sync_token()
+    def get_ctag(self) -> str:  # the newest change only: running transactions move no tag
+        return f"urn:mailcrm:sync:{self._scope()}:{face.head(CURRENT.get().db, self.kinds)}"
 
     def get_sync_token(self) -> str:
-        return f"urn:mailcrm:sync:{self._scope()}:{face.head(CURRENT.get().db, self.kinds)}"
+        return self._token(face.position(CURRENT.get().db, self.kinds))
+
+    def _token(self, position: face.Position) -> str:
+        return f"urn:mailcrm:sync:{self._scope()}:{position}"
 
     def get_displayname(self) -> str:
         return self.displayname
@@ -117,15 +120,12 @@ class Tracked(Undated, webdav.Collection):
     def get_max_resource_size(self) -> int:
         return MAX_CARD
 
-    def _since(self, token: str | None) -> int:
+    def _since(self, token: str | None) -> face.Position | None:
         if token is None:
-            return -1
+            return None
         prefix = f"urn:mailcrm:sync:{self._scope()}:"
-        number = token[len(prefix) :] if token.startswith(prefix) else ""
-        if not number.isdigit() or len(number) > 18:
-            raise InvalidToken(token[:200])
-        since = int(number)
-        if since > face.head(CURRENT.get().db, self.kinds):
+        since = face.Position.parse(token[len(prefix) :]) if token.startswith(prefix) else None
+        if since is None or since.change > face.head(CURRENT.get().db, self.kinds):
             raise InvalidToken(token[:200])
         return since
 
@@ -133,7 +133,7 @@ class Tracked(Undated, webdav.Collection):
         self, old_token: str | None, new_token: str
     ) -> Iterator[tuple[str, Any, Any]]:
         since = self._since(old_token)
-        if since < 0:
+        if since is None:
             for name, item in self.members():
                 yield name, None, item
             return
@@ -147,7 +147,7 @@ class Tracked(Undated, webdav.Collection):
             name = self.name_of(kind, eid)
             yield name, None, found.get(name)
         if more:  # the reporter (proxy.dav.app) answers 507 and this partial token
-            req.truncated = f"urn:mailcrm:sync:{self._scope()}:{upto}"
+            req.truncated = self._token(upto)
 
     def name_of(self, kind: str, eid: int) -> str:
         raise NotImplementedError
