@@ -47,27 +47,45 @@ def status_of(pid: int, field: str) -> int:
     return 0
 
 
+def _clock(fields: list[str], first: int, last: int) -> float:
+    """CPU seconds from /proc/<pid>/stat fields (after the name): 11-12 the process's own user
+    and system time, 13-14 those of its reaped children."""
+    return sum(int(f) for f in fields[first:last]) / os.sysconf("SC_CLK_TCK")
+
+
 def tree_cpu(root: int) -> float:
     """CPU seconds of a process, its reaped children and its live descendants."""
-    total = 0
-    for pid in [root, *descendants(root)]:
-        fields = _stat(pid)
-        if fields:
-            total += sum(int(f) for f in fields[11:15])
-    return total / os.sysconf("SC_CLK_TCK")
+    return sum(_clock(_stat(pid), 11, 15) for pid in [root, *descendants(root)])
 
 
 def own_cpu(pid: int) -> float:
-    fields = _stat(pid)
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK") if fields else 0.0
+    return _clock(_stat(pid), 11, 13)
 
 
-class CpuMeter:
+class _PerPhase:
+    """CPU seconds by part, summed per named phase with its message count (``snapshot`` says
+    what the parts are)."""
+
+    def __init__(self) -> None:
+        self.totals: dict[str, dict[str, float]] = {}
+
+    def snapshot(self) -> dict[str, float]:
+        raise NotImplementedError
+
+    def add(self, name: str, before: dict[str, float], messages: int) -> None:
+        after = self.snapshot()
+        bucket = self.totals.setdefault(name, {"messages": 0.0})
+        bucket["messages"] += messages
+        for key, value in after.items():
+            bucket[key] = bucket.get(key, 0.0) + value - before.get(key, 0.0)
+
+
+class CpuMeter(_PerPhase):
     """CPU per message of the bench client, the relay, its capture worker and Postfix."""
 
     def __init__(self, relay_pid: int, postfix_pid_file: Path) -> None:
+        super().__init__()
         self.relay_pid, self.postfix_pid_file = relay_pid, postfix_pid_file
-        self.totals: dict[str, dict[str, float]] = {}
 
     def snapshot(self) -> dict[str, float]:
         relay_pid = self.relay_pid
@@ -81,13 +99,6 @@ class CpuMeter:
             "postfix": tree_cpu(master),
         }
 
-    def add(self, name: str, before: dict[str, float], messages: int) -> None:
-        after = self.snapshot()
-        bucket = self.totals.setdefault(name, {"messages": 0.0})
-        bucket["messages"] += messages
-        for key, value in after.items():
-            bucket[key] = bucket.get(key, 0.0) + value - before[key]
-
     def show(self) -> None:
         for name, bucket in self.totals.items():
             n = bucket.pop("messages") or 1
@@ -96,10 +107,6 @@ class CpuMeter:
                 f"  CPU ms per message, {name}: {parts}, total "
                 f"{sum(bucket.values()) / n * 1000:.1f}"
             )
-
-
-def _clock(fields: list[str], first: int, last: int) -> float:
-    return sum(int(f) for f in fields[first:last]) / os.sysconf("SC_CLK_TCK")
 
 
 def postfix_daemons(master: int) -> dict[str, float]:
@@ -122,22 +129,15 @@ def postfix_daemons(master: int) -> dict[str, float]:
     return split
 
 
-class PostfixSplit:
+class PostfixSplit(_PerPhase):
     """Postfix's CPU per message by daemon, per phase."""
 
     def __init__(self, postfix_pid_file: Path) -> None:
+        super().__init__()
         self.postfix_pid_file = postfix_pid_file
-        self.totals: dict[str, dict[str, float]] = {}
 
     def snapshot(self) -> dict[str, float]:
         return postfix_daemons(int(self.postfix_pid_file.read_text().split()[0]))
-
-    def add(self, name: str, before: dict[str, float], messages: int) -> None:
-        after = self.snapshot()
-        bucket = self.totals.setdefault(name, {"messages": 0.0})
-        bucket["messages"] += messages
-        for key, value in after.items():
-            bucket[key] = bucket.get(key, 0.0) + value - before.get(key, 0.0)
 
     def show(self) -> None:
         for name, bucket in self.totals.items():

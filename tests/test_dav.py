@@ -125,19 +125,23 @@ async def test_caldav_client_finds_the_task_list(env: Env) -> None:
     assert "DESCRIPTION:incoming e-mail from ana@acme.test" in todo
 
 
-async def _report(env: Env, http: aiohttp.ClientSession, token: str = "") -> tuple[int, str]:
+async def sync_report(
+    http: aiohttp.ClientSession, url: str, headers: dict[str, str], token: str = ""
+) -> tuple[int, str]:
+    """One sync-collection REPORT on the collection at ``url``, as a client sends it (etags
+    only): its status and body."""
     body = (
         '<?xml version="1.0"?><d:sync-collection xmlns:d="DAV:">'
         f"<d:sync-token>{token}</d:sync-token><d:sync-level>1</d:sync-level>"
         "<d:prop><d:getetag/></d:prop></d:sync-collection>"
     )
-    async with http.request(
-        "REPORT",
-        env.url + "/dav/users/1/crm/",
-        data=body,
-        headers={**env.auth(), "Content-Type": "application/xml"},
-    ) as r:
+    headers = {**headers, "Content-Type": "application/xml"}
+    async with http.request("REPORT", url, data=body, headers=headers) as r:
         return r.status, await r.text()
+
+
+async def _report(env: Env, http: aiohttp.ClientSession, token: str = "") -> tuple[int, str]:
+    return await sync_report(http, env.url + "/dav/users/1/crm/", env.auth(), token)
 
 
 def _token(text: str) -> str:

@@ -21,6 +21,7 @@ from crm.store.models import User
 from tests.conftest import Cli
 from tests.pollerkit import PASSWORD, MailEnv, message, until
 from tests.servers import Dovecot, Postfix
+from tests.test_dav import sync_report
 from tests.test_web_crm import web_crm
 
 pytestmark = pytest.mark.asyncio
@@ -86,18 +87,10 @@ def user_id(env: MailEnv, email: str) -> int:
 
 async def _sync(base: str, user: str, path: str, token: str = "") -> tuple[str, set[str]]:
     """A sync-collection REPORT as a client sends it: (the new token, the member names)."""
-    body = (
-        '<?xml version="1.0"?><d:sync-collection xmlns:d="DAV:">'
-        f"<d:sync-token>{token}</d:sync-token><d:sync-level>1</d:sync-level>"
-        "<d:prop><d:getetag/></d:prop></d:sync-collection>"
-    )
     auth = {"Authorization": "Basic " + base64.b64encode(f"{user}:{PASSWORD}".encode()).decode()}
-    async with (
-        aiohttp.ClientSession() as http,
-        http.request("REPORT", base + path, data=body, headers=auth) as answer,
-    ):
-        assert answer.status == 207, await answer.text()
-        text = await answer.text()
+    async with aiohttp.ClientSession() as http:
+        status, text = await sync_report(http, base + path, auth, token)
+    assert status == 207, text
     new_token = re.findall(r"sync-token>([^<]+)<", text)[-1]
     return new_token, set(re.findall(r"/((?:lead|contact|company|activity)-[0-9]+\.\w+)<", text))
 

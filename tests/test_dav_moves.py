@@ -16,6 +16,7 @@ from crm.face import admin
 from crm.store.models import Activity, ActivityBinding, Company, Contact, Lead, Mailbox
 
 from .conftest import Cli
+from .test_dav import sync_report
 from .test_dav_users import Person, Two
 from .test_dav_users import two as two  # the fixture: ann and ben (own), their worlds, the app
 
@@ -27,19 +28,10 @@ async def _sync(
     http: aiohttp.ClientSession, two: Two, who: Person, coll: str, token: str = ""
 ) -> tuple[dict[str, str], str]:
     """One sync-collection: href name -> "200" or "404", and the new token."""
-    body = (
-        '<?xml version="1.0"?><d:sync-collection xmlns:d="DAV:">'
-        f"<d:sync-token>{token}</d:sync-token><d:sync-level>1</d:sync-level>"
-        "<d:prop><d:getetag/></d:prop></d:sync-collection>"
-    )
-    async with http.request(
-        "REPORT",
-        f"{two.url}/dav/users/{who.uid}/{coll}/",
-        data=body,
-        headers={**who.auth(), "Content-Type": "application/xml"},
-    ) as r:
-        assert r.status == 207, await r.text()
-        root = ET.fromstring(await r.read())
+    url = f"{two.url}/dav/users/{who.uid}/{coll}/"
+    code, text = await sync_report(http, url, who.auth(), token)
+    assert code == 207, text
+    root = ET.fromstring(text.encode())
     found = {}
     for response in root.iter(D + "response"):
         name = (response.findtext(D + "href") or "").rstrip("/").rsplit("/", 1)[-1]

@@ -31,6 +31,16 @@ def schema_differences(database: Database) -> list[Any]:
             return list(compare_metadata(context, Base.metadata))
 
 
+def assert_at_head(db_url: str) -> None:
+    """The database is at the newest revision with exactly the models' schema."""
+    database = Database(db_url, migrate=False)
+    try:
+        assert database.current_revisions() == database.head_revisions()
+        assert schema_differences(database) == []
+    finally:
+        database.dispose()
+
+
 def test_migrations_create_exactly_the_models_schema(db: Database) -> None:
     assert schema_differences(db) == []
     assert db.current_revisions() == db.head_revisions()
@@ -64,12 +74,7 @@ def test_db_upgrade_on_a_fresh_database(cli: Cli, db_url: str) -> None:
     assert "migrated" in first
     again = cli.ok("db", "upgrade")
     assert "is up to date" in again
-    database = Database(db_url, migrate=False)
-    try:
-        assert database.current_revisions() == database.head_revisions()
-        assert schema_differences(database) == []
-    finally:
-        database.dispose()
+    assert_at_head(db_url)
     assert cli.json("user", "list") == []
 
 
@@ -87,12 +92,7 @@ def test_processes_starting_together_on_a_new_database_all_open_it(db_url: str) 
     ]
     errors = [proc.communicate(timeout=120)[1] for proc in procs]
     assert [proc.returncode for proc in procs] == [0, 0, 0, 0], errors
-    database = Database(db_url, migrate=False)
-    try:
-        assert database.current_revisions() == database.head_revisions()
-        assert schema_differences(database) == []
-    finally:
-        database.dispose()
+    assert_at_head(db_url)
 
 
 def test_the_change_log_keeps_its_rows_and_dates_them_at_the_upgrade(db_url: str) -> None:

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, func, select
+from sqlalchemy import ColumnElement, select
 from sqlalchemy.orm import Session
 
 from crm.mail.addresses import try_normalize
@@ -186,10 +186,7 @@ def tasks(db: Database, viewer: Viewer, ids: list[int] | None = None) -> list[Ta
 def head(db: Database, kinds: tuple[str, ...]) -> int:
     """The newest change of ``kinds`` (0: none yet): a collection's tag and sync token."""
     with db.session() as session:
-        return int(
-            session.scalar(select(func.max(DavChange.id)).where(DavChange.entity_type.in_(kinds)))
-            or 0
-        )
+        return positions.newest(session, kinds)
 
 
 class Pruned(Exception):

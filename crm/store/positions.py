@@ -58,18 +58,21 @@ class Position:
         return cls(int(found[1]), tuple(int(n) for n in rest.split(".")[1:]))
 
 
+def newest(session: Session, kinds: tuple[str, ...]) -> int:
+    """The newest change of ``kinds`` (0: none yet): a collection's tag."""
+    found = session.scalar(select(func.max(DavChange.id)).where(DavChange.entity_type.in_(kinds)))
+    return int(found or 0)
+
+
 def current(session: Session, kinds: tuple[str, ...]) -> Position:
-    """The position of everything visible now in the changes of ``kinds`` (one statement, so the
-    newest id and the running transactions are of one snapshot)."""
+    """The position of everything visible now in the changes of ``kinds`` (on PostgreSQL one
+    statement, so the newest id and the running transactions are of one snapshot)."""
     if session.get_bind().dialect.name != "postgresql":
-        newest = session.scalar(
-            select(func.max(DavChange.id)).where(DavChange.entity_type.in_(kinds))
-        )
-        return Position(int(newest or 0))
-    newest, oldest, running = session.execute(_SNAPSHOT, {"kinds": list(kinds)}).one()
+        return Position(newest(session, kinds))
+    top, oldest, running = session.execute(_SNAPSHOT, {"kinds": list(kinds)}).one()
     if len(running) > MAX_RUNNING:
-        return Position(int(newest or 0), oldest=int(oldest))
-    return Position(int(newest or 0), tuple(sorted(int(x) for x in running)))
+        return Position(int(top or 0), oldest=int(oldest))
+    return Position(int(top or 0), tuple(sorted(int(x) for x in running)))
 
 
 def one_snapshot(session: Session) -> None:
